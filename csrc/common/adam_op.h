@@ -1,0 +1,62 @@
+// The arguments of the fastopt::adam_ op family, gathered once so that every
+// backend (CPU, CUDA) implements a single function of an AdamArgs.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Optional.h>
+
+namespace fastopt {
+
+struct AdamArgs {
+  at::TensorList params;
+  at::TensorList grads;
+  at::TensorList exp_avgs;
+  at::TensorList exp_avg_sqs;
+  at::TensorList max_exp_avg_sqs;  // empty unless amsgrad
+  at::TensorList state_steps;
+  double lr;
+  const at::Tensor* lr_tensor;  // the adam_.tensor_lr overload; otherwise null
+  double beta1;
+  double beta2;
+  double weight_decay;
+  double eps;
+  bool amsgrad;
+  bool maximize;
+  bool decoupled_weight_decay;  // AdamW
+  const c10::optional<at::Tensor>& grad_scale;
+  const c10::optional<at::Tensor>& found_inf;
+};
+
+// Adapts a backend's `void impl(const AdamArgs&)` to the two op overloads
+// declared in registration.cpp (float lr and Tensor lr).
+template <void (*impl)(const AdamArgs&)>
+struct AdamOverloads {
+  static void scalar_lr(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                        at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs,
+                        at::TensorList state_steps, double lr, double beta1, double beta2,
+                        double weight_decay, double eps, bool amsgrad, bool maximize,
+                        bool decoupled_weight_decay, const c10::optional<at::Tensor>& grad_scale,
+                        const c10::optional<at::Tensor>& found_inf) {
+    impl(AdamArgs{params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, nullptr,
+                  beta1, beta2, weight_decay, eps, amsgrad, maximize, decoupled_weight_decay,
+                  grad_scale, found_inf});
+  }
+
+  static void tensor_lr(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                        at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs,
+                        at::TensorList state_steps, const at::Tensor& lr, double beta1,
+                        double beta2, double weight_decay, double eps, bool amsgrad,
+                        bool maximize, bool decoupled_weight_decay,
+                        const c10::optional<at::Tensor>& grad_scale,
+                        const c10::optional<at::Tensor>& found_inf) {
+    impl(AdamArgs{params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, 0.0, &lr,
+                  beta1, beta2, weight_decay, eps, amsgrad, maximize, decoupled_weight_decay,
+                  grad_scale, found_inf});
+  }
+};
+
+// Shared validation of an AdamArgs (list lengths, devices, dtypes, shapes,
+// step counters, lr tensor). `device` is the backend's device type.
+void check_adam_args(const AdamArgs& args, c10::DeviceType device);
+
+}  // namespace fastopt

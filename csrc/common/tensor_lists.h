@@ -1,0 +1,57 @@
+// Validation and flat views for the multi-tensor optimizer ops.
+//
+// Shared by the CPU implementations and the thin CUDA layer, so that every op
+// rejects bad input with the same exception types and messages.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/ArrayRef.h>
+
+#include <string>
+#include <vector>
+
+namespace fastopt {
+
+// One named tensor list of a multi-tensor op, e.g. {"exp_avgs", exp_avgs, true}.
+struct NamedList {
+  const char* name;
+  at::TensorList tensors;
+  bool written;  // the op writes this list, so a temporary must be copied back
+};
+
+// Checks a multi-tensor call: every list has the length of lists[0] (empty
+// lists are allowed for optional state such as max_exp_avg_sqs when
+// `allow_empty`), and at each index all tensors are dense (strided, not
+// sparse), on one device, of one dtype and of one shape. All tensors of the
+// call share lists[0][0]'s device and dtype. Raises c10 errors that name the
+// op, the list and the index.
+void check_tensor_lists(const char* op, const std::vector<NamedList>& lists);
+
+// Checks the per-tensor `step` counters: one element each, floating point.
+void check_state_steps(const char* op, at::TensorList steps, size_t expected,
+                       const c10::optional<c10::Device>& device);
+
+// Gives kernels flat pointers. Each tensor index is viewed through one
+// layout: the tensors' own when they are all non-overlapping and dense with
+// equal strides (contiguous, channels_last, transposed, ...), otherwise a
+// contiguous temporary. Temporaries of written lists go back with write_back().
+class FlatTensorLists {
+ public:
+  explicit FlatTensorLists(const std::vector<NamedList>& lists);
+
+  // Raw pointer to list `l`, tensor `i`; null for an empty (absent) list.
+  void* data(size_t l, size_t i) const { return views_[l].empty() ? nullptr : views_[l][i].data_ptr(); }
+  const at::Tensor& view(size_t l, size_t i) const { return views_[l][i]; }
+  int64_t numel(size_t i) const { return views_[0][i].numel(); }
+  size_t size() const { return views_[0].size(); }
+
+  // Copies every temporary of a written list back into the caller's tensor.
+  void write_back();
+
+ private:
+  std::vector<NamedList> lists_;
+  std::vector<std::vector<at::Tensor>> views_;
+  std::vector<std::pair<size_t, size_t>> temporaries_;  // (list, index)
+};
+
+}  // namespace fastopt

@@ -1,0 +1,59 @@
+// SIMD load/store between a storage type and its arithmetic type.
+//
+// Included only by the per-ISA kernel translation units, after CPU_CAPABILITY
+// has selected the Vectorized implementation. float and double are computed in
+// their own type; bfloat16 and float16 are widened to float (at::opmath_type),
+// one storage vector becoming two float vectors.
+#pragma once
+
+#include <ATen/OpMathType.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <cmath>
+
+#include "common/adam_math.h"
+
+namespace fastopt {
+
+// sqrt and NaN-propagating max for SIMD vectors (see MathOps in adam_math.h).
+template <typename T>
+struct MathOps<at::vec::Vectorized<T>> {
+  using V = at::vec::Vectorized<T>;
+  static inline V sqrt(const V& x) { return x.sqrt(); }
+  static inline V max(const V& a, const V& b) { return at::vec::maximum(a, b); }
+};
+
+namespace cpu {
+inline namespace CPU_CAPABILITY {
+
+template <typename scalar_t>
+struct VecIO {
+  using opmath_t = at::opmath_type<scalar_t>;
+  using Vec = at::vec::Vectorized<opmath_t>;
+  static constexpr bool kReduced = !std::is_same_v<scalar_t, opmath_t>;
+  // Arithmetic vectors per storage block, and elements per block.
+  static constexpr int kVecs = kReduced ? 2 : 1;
+  static constexpr int64_t kBlock = at::vec::Vectorized<scalar_t>::size();
+
+  static inline void load(const scalar_t* p, Vec (&out)[kVecs]) {
+    if constexpr (kReduced) {
+      auto [lo, hi] = at::vec::convert_to_float<scalar_t>(at::vec::Vectorized<scalar_t>::loadu(p));
+      out[0] = lo;
+      out[1] = hi;
+    } else {
+      out[0] = Vec::loadu(p);
+    }
+  }
+
+  static inline void store(scalar_t* p, const Vec (&in)[kVecs]) {
+    if constexpr (kReduced) {
+      at::vec::convert_from_float<scalar_t>(in[0], in[1]).store(p);
+    } else {
+      in[0].store(p);
+    }
+  }
+};
+
+}  // namespace CPU_CAPABILITY
+}  // namespace cpu
+}  // namespace fastopt

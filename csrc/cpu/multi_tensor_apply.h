@@ -1,0 +1,42 @@
+// The CPU multi-tensor driver shared by every optimizer op.
+//
+// Work is cut into (tensor, chunk) items of at most kChunkElements elements,
+// and at::parallel_for spreads the items over the intra-op threads. Cutting
+// large tensors lets one 16M-element parameter use every thread; packing
+// small tensors into the same item list keeps a ResNet's 160 biases and
+// weights from paying one parallel region each.
+#pragma once
+
+#include <ATen/Parallel.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace fastopt::cpu {
+
+// 64K elements: large enough to amortise the per-item call, small enough
+// that two threads stay balanced on a few-million-element parameter.
+constexpr int64_t kChunkElements = 1 << 16;
+
+struct WorkItem {
+  int64_t tensor;
+  int64_t begin;
+  int64_t end;
+};
+
+// Calls fn(tensor_index, begin, end) once per chunk of every tensor, from
+// several threads. Chunks of one tensor never overlap, so fn needs no locking.
+template <typename Fn>
+void multi_tensor_apply(const std::vector<int64_t>& numels, const Fn& fn) {
+  std::vector<WorkItem> items;
+  for (int64_t t = 0; t < static_cast<int64_t>(numels.size()); ++t) {
+    for (int64_t begin = 0; begin < numels[t]; begin += kChunkElements) {
+      items.push_back({t, begin, std::min(begin + kChunkElements, numels[t])});
+    }
+  }
+  at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t first, int64_t last) {
+    for (int64_t k = first; k < last; ++k) fn(items[k].tensor, items[k].begin, items[k].end);
+  });
+}
+
+}  // namespace fastopt::cpu

@@ -1,0 +1,25 @@
+// Every fastopt op schema, in one place. Backends register implementations
+// under their dispatch keys (csrc/cpu/*.cpp, csrc/cuda/*_cuda.cpp); the fake
+// (meta) kernels that let torch.compile trace the ops live in fastopt/_ops.py.
+//
+// Mutating multi-tensor ops follow ATen's convention: a trailing underscore,
+// Tensor(x!)[] for every list the op writes, and no return value.
+#include <torch/library.h>
+
+TORCH_LIBRARY(fastopt, m) {
+  // Adam and AdamW (decoupled_weight_decay=True). Increments each step counter
+  // by one, unless found_inf is set, in which case nothing at all is written.
+  // With grad_scale the gradients are unscaled in place, as torch's fused path does.
+  m.def(
+      "adam_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, "
+      "Tensor(d!)[] exp_avg_sqs, Tensor(e!)[] max_exp_avg_sqs, Tensor(f!)[] state_steps, *, "
+      "float lr, float beta1, float beta2, float weight_decay, float eps, bool amsgrad, "
+      "bool maximize, bool decoupled_weight_decay, Tensor? grad_scale=None, "
+      "Tensor? found_inf=None) -> ()");
+  m.def(
+      "adam_.tensor_lr(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, "
+      "Tensor(d!)[] exp_avg_sqs, Tensor(e!)[] max_exp_avg_sqs, Tensor(f!)[] state_steps, *, "
+      "Tensor lr, float beta1, float beta2, float weight_decay, float eps, bool amsgrad, "
+      "bool maximize, bool decoupled_weight_decay, Tensor? grad_scale=None, "
+      "Tensor? found_inf=None) -> ()");
+}

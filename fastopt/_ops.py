@@ -1,0 +1,26 @@
+"""Python side of the ``torch.ops.fastopt`` operators.
+
+The schemas and the CPU/CUDA kernels are registered in C++ (csrc/). Here each
+op gets its fake (meta) kernel, which tells torch.compile what the op does to
+shapes without running it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+ops = torch.ops.fastopt
+
+# Ops that only write their inputs in place and return nothing, like ATen's
+# _fused_adam_: their outputs are their (already allocated) arguments.
+IN_PLACE_OPS = ("fastopt::adam_", "fastopt::adam_.tensor_lr")
+
+
+def _in_place_fake(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+for _name in IN_PLACE_OPS:
+    torch.library.register_fake(_name)(_in_place_fake)

@@ -1,0 +1,144 @@
+"""Fused Adam and AdamW."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import ParamsT
+
+from .._ops import ops
+from ._base import Bucket, FusedOptimizer, new_step_counter
+
+
+def _reject_differentiable(name: str, differentiable: bool) -> None:
+    if differentiable:
+        raise RuntimeError(
+            f"fastopt.optim.{name} does not support differentiable=True: its fused update is "
+            f"not recorded by autograd. Use torch.optim.{name}(differentiable=True) instead."
+        )
+
+
+class Adam(FusedOptimizer, torch.optim.Adam):
+    """Adam with a fused multi-tensor update on CPU and CUDA.
+
+    A drop-in for :class:`torch.optim.Adam` (and an instance of it): the same
+    arguments, defaults, validation errors and ``state_dict`` layout, so a
+    checkpoint loads in either direction. Every step is one op call per
+    (device, dtype) group of parameters. ``foreach`` and ``fused`` are accepted
+    for compatibility and do not change the result; ``differentiable=True``
+    is refused. Works with AMP's GradScaler: a step skipped for inf/NaN
+    gradients leaves parameters and state, step counters included, unchanged.
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        amsgrad: bool = False,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        decoupled_weight_decay: bool = False,
+    ) -> None:
+        _reject_differentiable(type(self).__name__, differentiable)
+        # torch's own constructor: its validation, defaults and messages.
+        torch.optim.Adam.__init__(
+            self,
+            params,
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            amsgrad,
+            foreach=foreach,
+            maximize=maximize,
+            capturable=capturable,
+            differentiable=differentiable,
+            fused=fused,
+            decoupled_weight_decay=decoupled_weight_decay,
+        )
+        self._step_supports_amp_scaling = True
+
+    def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
+        if group["amsgrad"]:
+            return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+        return ("exp_avg", "exp_avg_sq")
+
+    def _init_state(self, group: dict[str, Any], param: Tensor, state: dict[str, Any]) -> None:
+        state["step"] = new_step_counter(param)
+        for key in self._state_keys(group):
+            state[key] = torch.zeros_like(param, memory_format=torch.preserve_format)
+
+    def _update(
+        self,
+        group: dict[str, Any],
+        bucket: Bucket,
+        grad_scale: Tensor | None,
+        found_inf: Tensor | None,
+    ) -> None:
+        beta1, beta2 = group["betas"]
+        lr = group["lr"]
+        op = ops.adam_.tensor_lr if isinstance(lr, Tensor) else ops.adam_.default
+        op(
+            bucket.params,
+            bucket.grads,
+            bucket.state["exp_avg"],
+            bucket.state["exp_avg_sq"],
+            bucket.state.get("max_exp_avg_sq", []),
+            bucket.steps,
+            lr=lr,
+            beta1=float(beta1),
+            beta2=float(beta2),
+            weight_decay=float(group["weight_decay"]),
+            eps=float(group["eps"]),
+            amsgrad=bool(group["amsgrad"]),
+            maximize=bool(group["maximize"]),
+            decoupled_weight_decay=bool(group["decoupled_weight_decay"]),
+            grad_scale=grad_scale,
+            found_inf=found_inf,
+        )
+
+
+class AdamW(Adam, torch.optim.AdamW):
+    """AdamW (Adam with decoupled weight decay) with a fused multi-tensor update.
+
+    A drop-in for :class:`torch.optim.AdamW`; see :class:`fastopt.optim.Adam`.
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        super().__init__(
+            params,
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            amsgrad,
+            foreach=foreach,
+            maximize=maximize,
+            capturable=capturable,
+            differentiable=differentiable,
+            fused=fused,
+            decoupled_weight_decay=True,
+        )
