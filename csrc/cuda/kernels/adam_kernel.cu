@@ -1,0 +1,97 @@
+// The Adam/AdamW functor for the multi-tensor-apply driver, and its launch.
+// The per-element math is fastopt::adam_update, shared with the CPU kernels.
+#include "cuda/kernels/adam_kernel.h"
+
+#include "common/adam_math.h"
+#include "cuda/kernels/multi_tensor_apply.cuh"
+
+namespace fastopt::cuda {
+namespace {
+
+// List slots, in the order of AdamLaunch.
+enum AdamList : int { kParam = 0, kGrad, kExpAvg, kExpAvgSq, kMaxExpAvgSq };
+
+template <typename T, AdamMode MODE, bool AMSGRAD>
+struct AdamFunctor {
+  using storage_t = T;
+  static constexpr int kDepth = AMSGRAD ? 5 : 4;
+  // Lists every step writes; the gradient is written only when unscaling.
+  static constexpr uint32_t kStateLists = (1u << kParam) | (1u << kExpAvg) | (1u << kExpAvgSq) |
+                                          (AMSGRAD ? 1u << kMaxExpAvgSq : 0u);
+
+  double lr;
+  const float* lr_ptr;
+  double beta1;
+  double beta2;
+  double weight_decay;
+  double eps;
+  const float* grad_scale;
+  const float* found_inf;
+  bool maximize;
+
+  __device__ void operator()(const Chunk<T, kDepth>& chunk, const float* step) const {
+    using M = opmath_t<T>;
+    if (found_inf != nullptr && *found_inf != 0.f) return;
+    // Bias corrections use the step counter that increment_steps has already
+    // advanced; see NOTE: [step counters].
+    const AdamCoeffs<M> coeffs(make_adam_scalars<M>(lr_ptr != nullptr ? *lr_ptr : lr, beta1, beta2,
+                                                    weight_decay, eps, *step));
+    const bool has_weight_decay = weight_decay != 0.0;
+    const bool unscale = grad_scale != nullptr;
+    const M scale = unscale ? static_cast<M>(*grad_scale) : M(1);
+    // torch's fused path stores the unscaled gradient, as GradScaler.unscale_ would.
+    const uint32_t written = kStateLists | (unscale ? 1u << kGrad : 0u);
+
+    chunk.for_each(written, [&](M (&v)[kDepth]) {
+      if (unscale) v[kGrad] = v[kGrad] / scale;
+      M* max_exp_avg_sq = nullptr;
+      if constexpr (AMSGRAD) max_exp_avg_sq = &v[kMaxExpAvgSq];
+      adam_update<MODE, M>(v[kParam], v[kGrad], v[kExpAvg], v[kExpAvgSq], max_exp_avg_sq, coeffs,
+                           maximize, has_weight_decay);
+    });
+  }
+};
+
+template <typename T, AdamMode MODE, bool AMSGRAD>
+void launch_functor(const AdamLaunch& l, cudaStream_t stream) {
+  using Functor = AdamFunctor<T, MODE, AMSGRAD>;
+  const Functor functor{l.lr,  l.lr_ptr,     l.beta1,     l.beta2,   l.weight_decay,
+                        l.eps, l.grad_scale, l.found_inf, l.maximize};
+  void* const* const slots[] = {l.params, l.grads, l.exp_avgs, l.exp_avg_sqs, l.max_exp_avg_sqs};
+  TensorLists<Functor::kDepth> lists{};
+  for (int d = 0; d < Functor::kDepth; ++d) lists.ptrs[d] = slots[d];
+  lists.numels = l.numels;
+  lists.steps = l.steps;
+  lists.num_tensors = l.num_tensors;
+  multi_tensor_apply(lists, functor, stream);
+}
+
+template <typename T>
+void launch_dtype(const AdamLaunch& l, cudaStream_t stream) {
+  if (l.adamw) {
+    l.amsgrad ? launch_functor<T, AdamMode::AdamW, true>(l, stream)
+              : launch_functor<T, AdamMode::AdamW, false>(l, stream);
+  } else {
+    l.amsgrad ? launch_functor<T, AdamMode::Adam, true>(l, stream)
+              : launch_functor<T, AdamMode::Adam, false>(l, stream);
+  }
+}
+
+}  // namespace
+
+void launch_adam(const AdamLaunch& l, cudaStream_t stream) {
+  if (l.num_tensors == 0) return;
+  increment_steps(l.steps, l.num_tensors, l.found_inf, stream);
+  switch (l.dtype) {
+    case DType::Float32:
+      return launch_dtype<float>(l, stream);
+    case DType::Float64:
+      return launch_dtype<double>(l, stream);
+    case DType::Float16:
+      return launch_dtype<__half>(l, stream);
+    case DType::BFloat16:
+      return launch_dtype<__nv_bfloat16>(l, stream);
+  }
+}
+
+}  // namespace fastopt::cuda

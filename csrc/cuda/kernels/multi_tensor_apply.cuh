@@ -1,0 +1,262 @@
+// The one multi-tensor-apply driver of fastopt's CUDA optimizers.
+//
+// An optimizer step touches every parameter, and a model has hundreds of them,
+// many small. One kernel per tensor would be dominated by launch latency, so
+// the driver packs the pointers and sizes of many tensors into the arguments of
+// one kernel, whose blocks walk the tensors in chunks of kChunkSize elements.
+//
+// The driver knows nothing about optimizers. An optimizer is a functor:
+//
+//   struct MyFunctor {
+//     using storage_t = float;           // element type of every list
+//     static constexpr int kDepth = 3;   // lists per tensor: param, grad, state...
+//     __device__ void operator()(const Chunk<storage_t, kDepth>& chunk, const float* step) const;
+//   };
+//
+// called once per chunk with that chunk of every list, and the tensor's step
+// counter (null when the caller passes none). It reads its per-tensor scalars
+// and then runs its element-wise math with chunk.for_each, which does the loads
+// and stores. Plain data in the functor (hyperparameters, device pointers to
+// lr or grad_scale) travels in the kernel arguments, so it must be trivially
+// copyable and at most kFunctorArgBytes.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "cuda/kernels/vec_memory.cuh"
+
+namespace fastopt::cuda {
+
+// Elements one block processes in one go. Large enough to amortise the
+// per-chunk work (finding the tensor, reading its scalars), small enough that
+// a step over a few large tensors still spreads across every SM.
+constexpr int64_t kChunkSize = 65536;
+constexpr int kBlockSize = 512;
+// gridDim.x limit; larger launches make each block take several chunks.
+constexpr int64_t kMaxGridSize = 2147483647;
+
+// NOTE: [kernel argument budget]
+// Kernel arguments are limited to 4 KB. (CUDA 12.1 raised this to 32 KB on
+// Volta and newer, but only under a 12.1+ driver; fastopt keeps the portable
+// limit.) The driver spends the budget on per-tensor entries only: there is no
+// per-block table mapping blocks to tensors, because a block finds the tensor
+// of its chunk by binary search over the tensors' cumulative chunk counts. So a
+// launch covers up to TensorListMeta<DEPTH>::kCapacity tensors of any size, and
+// more tensors take more launches. kFunctorArgBytes is reserved for the
+// functor, checked by a static_assert at each launch.
+constexpr int kKernelArgBytes = 4096;
+constexpr int kFunctorArgBytes = 256;
+
+template <int DEPTH>
+struct TensorListMeta {
+  // Per tensor: DEPTH list pointers, numel, step pointer, chunk_end.
+  static constexpr int kBytesPerTensor = (DEPTH + 3) * 8;
+  static constexpr int kCapacity =
+      (kKernelArgBytes - kFunctorArgBytes - static_cast<int>(sizeof(int64_t))) / kBytesPerTensor;
+
+  void* ptrs[DEPTH][kCapacity];
+  int64_t numels[kCapacity];
+  float* steps[kCapacity];
+  // Chunks of tensors 0..i together: chunk c belongs to the first i with c < chunk_end[i].
+  int64_t chunk_end[kCapacity];
+  int num_tensors;
+};
+
+// The same chunk of each of a tensor's DEPTH lists.
+template <typename T, int DEPTH>
+struct Chunk {
+  T* ptrs[DEPTH];  // list d's elements, from the chunk's first one
+  int64_t n;       // elements in the chunk, at most kChunkSize
+
+  // Calls op(v) once per element of the chunk, where v[d] is list d's element
+  // as opmath_t<T>, and stores v[d] back for the lists whose bit (1u << d) is
+  // set in `written`. Storage is read and written with 16-byte vectors when
+  // every list of the chunk is aligned; see NOTE: [16-byte vector access].
+  template <typename Op>
+  __device__ __forceinline__ void for_each(uint32_t written, Op&& op) const {
+    constexpr int kILP = kVecSize<T>;
+    int64_t begin = 0;  // the first element left to the element loop below
+    if (all_aligned()) {
+      const int64_t num_vecs = n / kILP;
+      for (int64_t i = threadIdx.x; i < num_vecs; i += blockDim.x) {
+        T r[DEPTH][kILP];
+#pragma unroll
+        for (int d = 0; d < DEPTH; ++d) load_vec(r[d], ptrs[d] + i * kILP);
+#pragma unroll
+        for (int e = 0; e < kILP; ++e) apply(r, e, written, op);
+#pragma unroll
+        for (int d = 0; d < DEPTH; ++d) {
+          if (written & (1u << d)) store_vec(ptrs[d] + i * kILP, r[d]);
+        }
+      }
+      begin = num_vecs * kILP;
+    }
+    // Misaligned chunks, and the last n % kILP elements of aligned ones. Each
+    // thread still loads kILP elements per list before computing any, so as
+    // many loads are in flight as on the vector path; consecutive threads read
+    // consecutive elements, so the loads stay coalesced.
+    const int64_t stride = static_cast<int64_t>(blockDim.x) * kILP;
+    for (int64_t base = begin + threadIdx.x; base < n; base += stride) {
+      T r[DEPTH][kILP];
+#pragma unroll
+      for (int e = 0; e < kILP; ++e) {
+        const int64_t idx = base + static_cast<int64_t>(e) * blockDim.x;
+        if (idx < n) {
+#pragma unroll
+          for (int d = 0; d < DEPTH; ++d) r[d][e] = ptrs[d][idx];
+        }
+      }
+#pragma unroll
+      for (int e = 0; e < kILP; ++e) {
+        const int64_t idx = base + static_cast<int64_t>(e) * blockDim.x;
+        if (idx < n) {
+          apply(r, e, written, op);
+#pragma unroll
+          for (int d = 0; d < DEPTH; ++d) {
+            if (written & (1u << d)) ptrs[d][idx] = r[d][e];
+          }
+        }
+      }
+    }
+  }
+
+ private:
+  __device__ __forceinline__ bool all_aligned() const {
+    bool aligned = true;
+#pragma unroll
+    for (int d = 0; d < DEPTH; ++d) aligned = aligned && is_aligned(ptrs[d]);
+    return aligned;
+  }
+
+  template <typename Op>
+  __device__ __forceinline__ static void apply(T (&r)[DEPTH][kVecSize<T>], int e, uint32_t written,
+                                               Op& op) {
+    opmath_t<T> v[DEPTH];
+#pragma unroll
+    for (int d = 0; d < DEPTH; ++d) v[d] = to_opmath(r[d][e]);
+    op(v);
+#pragma unroll
+    for (int d = 0; d < DEPTH; ++d) {
+      if (written & (1u << d)) r[d][e] = from_opmath<T>(v[d]);
+    }
+  }
+};
+
+// The tensor that chunk c belongs to. Every thread of a block asks for the
+// same c, so the reads of the kernel-argument array are broadcasts.
+template <int DEPTH>
+__device__ __forceinline__ int find_tensor(const TensorListMeta<DEPTH>& meta, int64_t c) {
+  int lo = 0;
+  int hi = meta.num_tensors - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi) / 2;
+    if (c < meta.chunk_end[mid]) {
+      hi = mid;
+    } else {
+      lo = mid + 1;
+    }
+  }
+  return lo;
+}
+
+template <typename Functor>
+__global__ void __launch_bounds__(kBlockSize)
+    multi_tensor_apply_kernel(const TensorListMeta<Functor::kDepth> meta, const Functor functor) {
+  using T = typename Functor::storage_t;
+  const int64_t num_chunks = meta.chunk_end[meta.num_tensors - 1];
+  for (int64_t c = blockIdx.x; c < num_chunks; c += gridDim.x) {
+    const int t = find_tensor(meta, c);
+    const int64_t first = t == 0 ? 0 : meta.chunk_end[t - 1];
+    const int64_t offset = (c - first) * kChunkSize;
+    const int64_t left = meta.numels[t] - offset;
+    Chunk<T, Functor::kDepth> chunk;
+#pragma unroll
+    for (int d = 0; d < Functor::kDepth; ++d) chunk.ptrs[d] = static_cast<T*>(meta.ptrs[d][t]) + offset;
+    chunk.n = left < kChunkSize ? left : kChunkSize;
+    functor(chunk, meta.steps[t]);
+  }
+}
+
+// Host-side description of the tensors of one call: one entry per tensor.
+template <int DEPTH>
+struct TensorLists {
+  void* const* ptrs[DEPTH];  // ptrs[d][i]: device pointer to list d's tensor i
+  const int64_t* numels;
+  float* const* steps;  // per-tensor step counters on the device, or null for none
+  int64_t num_tensors;
+};
+
+// Enqueues `functor` over every element of `lists` on `stream`, in as many
+// launches as NOTE: [kernel argument budget] requires. Tensors without
+// elements are skipped. Enqueues only kernels: no synchronisation, no
+// allocation, so it can be captured in a CUDA graph. Launch errors are left to
+// the caller's cudaGetLastError.
+template <typename Functor>
+void multi_tensor_apply(const TensorLists<Functor::kDepth>& lists, const Functor& functor,
+                        cudaStream_t stream) {
+  constexpr int kDepth = Functor::kDepth;
+  using Meta = TensorListMeta<kDepth>;
+  static_assert(sizeof(Functor) <= kFunctorArgBytes, "see NOTE: [kernel argument budget]");
+  static_assert(sizeof(Meta) + kFunctorArgBytes <= kKernelArgBytes,
+                "see NOTE: [kernel argument budget]");
+
+  Meta meta{};
+  auto launch = [&] {
+    const int64_t num_chunks = meta.chunk_end[meta.num_tensors - 1];
+    const auto grid = static_cast<unsigned>(num_chunks < kMaxGridSize ? num_chunks : kMaxGridSize);
+    multi_tensor_apply_kernel<Functor><<<grid, kBlockSize, 0, stream>>>(meta, functor);
+    meta.num_tensors = 0;
+  };
+  for (int64_t i = 0; i < lists.num_tensors; ++i) {
+    const int64_t numel = lists.numels[i];
+    if (numel == 0) continue;
+    const int k = meta.num_tensors++;
+    for (int d = 0; d < kDepth; ++d) meta.ptrs[d][k] = lists.ptrs[d][i];
+    meta.numels[k] = numel;
+    meta.steps[k] = lists.steps == nullptr ? nullptr : lists.steps[i];
+    const int64_t chunks_before = k == 0 ? 0 : meta.chunk_end[k - 1];
+    meta.chunk_end[k] = chunks_before + (numel + kChunkSize - 1) / kChunkSize;
+    if (meta.num_tensors == Meta::kCapacity) launch();
+  }
+  if (meta.num_tensors > 0) launch();
+}
+
+// NOTE: [step counters]
+// Optimizers with bias correction (Adam, Adagrad, ...) keep one float32 step
+// counter per tensor on the device, and every block of the update reads it.
+// Incrementing it inside the update would race with the other blocks of the
+// same tensor, so it is a launch of its own, enqueued before the update. Like
+// the update it does nothing when *found_inf != 0 (AMP skipped the step).
+//
+// The kernel is a template, though only float is used, because a kernel
+// defined in a header must be a template (nvcc ignores `inline` on kernels).
+template <typename S>
+struct StepList {
+  static constexpr int kCapacity =
+      (kKernelArgBytes - kFunctorArgBytes) / static_cast<int>(sizeof(S*));
+  S* ptrs[kCapacity];
+  int num;
+};
+
+template <typename S>
+__global__ void increment_steps_kernel(const StepList<S> steps, const float* found_inf) {
+  if (found_inf != nullptr && *found_inf != 0.f) return;
+  if (static_cast<int>(threadIdx.x) < steps.num) *steps.ptrs[threadIdx.x] += S(1);
+}
+
+// Adds one to each of `steps[0..n)` (device scalars) unless *found_inf != 0.
+template <typename S>
+void increment_steps(S* const* steps, int64_t n, const float* found_inf, cudaStream_t stream) {
+  static_assert(StepList<S>::kCapacity <= 1024, "one thread per counter, in one block");
+  StepList<S> list{};
+  for (int64_t begin = 0; begin < n; begin += StepList<S>::kCapacity) {
+    const int64_t left = n - begin;
+    list.num = static_cast<int>(left < StepList<S>::kCapacity ? left : StepList<S>::kCapacity);
+    for (int i = 0; i < list.num; ++i) list.ptrs[i] = steps[begin + i];
+    increment_steps_kernel<S><<<1, list.num, 0, stream>>>(list, found_inf);
+  }
+}
+
+}  // namespace fastopt::cuda
