@@ -12,6 +12,12 @@ namespace fastopt::cpu {
 inline namespace CPU_CAPABILITY {
 namespace {
 
+#if defined(CPU_CAPABILITY_DEFAULT)
+constexpr bool kHasSimd = false;
+#else
+constexpr bool kHasSimd = true;
+#endif
+
 template <typename scalar_t, AdamMode MODE>
 void adam_chunk(const AdamKernelConfig& cfg, const AdamScalars<double>& s64, const AdamChunk& c) {
   using IO = VecIO<scalar_t>;
@@ -32,7 +38,11 @@ void adam_chunk(const AdamKernelConfig& cfg, const AdamScalars<double>& s64, con
   const opmath_t scale = static_cast<opmath_t>(cfg.grad_scale);
 
   int64_t i = 0;
-  for (; i + IO::kBlock <= c.numel; i += IO::kBlock) {
+  // The baseline build has no SIMD Vectorized (its generic fallback is slower
+  // than plain scalar code), so it leaves everything to the loop below, which
+  // the compiler vectorizes with SSE2 where it can.
+  const int64_t vector_end = kHasSimd ? c.numel - c.numel % IO::kBlock : 0;
+  for (; i < vector_end; i += IO::kBlock) {
     Vec p[K], g[K], m[K], v[K], vmax[K];
     IO::load(param + i, p);
     IO::load(grad + i, g);
@@ -52,7 +62,7 @@ void adam_chunk(const AdamKernelConfig& cfg, const AdamScalars<double>& s64, con
     IO::store(exp_avg_sq + i, v);
     if (amsgrad) IO::store(max_exp_avg_sq + i, vmax);
   }
-  // Scalar tail: fewer elements than one storage vector.
+  // Scalar tail: fewer elements than one storage vector (or all of them, see above).
   for (; i < c.numel; ++i) {
     opmath_t p = param[i], g = grad[i], m = exp_avg[i], v = exp_avg_sq[i];
     opmath_t vmax = amsgrad ? opmath_t(max_exp_avg_sq[i]) : opmath_t(0);
