@@ -36,7 +36,12 @@ ISA_FLAGS = {
     "AVX2": ["-mavx2", "-mfma", "-mf16c"],
     "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c"],
 }
-CXX_FLAGS = ["-O3", "-std=c++17", "-fvisibility=hidden"]
+# -fopenmp: at::parallel_for is inline OpenMP code (ATen's OpenMP backend), so
+# without it the multi-tensor driver silently runs on one thread. The libgomp
+# it links resolves, at run time, to the one torch has already loaded (same
+# soname), so torch.set_num_threads governs fastopt too.
+CXX_FLAGS = ["-O3", "-std=c++17", "-fvisibility=hidden", "-fopenmp"]
+LINK_FLAGS = ["-fopenmp"]
 CUDA_ARCHS = ["80", "90"]
 
 
@@ -92,6 +97,7 @@ def _extension():
         name="fastopt._C",
         include_dirs=[os.path.join(ROOT, "csrc")],
         extra_compile_args={"cxx": list(CXX_FLAGS)},
+        extra_link_args=list(LINK_FLAGS),
     )
     if not with_cuda:
         return cpp_extension.CppExtension(sources=sources, **args)

@@ -1,0 +1,232 @@
+"""Shared benchmark machinery: timing, interleaving, bandwidth, tables, JSON.
+
+Every benchmark in this directory follows the same recipe (see
+ARCHITECTURE.md, "Benchmarks"): time all contenders on identical inputs,
+interleaved in one run, and express each result as achieved GB/s and as a
+fraction of the memory bandwidth measured in that same run.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import random
+import statistics
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import torch
+
+# Arrays this large overflow every cache level on the machines we target
+# (32 MB L3 on the dev CPU, 50 MB L2 on an H100), so the bandwidth runs
+# measure DRAM/HBM rather than cache.
+BANDWIDTH_NUMEL = 64 * 2**20
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Stats:
+    """Summary of one contender's samples, in milliseconds."""
+
+    median: float
+    p20: float
+    p80: float
+    samples: list[float]
+
+
+def summarize(samples_ms: Sequence[float]) -> Stats:
+    """Median and 20th/80th percentiles of ``samples_ms`` (at least 2 samples)."""
+    # Quintile cut points are exactly p20, p40, p60, p80.
+    p20, _, _, p80 = statistics.quantiles(samples_ms, n=5, method="inclusive")
+    return Stats(statistics.median(samples_ms), p20, p80, list(samples_ms))
+
+
+def time_call_ms(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall time of one ``fn()`` call in milliseconds.
+
+    On CUDA, kernels run asynchronously, so host timers would measure the
+    launch only; CUDA events bracket the work on the current stream instead.
+    """
+    if device.type == "cuda":
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        # Drain earlier work so it is not billed to this call.
+        torch.cuda.synchronize(device)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    start_s = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start_s) * 1e3
+
+
+def run_interleaved(
+    contenders: Mapping[str, Callable[[], object]],
+    device: torch.device,
+    reps: int,
+    warmup: int,
+) -> dict[str, Stats]:
+    """Time every contender ``reps`` times, round-robin, after ``warmup`` calls each.
+
+    Each repetition runs every contender once, so slow drifts of the machine
+    (frequency, other tenants) hit all contenders alike. The order within a
+    repetition is shuffled (seeded, so runs are repeatable): neither the
+    position in the round nor the predecessor, whose traffic may have left
+    caches and TLBs in some state, is then systematic for any contender.
+    """
+    names = list(contenders)
+    for name in names:
+        for _ in range(warmup):
+            contenders[name]()
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    order = random.Random(0)
+    for _ in range(reps):
+        order.shuffle(names)
+        for name in names:
+            samples[name].append(time_call_ms(contenders[name], device))
+    return {name: summarize(s) for name, s in samples.items()}
+
+
+def gb_per_s(nbytes: int, ms: float) -> float:
+    """Throughput in GB/s (10**9 bytes) for ``nbytes`` moved in ``ms``."""
+    return nbytes / (ms * 1e-3) / 1e9
+
+
+class Triad:
+    """In-place triad ``a = a + s*b`` over float32 arrays that defeat the cache.
+
+    It reads a and b and writes a: three arrays of traffic, and like an
+    in-place optimizer step it writes back lines it has just read. torch.add
+    with ``out=a`` uses all intra-op threads and was the fastest torch triad
+    tried on the 2-core dev machine (on par with mul_ and addcmul_), so it
+    runs at memory speed there.
+    """
+
+    op = "torch.add(a, b, alpha=s, out=a)"
+
+    def __init__(self, device: torch.device, numel: int = BANDWIDTH_NUMEL) -> None:
+        gen = torch.Generator().manual_seed(0)
+        self.a = torch.rand(numel, generator=gen).to(device)
+        self.b = torch.rand(numel, generator=gen).to(device)
+        self.numel = numel
+        self.nbytes = 3 * numel * self.a.element_size()
+
+    def __call__(self) -> None:
+        # A small alpha keeps a bounded however often this runs.
+        torch.add(self.a, self.b, alpha=1e-3, out=self.a)
+
+
+@dataclass
+class Bandwidth:
+    """Memory bandwidth reference figures, in GB/s."""
+
+    triad_gbps: float
+    copy_gbps: float
+    numel: int
+    triad_op: str
+    copy_op: str
+
+
+def measure_bandwidth(triad: Triad, device: torch.device, reps: int) -> Bandwidth:
+    """Triad and copy bandwidth on ``triad``'s arrays, interleaved.
+
+    A copy into another array also reads each destination line before writing
+    it (write-allocate) on CPUs. The minimal byte count (read a, write b) does
+    not see that read, so copy reports lower GB/s than the in-place triad there.
+    """
+    a, b = triad.a, triad.b
+
+    def copy() -> None:
+        b.copy_(a)
+
+    stats = run_interleaved({"triad": triad, "copy": copy}, device, reps, warmup=2)
+    return Bandwidth(
+        triad_gbps=gb_per_s(triad.nbytes, stats["triad"].median),
+        copy_gbps=gb_per_s(2 * a.numel() * a.element_size(), stats["copy"].median),
+        numel=triad.numel,
+        triad_op=Triad.op,
+        copy_op="b.copy_(a)",
+    )
+
+
+def cpu_model() -> str:
+    """The ``model name`` line of /proc/cpuinfo, or 'unknown'."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def git_commit() -> str | None:
+    """HEAD of the repository, or None outside a git checkout/without commits."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip()
+
+
+def environment(device: torch.device) -> dict[str, object]:
+    """Facts needed to interpret a result file later."""
+    info: dict[str, object] = {
+        "device": device.type,
+        "cpu_model": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_version": torch.__version__,
+        "git_commit": git_commit(),
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="seconds"
+        ),
+        "threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        info["gpu_name"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table with columns padded to equal width."""
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+        for i, h in enumerate(headers)
+    ]
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(headers), rule, *(line(r) for r in rows)])
+
+
+def write_json(out_dir: Path, stem: str, device: torch.device, payload: dict) -> Path:
+    """Write ``payload`` to ``out_dir/<stem>-<device>-<UTC timestamp>.json``."""
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{stem}-{device.type}-{stamp}.json"
+    path.write_text(json.dumps(payload, indent=2, default=_to_json) + "\n")
+    return path
+
+
+def _to_json(obj: object) -> object:
+    """json.dumps fallback: dataclasses as dicts, anything else (e.g. a
+    torch.device inside build_info) as its string form, so that an unexpected
+    value costs a lossy field rather than the whole result file."""
+    if isinstance(obj, (Stats, Bandwidth)):
+        return asdict(obj)
+    return str(obj)
