@@ -257,7 +257,9 @@ def print_header(
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    # The current device: CUDA when fastopt has CUDA kernels and a GPU is present.
+    default_device = "cuda" if torch.cuda.is_available() and fastopt.build_info()["cuda"] else "cpu"
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=default_device)
     parser.add_argument(
         "--out",
         type=Path,
