@@ -35,7 +35,7 @@ build: $(BUILT)
 $(VENV)/.ready:
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet $(TORCH_PIN) setuptools wheel ninja pytest
+	$(VENV)/bin/python -m pip install --quiet $(TORCH_PIN) numpy setuptools wheel ninja pytest
 	touch $@
 
 # --no-build-isolation: build against the torch installed here, never a

@@ -309,3 +309,42 @@ def test_complex_params_match_torch(device):
     run_steps(ref, ref_params, grads)
     run_steps(ours, ours_params, grads)
     assert_same_state(ours, ref, ours_params, ref_params)
+
+
+@pytest.mark.skipif(
+    not (torch.cuda.is_available() and fastopt.build_info()["cuda"]), reason="CUDA graphs need a GPU"
+)
+@pytest.mark.parametrize("lr", [0.01, torch.tensor(0.01)], ids=["float_lr", "tensor_lr"])
+def test_cuda_graph_capture_matches_eager(lr):
+    """The whole step (step counters included) replays from a CUDA graph."""
+    ref_params = make_params("cuda", torch.float32, ["non_aligned", "channels_last", "bias"])
+    params = clone_params(ref_params)
+    lr_ref = lr.cuda() if isinstance(lr, torch.Tensor) else lr
+    lr_graph = lr.cuda() if isinstance(lr, torch.Tensor) else lr
+    ref = AdamW(ref_params, lr=lr_ref, capturable=True, amsgrad=True)
+    opt = AdamW(params, lr=lr_graph, capturable=True, amsgrad=True)
+    grads = random_grads(ref_params, 8)
+    static = [torch.zeros_like(p) for p in params]
+    for p, g in zip(params, static):
+        p.grad = g
+    # warm up on a side stream (allocates state), as CUDA graph capture requires
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for g, new in zip(static, grads[0]):
+            g.copy_(new)
+        opt.step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        opt.step()
+    run_steps(ref, ref_params, grads[:1])
+    for step_grads in grads[1:]:
+        for g, new in zip(static, step_grads):
+            g.copy_(new)
+        graph.replay()
+    run_steps(ref, ref_params, grads[1:])
+    torch.cuda.synchronize()
+    for p, q in zip(params, ref_params):
+        torch.testing.assert_close(p, q)
+    assert opt.state[params[0]]["step"].item() == len(grads)
