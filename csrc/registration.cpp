@@ -10,16 +10,18 @@ TORCH_LIBRARY(fastopt, m) {
   // Adam and AdamW (decoupled_weight_decay=True). Increments each step counter
   // by one, unless found_inf is set, in which case nothing at all is written.
   // With grad_scale the gradients are unscaled in place, as torch's fused path does.
+  // update_norms, when given, receives per tensor [sum (p_new - p_old)^2,
+  // sum p_old^2] in float64, accumulated from registers during the update.
   m.def(
       "adam_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, "
       "Tensor(d!)[] exp_avg_sqs, Tensor(e!)[] max_exp_avg_sqs, Tensor(f!)[] state_steps, *, "
       "float lr, float beta1, float beta2, float weight_decay, float eps, bool amsgrad, "
       "bool maximize, bool decoupled_weight_decay, Tensor? grad_scale=None, "
-      "Tensor? found_inf=None) -> ()");
+      "Tensor? found_inf=None, Tensor(g!)? update_norms=None) -> ()");
   m.def(
       "adam_.tensor_lr(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, "
       "Tensor(d!)[] exp_avg_sqs, Tensor(e!)[] max_exp_avg_sqs, Tensor(f!)[] state_steps, *, "
       "Tensor lr, float beta1, float beta2, float weight_decay, float eps, bool amsgrad, "
       "bool maximize, bool decoupled_weight_decay, Tensor? grad_scale=None, "
-      "Tensor? found_inf=None) -> ()");
+      "Tensor? found_inf=None, Tensor(g!)? update_norms=None) -> ()");
 }

@@ -25,6 +25,9 @@ struct AdamArgs {
   bool decoupled_weight_decay;  // AdamW
   const c10::optional<at::Tensor>& grad_scale;
   const c10::optional<at::Tensor>& found_inf;
+  // [num_tensors, 2] float64 output: per tensor, the sum of squared updates
+  // and of squared params before the step (see FusedOptimizer.update_ratios).
+  const c10::optional<at::Tensor>& update_norms;
 };
 
 // Adapts a backend's `void impl(const AdamArgs&)` to the two op overloads
@@ -36,10 +39,11 @@ struct AdamOverloads {
                         at::TensorList state_steps, double lr, double beta1, double beta2,
                         double weight_decay, double eps, bool amsgrad, bool maximize,
                         bool decoupled_weight_decay, const c10::optional<at::Tensor>& grad_scale,
-                        const c10::optional<at::Tensor>& found_inf) {
+                        const c10::optional<at::Tensor>& found_inf,
+                        const c10::optional<at::Tensor>& update_norms) {
     impl(AdamArgs{params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, nullptr,
                   beta1, beta2, weight_decay, eps, amsgrad, maximize, decoupled_weight_decay,
-                  grad_scale, found_inf});
+                  grad_scale, found_inf, update_norms});
   }
 
   static void tensor_lr(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
@@ -48,10 +52,11 @@ struct AdamOverloads {
                         double beta2, double weight_decay, double eps, bool amsgrad,
                         bool maximize, bool decoupled_weight_decay,
                         const c10::optional<at::Tensor>& grad_scale,
-                        const c10::optional<at::Tensor>& found_inf) {
+                        const c10::optional<at::Tensor>& found_inf,
+                        const c10::optional<at::Tensor>& update_norms) {
     impl(AdamArgs{params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, 0.0, &lr,
                   beta1, beta2, weight_decay, eps, amsgrad, maximize, decoupled_weight_decay,
-                  grad_scale, found_inf});
+                  grad_scale, found_inf, update_norms});
   }
 };
 

@@ -41,6 +41,12 @@ class FlatTensorLists {
 
   // Raw pointer to list `l`, tensor `i`; null for an empty (absent) list.
   void* data(size_t l, size_t i) const { return views_[l].empty() ? nullptr : views_[l][i].data_ptr(); }
+  // The same, advanced by `offset` elements.
+  void* data_at(size_t l, size_t i, int64_t offset) const {
+    void* base = data(l, i);
+    return base == nullptr ? nullptr
+                           : static_cast<char*>(base) + offset * views_[l][i].element_size();
+  }
   const at::Tensor& view(size_t l, size_t i) const { return views_[l][i]; }
   int64_t numel(size_t i) const { return views_[0][i].numel(); }
   size_t size() const { return views_[0].size(); }

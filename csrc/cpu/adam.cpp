@@ -8,6 +8,7 @@
 #include "cpu/kernels/adam_kernel.h"
 #include "cpu/multi_tensor_apply.h"
 #include "cpu/scalars.h"
+#include "cpu/update_norms_output.h"
 
 namespace fastopt::cpu {
 namespace {
@@ -16,7 +17,10 @@ void adam_cpu(const AdamArgs& a) {
   check_adam_args(a, c10::DeviceType::CPU);
   if (a.params.empty()) return;
   // A step skipped by AMP leaves everything as it was, step counters included.
-  if (a.found_inf.has_value() && read_scalar("found_inf", *a.found_inf) != 0.0) return;
+  if (a.found_inf.has_value() && read_scalar("found_inf", *a.found_inf) != 0.0) {
+    if (a.update_norms.has_value()) a.update_norms->zero_();  // nothing moved
+    return;
+  }
 
   const c10::ScalarType dtype = a.params[0].scalar_type();
   check_supported_dtype("fastopt.adam_", dtype);
@@ -45,17 +49,15 @@ void adam_cpu(const AdamArgs& a) {
     numels[i] = flat.numel(i);
   }
 
+  const WorkItems items(numels);
+  UpdateNormsOutput norms(a.update_norms, n, items);
   const AdamKernelFn kernel = adam_kernel();
-  const int64_t itemsize = c10::elementSize(dtype);
-  multi_tensor_apply(numels, [&](int64_t i, int64_t begin, int64_t end) {
-    auto at_offset = [&](size_t list) -> void* {
-      void* base = flat.data(list, i);
-      return base == nullptr ? nullptr : static_cast<char*>(base) + begin * itemsize;
-    };
-    kernel(cfg, scalars[i],
-           AdamChunk{at_offset(0), at_offset(1), at_offset(2), at_offset(3), at_offset(4),
-                     end - begin});
+  items.parallel_for([&](size_t k, const WorkItem& item) {
+    auto at = [&](size_t list) { return flat.data_at(list, item.tensor, item.begin); };
+    kernel(cfg, scalars[item.tensor],
+           AdamChunk{at(0), at(1), at(2), at(3), at(4), item.end - item.begin, norms.slot(k)});
   });
+  norms.finish(items);
   flat.write_back();
 }
 

@@ -9,6 +9,7 @@
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -24,19 +25,31 @@ struct WorkItem {
   int64_t end;
 };
 
-// Calls fn(tensor_index, begin, end) once per chunk of every tensor, from
-// several threads. Chunks of one tensor never overlap, so fn needs no locking.
-template <typename Fn>
-void multi_tensor_apply(const std::vector<int64_t>& numels, const Fn& fn) {
-  std::vector<WorkItem> items;
-  for (int64_t t = 0; t < static_cast<int64_t>(numels.size()); ++t) {
-    for (int64_t begin = 0; begin < numels[t]; begin += kChunkElements) {
-      items.push_back({t, begin, std::min(begin + kChunkElements, numels[t])});
+class WorkItems {
+ public:
+  explicit WorkItems(const std::vector<int64_t>& numels) {
+    for (int64_t t = 0; t < static_cast<int64_t>(numels.size()); ++t) {
+      for (int64_t begin = 0; begin < numels[t]; begin += kChunkElements) {
+        items_.push_back({t, begin, std::min(begin + kChunkElements, numels[t])});
+      }
     }
   }
-  at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t first, int64_t last) {
-    for (int64_t k = first; k < last; ++k) fn(items[k].tensor, items[k].begin, items[k].end);
-  });
-}
+
+  size_t size() const { return items_.size(); }
+  const WorkItem& operator[](size_t k) const { return items_[k]; }
+
+  // Calls fn(k, item) once per item, from several threads. Items never
+  // overlap, so fn needs no locking; per-item results go to slot k of an
+  // array sized size(), which keeps any reduction over them deterministic.
+  template <typename Fn>
+  void parallel_for(const Fn& fn) const {
+    at::parallel_for(0, static_cast<int64_t>(items_.size()), 1, [&](int64_t first, int64_t last) {
+      for (int64_t k = first; k < last; ++k) fn(static_cast<size_t>(k), items_[k]);
+    });
+  }
+
+ private:
+  std::vector<WorkItem> items_;
+};
 
 }  // namespace fastopt::cpu

@@ -21,7 +21,8 @@ from torch import Tensor
 class Bucket:
     """The tensors of one param group that share a device and dtype."""
 
-    params: list[Tensor] = field(default_factory=list)
+    sources: list[Tensor] = field(default_factory=list)  # the parameters themselves
+    params: list[Tensor] = field(default_factory=list)  # as the op sees them (complex as real)
     grads: list[Tensor] = field(default_factory=list)
     steps: list[Tensor] = field(default_factory=list)
     state: dict[str, list[Tensor]] = field(default_factory=dict)
@@ -52,6 +53,37 @@ class FusedOptimizer(torch.optim.Optimizer):
     # unscaling the gradients itself (see torch.amp.GradScaler.step).
     _step_supports_amp_scaling = True
 
+    def track_update_ratios(self, enabled: bool = True) -> None:
+        """Compute ||update|| / ||param|| per parameter inside each fused step.
+
+        A training run is healthy when this ratio sits around 1e-3. The sums
+        are accumulated from values the update already holds in registers, so
+        tracking costs no extra pass over memory; off (the default), the
+        accumulation is compiled out of the kernels. Read the ratios of the
+        last step with :meth:`update_ratios`.
+        """
+        self._track_ratios = enabled
+        self._last_norms: list[tuple[list[Tensor], Tensor]] = []
+
+    def update_ratios(self) -> dict[Tensor, Tensor]:
+        """||p_after - p_before|| / ||p_before|| of each parameter updated by the last step.
+
+        Returns a dict from parameter to a 0-dim float64 tensor on the
+        parameter's device (no host synchronisation happens here). Requires
+        :meth:`track_update_ratios`. A parameter that was zero before the step
+        has an infinite (or NaN, if unchanged) ratio; a step skipped by AMP
+        reports the ratios of zero updates.
+        """
+        if not getattr(self, "_track_ratios", False):
+            raise RuntimeError(
+                f"{type(self).__name__}.update_ratios() needs track_update_ratios() before the step"
+            )
+        ratios: dict[Tensor, Tensor] = {}
+        for params, norms in self._last_norms:
+            values = norms[:, 0].sqrt() / norms[:, 1].sqrt()
+            ratios.update(zip(params, values.unbind()))
+        return ratios
+
     def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
         """Names of the per-parameter state tensors the op updates, in op order."""
         raise NotImplementedError
@@ -66,8 +98,12 @@ class FusedOptimizer(torch.optim.Optimizer):
         bucket: Bucket,
         grad_scale: Tensor | None,
         found_inf: Tensor | None,
+        update_norms: Tensor | None,
     ) -> None:
-        """Apply one step to a bucket with a single op call."""
+        """Apply one step to a bucket with a single op call.
+
+        ``update_norms``, when given, is the op's float64 [len(bucket.params), 2] output.
+        """
         raise NotImplementedError
 
     def _buckets(self, group: dict[str, Any]) -> dict[tuple[torch.device, torch.dtype], Bucket]:
@@ -93,6 +129,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             bucket = buckets.get((p.device, real.dtype))
             if bucket is None:
                 bucket = buckets[(p.device, real.dtype)] = Bucket(state={k: [] for k in keys})
+            bucket.sources.append(p)
             bucket.params.append(real)
             bucket.grads.append(_as_real(grad))
             bucket.steps.append(step)
@@ -125,7 +162,16 @@ class FusedOptimizer(torch.optim.Optimizer):
                 on_device[key] = t.to(device, non_blocking=True)
             return on_device[key]
 
+        track = getattr(self, "_track_ratios", False)
+        if track:
+            self._last_norms = []
         for group in self.param_groups:
             for (device, _), bucket in self._buckets(group).items():
-                self._update(group, bucket, to_device(grad_scale, device), to_device(found_inf, device))
+                norms = None
+                if track:
+                    norms = torch.empty(len(bucket.params), 2, dtype=torch.float64, device=device)
+                    self._last_norms.append((bucket.sources, norms))
+                self._update(
+                    group, bucket, to_device(grad_scale, device), to_device(found_inf, device), norms
+                )
         return loss

@@ -83,6 +83,7 @@ class Adam(FusedOptimizer, torch.optim.Adam):
         bucket: Bucket,
         grad_scale: Tensor | None,
         found_inf: Tensor | None,
+        update_norms: Tensor | None,
     ) -> None:
         beta1, beta2 = group["betas"]
         lr = group["lr"]
@@ -104,6 +105,7 @@ class Adam(FusedOptimizer, torch.optim.Adam):
             decoupled_weight_decay=bool(group["decoupled_weight_decay"]),
             grad_scale=grad_scale,
             found_inf=found_inf,
+            update_norms=update_norms,
         )
 
 

@@ -6,96 +6,70 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
-#include "cpu/kernels/vec_io.h"
+#include "cpu/kernels/elementwise.h"
 
 namespace fastopt::cpu {
 inline namespace CPU_CAPABILITY {
 namespace {
 
-#if defined(CPU_CAPABILITY_DEFAULT)
-constexpr bool kHasSimd = false;
-#else
-constexpr bool kHasSimd = true;
-#endif
+// List slots, in the order of AdamChunk.
+enum AdamList : int { kParam = 0, kGrad, kExpAvg, kExpAvgSq, kMaxExpAvgSq };
 
-template <typename scalar_t, AdamMode MODE>
-void adam_chunk(const AdamKernelConfig& cfg, const AdamScalars<double>& s64, const AdamChunk& c) {
-  using IO = VecIO<scalar_t>;
-  using opmath_t = typename IO::opmath_t;
-  using Vec = typename IO::Vec;
-  constexpr int K = IO::kVecs;
+template <typename opmath_t, AdamMode MODE, bool AMSGRAD>
+struct AdamOp {
+  Broadcast<AdamCoeffs, opmath_t> coeffs;
+  opmath_t grad_scale;
+  bool unscale;
+  bool maximize;
+  bool has_weight_decay;
 
-  auto* param = static_cast<scalar_t*>(c.param);
-  auto* grad = static_cast<scalar_t*>(c.grad);
-  auto* exp_avg = static_cast<scalar_t*>(c.exp_avg);
-  auto* exp_avg_sq = static_cast<scalar_t*>(c.exp_avg_sq);
-  auto* max_exp_avg_sq = static_cast<scalar_t*>(c.max_exp_avg_sq);
-  const bool amsgrad = max_exp_avg_sq != nullptr;
-
-  const AdamScalars<opmath_t> s = cast_scalars<opmath_t>(s64);
-  const AdamCoeffs<Vec> vc(s);
-  const AdamCoeffs<opmath_t> sc(s);
-  const opmath_t scale = static_cast<opmath_t>(cfg.grad_scale);
-
-  int64_t i = 0;
-  // The baseline build has no SIMD Vectorized (its generic fallback is slower
-  // than plain scalar code), so it leaves everything to the loop below, which
-  // the compiler vectorizes with SSE2 where it can.
-  const int64_t vector_end = kHasSimd ? c.numel - c.numel % IO::kBlock : 0;
-  for (; i < vector_end; i += IO::kBlock) {
-    Vec p[K], g[K], m[K], v[K], vmax[K];
-    IO::load(param + i, p);
-    IO::load(grad + i, g);
-    IO::load(exp_avg + i, m);
-    IO::load(exp_avg_sq + i, v);
-    if (amsgrad) IO::load(max_exp_avg_sq + i, vmax);
-    if (cfg.unscale_grad) {
-      for (int k = 0; k < K; ++k) g[k] = g[k] / Vec(scale);
-      IO::store(grad + i, g);
-    }
-    for (int k = 0; k < K; ++k) {
-      adam_update<MODE>(p[k], g[k], m[k], v[k], amsgrad ? &vmax[k] : nullptr, vc, cfg.maximize,
-                        cfg.has_weight_decay);
-    }
-    IO::store(param + i, p);
-    IO::store(exp_avg + i, m);
-    IO::store(exp_avg_sq + i, v);
-    if (amsgrad) IO::store(max_exp_avg_sq + i, vmax);
+  template <typename T>
+  void operator()(T (&v)[AMSGRAD ? 5 : 4]) const {
+    // torch's fused path stores the unscaled gradient, as GradScaler.unscale_ would.
+    if (unscale) v[kGrad] = v[kGrad] / T(grad_scale);
+    T* max_exp_avg_sq = nullptr;
+    if constexpr (AMSGRAD) max_exp_avg_sq = &v[kMaxExpAvgSq];
+    adam_update<MODE>(v[kParam], v[kGrad], v[kExpAvg], v[kExpAvgSq], max_exp_avg_sq,
+                      coeffs.template get<T>(), maximize, has_weight_decay);
   }
-  // Scalar tail: fewer elements than one storage vector (or all of them, see above).
-  for (; i < c.numel; ++i) {
-    opmath_t p = param[i], g = grad[i], m = exp_avg[i], v = exp_avg_sq[i];
-    opmath_t vmax = amsgrad ? opmath_t(max_exp_avg_sq[i]) : opmath_t(0);
-    if (cfg.unscale_grad) {
-      g = g / scale;
-      grad[i] = static_cast<scalar_t>(g);
-    }
-    adam_update<MODE>(p, g, m, v, amsgrad ? &vmax : nullptr, sc, cfg.maximize,
-                      cfg.has_weight_decay);
-    param[i] = static_cast<scalar_t>(p);
-    exp_avg[i] = static_cast<scalar_t>(m);
-    exp_avg_sq[i] = static_cast<scalar_t>(v);
-    if (amsgrad) max_exp_avg_sq[i] = static_cast<scalar_t>(vmax);
-  }
+};
+
+template <typename scalar_t, AdamMode MODE, bool AMSGRAD>
+void adam_chunk(const AdamKernelConfig& cfg, const AdamScalars<double>& s, const AdamChunk& c) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  constexpr int kDepth = AMSGRAD ? 5 : 4;
+  const AdamOp<opmath_t, MODE, AMSGRAD> op{
+      Broadcast<AdamCoeffs, opmath_t>(cast_scalars<opmath_t>(s)),
+      static_cast<opmath_t>(cfg.grad_scale), cfg.unscale_grad, cfg.maximize,
+      cfg.has_weight_decay};
+  void* const all[] = {c.param, c.grad, c.exp_avg, c.exp_avg_sq, c.max_exp_avg_sq};
+  scalar_t* ptrs[kDepth];
+  for (int d = 0; d < kDepth; ++d) ptrs[d] = static_cast<scalar_t*>(all[d]);
+  const uint32_t written = (1u << kParam) | (1u << kExpAvg) | (1u << kExpAvgSq) |
+                           (AMSGRAD ? 1u << kMaxExpAvgSq : 0u) |
+                           (cfg.unscale_grad ? 1u << kGrad : 0u);
+  for_each_element(ptrs, c.numel, written, op, c.norms);
 }
 
 template <typename scalar_t>
-void adam_chunk_for_mode(const AdamKernelConfig& cfg, const AdamScalars<double>& s,
-                         const AdamChunk& c) {
+void adam_chunk_for_variant(const AdamKernelConfig& cfg, const AdamScalars<double>& s,
+                            const AdamChunk& c) {
   if (cfg.adamw) {
-    adam_chunk<scalar_t, AdamMode::AdamW>(cfg, s, c);
+    cfg.amsgrad ? adam_chunk<scalar_t, AdamMode::AdamW, true>(cfg, s, c)
+                : adam_chunk<scalar_t, AdamMode::AdamW, false>(cfg, s, c);
   } else {
-    adam_chunk<scalar_t, AdamMode::Adam>(cfg, s, c);
+    cfg.amsgrad ? adam_chunk<scalar_t, AdamMode::Adam, true>(cfg, s, c)
+                : adam_chunk<scalar_t, AdamMode::Adam, false>(cfg, s, c);
   }
 }
 
 void adam_kernel_impl(const AdamKernelConfig& cfg, const AdamScalars<double>& s,
                       const AdamChunk& c) {
   switch (cfg.dtype) {
-    case c10::ScalarType::Float: return adam_chunk_for_mode<float>(cfg, s, c);
-    case c10::ScalarType::Double: return adam_chunk_for_mode<double>(cfg, s, c);
-    case c10::ScalarType::BFloat16: return adam_chunk_for_mode<c10::BFloat16>(cfg, s, c);
-    case c10::ScalarType::Half: return adam_chunk_for_mode<c10::Half>(cfg, s, c);
+    case c10::ScalarType::Float: return adam_chunk_for_variant<float>(cfg, s, c);
+    case c10::ScalarType::Double: return adam_chunk_for_variant<double>(cfg, s, c);
+    case c10::ScalarType::BFloat16: return adam_chunk_for_variant<c10::BFloat16>(cfg, s, c);
+    case c10::ScalarType::Half: return adam_chunk_for_variant<c10::Half>(cfg, s, c);
     // The op validates dtypes before it picks a kernel. Nothing here throws, so
     // that this ISA-specific TU emits no shared (weak) c10 error symbols.
     default: return;

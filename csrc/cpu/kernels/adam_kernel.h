@@ -7,6 +7,7 @@
 
 #include "common/adam_math.h"
 #include "cpu/isa.h"
+#include "cpu/kernels/update_norms.h"
 
 namespace fastopt::cpu {
 
@@ -30,6 +31,7 @@ struct AdamChunk {
   void* exp_avg_sq;
   void* max_exp_avg_sq;  // null unless amsgrad
   int64_t numel;
+  UpdateNorms* norms;  // null unless update ratios are tracked
 };
 
 // Scalars are passed in double and rounded once to the arithmetic type.
