@@ -38,6 +38,26 @@ at::Tensor device_float(const at::Tensor& t, c10::Device device) {
   return t.to(device, at::kFloat);
 }
 
+// The optional update_norms output: checked as the CPU op checks it
+// (csrc/cpu/update_norms_output.cpp), then zeroed on the current stream, so
+// that the kernels can add into it; a memset kernel, so graph capture is fine.
+// Null when the output is not wanted.
+double* update_norms_rows(const c10::optional<at::Tensor>& out, c10::Device device, size_t n) {
+  if (!out.has_value()) return nullptr;
+  const at::Tensor& t = *out;
+  TORCH_CHECK(t.device() == device && t.is_contiguous(),
+              "fastopt: update_norms must be a contiguous tensor on the params' device (", device,
+              ") for CUDA params, got a ", t.is_contiguous() ? "contiguous" : "non-contiguous",
+              " tensor on ", t.device());
+  TORCH_CHECK_TYPE(t.scalar_type() == c10::kDouble, "fastopt: update_norms must be float64, got ",
+                   t.scalar_type());
+  TORCH_CHECK(t.dim() == 2 && t.size(0) == static_cast<int64_t>(n) && t.size(1) == 2,
+              "fastopt: update_norms must have shape [", n, ", 2], got ", t.sizes());
+  // zero_ mutates through a const Tensor&, as every in-place op may.
+  t.zero_();
+  return t.mutable_data_ptr<double>();
+}
+
 void adam_cuda(const AdamArgs& a) {
   // Also checks that the step counters are on the params' device.
   check_adam_args(a, c10::DeviceType::CUDA);
@@ -105,6 +125,7 @@ void adam_cuda(const AdamArgs& a) {
   launch.adamw = a.decoupled_weight_decay;
   launch.grad_scale = grad_scale.defined() ? grad_scale.const_data_ptr<float>() : nullptr;
   launch.found_inf = found_inf.defined() ? found_inf.const_data_ptr<float>() : nullptr;
+  launch.update_norms = update_norms_rows(a.update_norms, device, n);
 
   launch_adam(launch, at::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();

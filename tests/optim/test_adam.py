@@ -348,3 +348,22 @@ def test_cuda_graph_capture_matches_eager(lr):
     for p, q in zip(params, ref_params):
         torch.testing.assert_close(p, q)
     assert opt.state[params[0]]["step"].item() == len(grads)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_update_ratios_match_direct_computation(device, dtype):
+    params = make_params(device, dtype)
+    opt = AdamW(params, lr=0.01)
+    with pytest.raises(RuntimeError, match="track_update_ratios"):
+        opt.update_ratios()
+    opt.track_update_ratios()
+    for step_grads in random_grads(params, 3, _skip_bias_grad):
+        set_grads(params, step_grads)
+        before = {p: p.detach().double().clone() for p in params}
+        opt.step()
+        ratios = opt.update_ratios()
+        updated = [p for p in params if p.grad is not None]
+        assert set(ratios) == set(updated)
+        for p in updated:
+            want = (p.detach().double() - before[p]).norm() / before[p].norm()
+            torch.testing.assert_close(ratios[p], want, rtol=1e-5, atol=0, equal_nan=True)

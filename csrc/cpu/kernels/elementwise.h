@@ -63,13 +63,20 @@ void for_each_element_impl(scalar_t* const (&ptrs)[DEPTH], int64_t n, uint32_t w
       IO::load(ptrs[d] + i, block);
       for (int k = 0; k < K; ++k) v[k][d] = block[k];
     }
+    Vec before[K];
     for (int k = 0; k < K; ++k) {
-      const Vec before = v[k][0];
+      before[k] = v[k][0];
       op(v[k]);
-      if constexpr (kNorms) {
-        const Vec delta = v[k][0] - before;
+    }
+    if constexpr (kNorms) {
+      // The change as stored: for 16-bit params, updates lost to rounding count as lost.
+      Vec after[K];
+      for (int k = 0; k < K; ++k) after[k] = v[k][0];
+      IO::round(after);
+      for (int k = 0; k < K; ++k) {
+        const Vec delta = after[k] - before[k];
         update_sq = at::vec::fmadd(delta, delta, update_sq);
-        param_sq = at::vec::fmadd(before, before, param_sq);
+        param_sq = at::vec::fmadd(before[k], before[k], param_sq);
       }
     }
     for (int d = 0; d < DEPTH; ++d) {
@@ -87,7 +94,8 @@ void for_each_element_impl(scalar_t* const (&ptrs)[DEPTH], int64_t n, uint32_t w
     const opmath_t before = v[0];
     op(v);
     if constexpr (kNorms) {
-      const double delta = static_cast<double>(v[0]) - static_cast<double>(before);
+      const double after = static_cast<double>(static_cast<opmath_t>(static_cast<scalar_t>(v[0])));
+      const double delta = after - static_cast<double>(before);
       tail_update_sq += delta * delta;
       tail_param_sq += static_cast<double>(before) * static_cast<double>(before);
     }
@@ -109,7 +117,8 @@ void for_each_element_impl(scalar_t* const (&ptrs)[DEPTH], int64_t n, uint32_t w
 // scalar in the tail, so op's call operator is a template over that type.
 // Lists whose bit (1u << d) is set in `written` are stored back. List 0 must
 // be the parameter: with `norms`, the loop also sums the squared change of
-// list 0 and its squared value before op, from registers, in no extra pass.
+// list 0 as stored (rounded to scalar_t) and its squared value before op, from
+// registers, in no extra pass.
 // Without `norms` that code is compiled out.
 template <typename scalar_t, int DEPTH, typename Op>
 void for_each_element(scalar_t* const (&ptrs)[DEPTH], int64_t n, uint32_t written, const Op& op,

@@ -45,6 +45,15 @@ struct VecIO {
     }
   }
 
+  // The values as they will be stored: rounded to scalar_t and widened back.
+  static inline void round(Vec (&v)[kVecs]) {
+    if constexpr (kReduced) {
+      auto [lo, hi] = at::vec::convert_to_float<scalar_t>(at::vec::convert_from_float<scalar_t>(v[0], v[1]));
+      v[0] = lo;
+      v[1] = hi;
+    }
+  }
+
   static inline void store(scalar_t* p, const Vec (&in)[kVecs]) {
     if constexpr (kReduced) {
       at::vec::convert_from_float<scalar_t>(in[0], in[1]).store(p);

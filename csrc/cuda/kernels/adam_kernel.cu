@@ -31,6 +31,8 @@ struct AdamFunctor {
 
   __device__ void operator()(const Chunk<T, kDepth>& chunk, const float* step) const {
     using M = opmath_t<T>;
+    // Before for_each, so a skipped step adds nothing to the update norms; the
+    // whole block takes this return, as NOTE: [update norms] requires.
     if (found_inf != nullptr && *found_inf != 0.f) return;
     // Bias corrections use the step counter that increment_steps has already
     // advanced; see NOTE: [step counters].
@@ -62,6 +64,7 @@ void launch_functor(const AdamLaunch& l, cudaStream_t stream) {
   for (int d = 0; d < Functor::kDepth; ++d) lists.ptrs[d] = slots[d];
   lists.numels = l.numels;
   lists.steps = l.steps;
+  lists.norms = l.update_norms;
   lists.num_tensors = l.num_tensors;
   multi_tensor_apply(lists, functor, stream);
 }

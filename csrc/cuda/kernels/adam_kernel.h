@@ -41,6 +41,11 @@ struct AdamLaunch {
   bool adamw;               // decoupled weight decay
   const float* grad_scale;  // nullable; grads are divided by it and written back unscaled
   const float* found_inf;   // nullable; when *found_inf != 0 the launch changes nothing
+  // Nullable device pointer to a float64 [num_tensors, 2] array that the
+  // caller has zeroed on `stream`. When set, row i receives
+  // [sum (p_new - p_old)^2, sum p_old^2] of params[i]; rows stay zero for
+  // empty tensors and when found_inf skips the step.
+  double* update_norms;
 };
 
 // Enqueues the step on `stream`, with the semantics of torch.optim.Adam(fused=True):
