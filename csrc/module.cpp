@@ -2,7 +2,7 @@
 // static initialisers register every op with the dispatcher. The module
 // itself only reports build facts and lets tests pick a CPU kernel variant.
 #include <pybind11/pybind11.h>
-#include <torch/headeronly/version.h>
+#include <torch/version.h>
 
 #include <string>
 
