@@ -24,4 +24,25 @@ TORCH_LIBRARY(fastopt, m) {
       "Tensor lr, float beta1, float beta2, float weight_decay, float eps, bool amsgrad, "
       "bool maximize, bool decoupled_weight_decay, Tensor? grad_scale=None, "
       "Tensor? found_inf=None, Tensor(g!)? update_norms=None) -> ()");
+
+  // RMSprop, plain, centered and/or with momentum, as torch.optim.RMSprop.
+  // grad_avgs is empty unless centered, momentum_buffers empty unless
+  // momentum > 0. Step counters, grad_scale, found_inf and update_norms work
+  // as for adam_.
+  m.def(
+      "rmsprop_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] square_avgs, "
+      "Tensor(d!)[] grad_avgs, Tensor(e!)[] momentum_buffers, Tensor(f!)[] state_steps, *, "
+      "float lr, float alpha, float eps, float weight_decay, float momentum, bool centered, "
+      "bool maximize, Tensor? grad_scale=None, Tensor? found_inf=None, "
+      "Tensor(g!)? update_norms=None) -> ()");
+  m.def(
+      "rmsprop_.tensor_lr(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] square_avgs, "
+      "Tensor(d!)[] grad_avgs, Tensor(e!)[] momentum_buffers, Tensor(f!)[] state_steps, *, "
+      "Tensor lr, float alpha, float eps, float weight_decay, float momentum, bool centered, "
+      "bool maximize, Tensor? grad_scale=None, Tensor? found_inf=None, "
+      "Tensor(g!)? update_norms=None) -> ()");
+  // Exponential moving average of parameters (Polyak averaging):
+  // shadow[i] = lerp(shadow[i], params[i], 1 - decay), rounded as
+  // torch._foreach_lerp_(shadow, params, 1 - decay).
+  m.def("ema_(Tensor(a!)[] shadow, Tensor[] params, *, float decay) -> ()");
 }

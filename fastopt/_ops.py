@@ -15,7 +15,13 @@ ops = torch.ops.fastopt
 
 # Ops that only write their inputs in place and return nothing, like ATen's
 # _fused_adam_: their outputs are their (already allocated) arguments.
-IN_PLACE_OPS = ("fastopt::adam_", "fastopt::adam_.tensor_lr")
+IN_PLACE_OPS = (
+    "fastopt::adam_",
+    "fastopt::adam_.tensor_lr",
+    "fastopt::rmsprop_",
+    "fastopt::rmsprop_.tensor_lr",
+    "fastopt::ema_",
+)
 
 
 def _in_place_fake(*args: Any, **kwargs: Any) -> None:

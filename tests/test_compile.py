@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastopt.optim import AdamW
+from fastopt.optim import AdamW, RMSprop
 
 
 def _model(device: str) -> torch.nn.Module:
@@ -58,6 +58,26 @@ def test_compiled_step_fullgraph(device):
     ref_model, model = _model(device), _model(device)
     ref_opt = AdamW(ref_model.parameters(), lr=torch.tensor(0.01))
     opt = AdamW(model.parameters(), lr=torch.tensor(0.01))
+    x = torch.randn(4, 8, device=device)
+    torch._dynamo.reset()
+    compiled_step = torch.compile(opt.step, fullgraph=True)
+    for _ in range(3):
+        for m in (ref_model, model):
+            m.zero_grad()
+            m(x).sum().backward()
+        ref_opt.step()
+        compiled_step()
+    for a, b in zip(ref_model.parameters(), model.parameters()):
+        torch.testing.assert_close(a, b)
+    assert opt.state[next(model.parameters())]["step"].item() == 3
+
+
+@pytest.mark.parametrize("config", [{}, {"centered": True, "momentum": 0.9, "weight_decay": 0.1}], ids=repr)
+def test_compiled_rmsprop_step_fullgraph(config, device):
+    """RMSprop's step with a tensor lr compiles with fullgraph=True and matches eager."""
+    ref_model, model = _model(device), _model(device)
+    ref_opt = RMSprop(ref_model.parameters(), lr=torch.tensor(0.01), **config)
+    opt = RMSprop(model.parameters(), lr=torch.tensor(0.01), **config)
     x = torch.randn(4, 8, device=device)
     torch._dynamo.reset()
     compiled_step = torch.compile(opt.step, fullgraph=True)

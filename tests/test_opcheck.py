@@ -44,3 +44,46 @@ def test_adam_tensor_lr(device):
         _adam_args(device, False),
         dict(lr=torch.tensor(1e-3, device=device), amsgrad=False, **KWARGS),
     )
+
+
+def _rmsprop_args(device: str, centered: bool, momentum: bool):
+    # adam's lists double as RMSprop's: exp_avg_sqs -> square_avgs, the
+    # max_exp_avg_sqs that amsgrad adds -> grad_avgs
+    params, grads, _, square_avgs, grad_avgs, steps = _adam_args(device, amsgrad=centered)
+    momentum_buffers = [torch.randn_like(p) for p in params] if momentum else []
+    # grad_avg**2 <= square_avg keeps the centered sqrt real
+    grad_avgs = [g * 0.1 for g in grad_avgs]
+    return (params, grads, square_avgs, grad_avgs, momentum_buffers, steps)
+
+
+RMSPROP_KWARGS = dict(alpha=0.99, eps=1e-8, weight_decay=0.01, maximize=False)
+
+
+@pytest.mark.parametrize("centered", [False, True])
+@pytest.mark.parametrize("momentum", [False, True])
+@pytest.mark.parametrize("amp", [False, True])
+def test_rmsprop(device, centered, momentum, amp):
+    extra = {}
+    if amp:
+        extra = dict(grad_scale=torch.tensor(8.0, device=device), found_inf=torch.tensor(0.0, device=device))
+    torch.library.opcheck(
+        torch.ops.fastopt.rmsprop_.default,
+        _rmsprop_args(device, centered, momentum),
+        dict(lr=1e-2, momentum=0.9 if momentum else 0.0, centered=centered, **RMSPROP_KWARGS, **extra),
+    )
+
+
+def test_rmsprop_tensor_lr(device):
+    torch.library.opcheck(
+        torch.ops.fastopt.rmsprop_.tensor_lr,
+        _rmsprop_args(device, True, True),
+        dict(lr=torch.tensor(1e-2, device=device), momentum=0.9, centered=True, **RMSPROP_KWARGS),
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_ema(device, dtype):
+    shapes = [(), (0,), (7,), (130, 3)]
+    shadow = [torch.randn(s, device=device, dtype=dtype) for s in shapes]
+    params = [torch.randn(s, device=device, dtype=dtype) for s in shapes]
+    torch.library.opcheck(torch.ops.fastopt.ema_.default, (shadow, params), dict(decay=0.9))

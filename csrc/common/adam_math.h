@@ -9,31 +9,13 @@
 #include <cmath>
 
 #include "macros.h"
+#include "math_ops.h"
 
 namespace fastopt {
 
 // Adam adds weight_decay * param to the gradient (L2 penalty); AdamW decays the
 // parameter directly ("decoupled weight decay", Loshchilov & Hutter 2019).
 enum class AdamMode : int { Adam = 0, AdamW = 1 };
-
-// sqrt and NaN-propagating max for scalar T. SIMD types get their own
-// specialisation next to the CPU kernel that uses them.
-template <typename T>
-struct MathOps {
-  static FASTOPT_HOST_DEVICE FASTOPT_INLINE T sqrt(T x) { return ::sqrt(x); }
-  // torch.maximum propagates NaN; fmax would silently drop it.
-  static FASTOPT_HOST_DEVICE FASTOPT_INLINE T max(T a, T b) {
-    return (a != a || a > b) ? a : b;
-  }
-};
-
-template <>
-struct MathOps<float> {
-  static FASTOPT_HOST_DEVICE FASTOPT_INLINE float sqrt(float x) { return ::sqrtf(x); }
-  static FASTOPT_HOST_DEVICE FASTOPT_INLINE float max(float a, float b) {
-    return (a != a || a > b) ? a : b;
-  }
-};
 
 // Host-side scalars of one Adam step for one tensor, in the arithmetic type
 // (float for float/bf16/fp16 storage, double for float64).

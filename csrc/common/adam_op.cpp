@@ -20,22 +20,8 @@ void check_adam_args(const AdamArgs& a, c10::DeviceType device) {
               a.max_exp_avg_sqs.size(), " for ", a.params.size(), " params");
   if (a.params.empty()) return;
 
-  const at::Tensor& p0 = a.params[0];
-  TORCH_CHECK(p0.device().type() == device, op, ": expected ", device, " tensors, got ",
-              p0.device());
-  TORCH_CHECK_TYPE(p0.is_floating_point(), op, ": params must be floating point, got ",
-                   p0.scalar_type());
-  // Step counters stay on the CPU for CPU params, and live on the GPU for CUDA
-  // params so that the update never synchronises with the host.
-  check_state_steps(op, a.state_steps, a.params.size(), p0.device());
-  if (a.lr_tensor != nullptr) {
-    TORCH_CHECK(a.lr_tensor->numel() == 1, op, ": Tensor lr must be 1-element");
-  }
-  for (const auto* t : {&a.grad_scale, &a.found_inf}) {
-    if (t->has_value()) {
-      TORCH_CHECK((*t)->numel() == 1, op, ": grad_scale and found_inf must be 1-element");
-    }
-  }
+  check_optimizer_args(op, a.params, a.state_steps, device, a.lr_tensor, a.grad_scale,
+                       a.found_inf);
 }
 
 }  // namespace fastopt

@@ -51,6 +51,26 @@ void check_state_steps(const char* op, at::TensorList steps, size_t expected,
   }
 }
 
+void check_optimizer_args(const char* op, at::TensorList params, at::TensorList state_steps,
+                          c10::DeviceType device, const at::Tensor* lr_tensor,
+                          const c10::optional<at::Tensor>& grad_scale,
+                          const c10::optional<at::Tensor>& found_inf) {
+  const at::Tensor& p0 = params[0];
+  TORCH_CHECK(p0.device().type() == device, op, ": expected ", device, " tensors, got ",
+              p0.device());
+  TORCH_CHECK_TYPE(p0.is_floating_point(), op, ": params must be floating point, got ",
+                   p0.scalar_type());
+  check_state_steps(op, state_steps, params.size(), p0.device());
+  if (lr_tensor != nullptr) {
+    TORCH_CHECK(lr_tensor->numel() == 1, op, ": Tensor lr must be 1-element");
+  }
+  for (const auto* t : {&grad_scale, &found_inf}) {
+    if (t->has_value()) {
+      TORCH_CHECK((*t)->numel() == 1, op, ": grad_scale and found_inf must be 1-element");
+    }
+  }
+}
+
 namespace {
 
 bool same_dense_layout(const at::Tensor& t, const at::Tensor& ref) {

@@ -31,6 +31,17 @@ void check_tensor_lists(const char* op, const std::vector<NamedList>& lists);
 void check_state_steps(const char* op, at::TensorList steps, size_t expected,
                        const c10::optional<c10::Device>& device);
 
+// The checks every optimizer op shares after check_tensor_lists: params are
+// floating point and on `device`, each has a step counter on the params'
+// device (CPU counters for CPU params, device counters for CUDA params, so
+// that the update never synchronises with the host), and the optional lr
+// tensor, grad_scale and found_inf hold one element each. `params` must not
+// be empty.
+void check_optimizer_args(const char* op, at::TensorList params, at::TensorList state_steps,
+                          c10::DeviceType device, const at::Tensor* lr_tensor,
+                          const c10::optional<at::Tensor>& grad_scale,
+                          const c10::optional<at::Tensor>& found_inf);
+
 // Gives kernels flat pointers. Each tensor index is viewed through one
 // layout: the tensors' own when they are all non-overlapping and dense with
 // equal strides (contiguous, channels_last, transposed, ...), otherwise a

@@ -10,53 +10,12 @@
 #include "common/adam_op.h"
 #include "common/tensor_lists.h"
 #include "cuda/kernels/adam_kernel.h"
+#include "cuda/optimizer_cuda.h"
 
 namespace fastopt::cuda {
 namespace {
 
 constexpr const char* kOp = "fastopt.adam_";
-
-DType kernel_dtype(c10::ScalarType dtype) {
-  switch (dtype) {
-    case c10::kFloat:
-      return DType::Float32;
-    case c10::kDouble:
-      return DType::Float64;
-    case c10::kHalf:
-      return DType::Float16;
-    case c10::kBFloat16:
-      return DType::BFloat16;
-    default:
-      TORCH_CHECK_TYPE(false, kOp, ": supports float32, float64, bfloat16 and float16 tensors, got ",
-                       dtype);
-  }
-}
-
-// A one-element tensor as a float32 on `device`, which the kernels read
-// themselves so that nothing waits for the host. A no-op when it already is one.
-at::Tensor device_float(const at::Tensor& t, c10::Device device) {
-  return t.to(device, at::kFloat);
-}
-
-// The optional update_norms output: checked as the CPU op checks it
-// (csrc/cpu/update_norms_output.cpp), then zeroed on the current stream, so
-// that the kernels can add into it; a memset kernel, so graph capture is fine.
-// Null when the output is not wanted.
-double* update_norms_rows(const c10::optional<at::Tensor>& out, c10::Device device, size_t n) {
-  if (!out.has_value()) return nullptr;
-  const at::Tensor& t = *out;
-  TORCH_CHECK(t.device() == device && t.is_contiguous(),
-              "fastopt: update_norms must be a contiguous tensor on the params' device (", device,
-              ") for CUDA params, got a ", t.is_contiguous() ? "contiguous" : "non-contiguous",
-              " tensor on ", t.device());
-  TORCH_CHECK_TYPE(t.scalar_type() == c10::kDouble, "fastopt: update_norms must be float64, got ",
-                   t.scalar_type());
-  TORCH_CHECK(t.dim() == 2 && t.size(0) == static_cast<int64_t>(n) && t.size(1) == 2,
-              "fastopt: update_norms must have shape [", n, ", 2], got ", t.sizes());
-  // zero_ mutates through a const Tensor&, as every in-place op may.
-  t.zero_();
-  return t.mutable_data_ptr<double>();
-}
 
 void adam_cuda(const AdamArgs& a) {
   // Also checks that the step counters are on the params' device.
@@ -66,41 +25,20 @@ void adam_cuda(const AdamArgs& a) {
   const c10::Device device = a.params[0].device();
   const c10::cuda::CUDAGuard guard(device);
   const size_t n = a.params.size();
-  for (size_t i = 0; i < n; ++i) {
-    TORCH_CHECK_TYPE(a.state_steps[i].scalar_type() == at::kFloat, kOp, ": state_steps[", i,
-                     "] must be float32 for CUDA params, got ", a.state_steps[i].scalar_type());
-  }
-
-  // A CPU lr is read here, as torch's fused kernels do: reading host memory
-  // does not synchronise, whereas copying it to the GPU would break CUDA graph
-  // capture. A GPU lr stays on the GPU.
-  double lr = a.lr;
-  at::Tensor lr_tensor;
-  if (a.lr_tensor != nullptr) {
-    if (a.lr_tensor->is_cpu()) {
-      lr = a.lr_tensor->item<double>();
-    } else {
-      lr_tensor = device_float(*a.lr_tensor, device);
-    }
-  }
-  const at::Tensor grad_scale =
-      a.grad_scale.has_value() ? device_float(*a.grad_scale, device) : at::Tensor();
-  const at::Tensor found_inf =
-      a.found_inf.has_value() ? device_float(*a.found_inf, device) : at::Tensor();
+  std::vector<float*> steps = step_pointers(kOp, a.state_steps);
+  const DeviceScalars scalars(device, a.lr, a.lr_tensor, a.grad_scale, a.found_inf);
 
   FlatTensorLists flat({{"params", a.params, true},
-                        {"grads", a.grads, grad_scale.defined()},
+                        {"grads", a.grads, scalars.grad_scale() != nullptr},
                         {"exp_avgs", a.exp_avgs, true},
                         {"exp_avg_sqs", a.exp_avg_sqs, true},
                         {"max_exp_avg_sqs", a.max_exp_avg_sqs, true}});
   constexpr size_t kLists = 5;
   std::vector<void*> ptrs[kLists];
-  std::vector<float*> steps(n);
   std::vector<int64_t> numels(n);
   for (size_t l = 0; l < kLists; ++l) ptrs[l].resize(n);
   for (size_t i = 0; i < n; ++i) {
     for (size_t l = 0; l < kLists; ++l) ptrs[l][i] = flat.data(l, i);
-    steps[i] = a.state_steps[i].mutable_data_ptr<float>();
     numels[i] = flat.numel(i);
   }
 
@@ -113,9 +51,9 @@ void adam_cuda(const AdamArgs& a) {
   launch.max_exp_avg_sqs = a.amsgrad ? ptrs[4].data() : nullptr;
   launch.steps = steps.data();
   launch.numels = numels.data();
-  launch.dtype = kernel_dtype(a.params[0].scalar_type());
-  launch.lr = lr;
-  launch.lr_ptr = lr_tensor.defined() ? lr_tensor.const_data_ptr<float>() : nullptr;
+  launch.dtype = kernel_dtype(kOp, a.params[0].scalar_type());
+  launch.lr = scalars.lr();
+  launch.lr_ptr = scalars.lr_ptr();
   launch.beta1 = a.beta1;
   launch.beta2 = a.beta2;
   launch.weight_decay = a.weight_decay;
@@ -123,8 +61,8 @@ void adam_cuda(const AdamArgs& a) {
   launch.amsgrad = a.amsgrad;
   launch.maximize = a.maximize;
   launch.adamw = a.decoupled_weight_decay;
-  launch.grad_scale = grad_scale.defined() ? grad_scale.const_data_ptr<float>() : nullptr;
-  launch.found_inf = found_inf.defined() ? found_inf.const_data_ptr<float>() : nullptr;
+  launch.grad_scale = scalars.grad_scale();
+  launch.found_inf = scalars.found_inf();
   launch.update_norms = update_norms_rows(a.update_norms, device, n);
 
   launch_adam(launch, at::cuda::getCurrentCUDAStream());

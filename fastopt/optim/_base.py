@@ -46,6 +46,15 @@ def new_step_counter(param: Tensor) -> Tensor:
     return torch.zeros((), dtype=torch.float32, device=param.device)
 
 
+def reject_differentiable(name: str, differentiable: bool) -> None:
+    """Refuse ``differentiable=True``: a fused update is not recorded by autograd."""
+    if differentiable:
+        raise RuntimeError(
+            f"fastopt.optim.{name} does not support differentiable=True: its fused update is "
+            f"not recorded by autograd. Use torch.optim.{name}(differentiable=True) instead."
+        )
+
+
 class FusedOptimizer(torch.optim.Optimizer):
     """Base class of the fastopt optimizers: one fused op call per bucket."""
 

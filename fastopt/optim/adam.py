@@ -9,15 +9,7 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from .._ops import ops
-from ._base import Bucket, FusedOptimizer, new_step_counter
-
-
-def _reject_differentiable(name: str, differentiable: bool) -> None:
-    if differentiable:
-        raise RuntimeError(
-            f"fastopt.optim.{name} does not support differentiable=True: its fused update is "
-            f"not recorded by autograd. Use torch.optim.{name}(differentiable=True) instead."
-        )
+from ._base import Bucket, FusedOptimizer, new_step_counter, reject_differentiable
 
 
 class Adam(FusedOptimizer, torch.optim.Adam):
@@ -48,7 +40,7 @@ class Adam(FusedOptimizer, torch.optim.Adam):
         fused: bool | None = None,
         decoupled_weight_decay: bool = False,
     ) -> None:
-        _reject_differentiable(type(self).__name__, differentiable)
+        reject_differentiable(type(self).__name__, differentiable)
         # torch's own constructor: its validation, defaults and messages.
         torch.optim.Adam.__init__(
             self,

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytest
 
 import torch
 from torch import Tensor
@@ -86,3 +90,42 @@ def assert_same_state(ours: torch.optim.Optimizer, ref: torch.optim.Optimizer, o
                 torch.testing.assert_close(a.cpu().double(), b.cpu().double(), msg=lambda m: f"param {i} step: {m}")
             else:
                 torch.testing.assert_close(a, b, msg=lambda m: f"param {i} {key}: {m}", **tol)
+
+
+def check_low_precision(
+    ours_cls: type[torch.optim.Optimizer],
+    ref_cls: type[torch.optim.Optimizer],
+    dtype: torch.dtype,
+    device: str,
+    config: dict[str, Any],
+    torch_kwargs: dict[str, Any],
+    steps: int = 10,
+) -> None:
+    """fastopt in 16-bit must be at most twice as far from a float32 run as torch in 16-bit.
+
+    ``torch_kwargs`` picks torch's 16-bit path (for example ``fused=True``
+    where torch has a fused kernel, its most accurate one). The float32
+    reference always runs torch's for-loop.
+    """
+    fp32_params = make_params(device, torch.float32, ["non_aligned", "channels_last", "bias", "transposed"])
+    torch_params = clone_params(fp32_params, dtype)
+    ours_params = clone_params(fp32_params, dtype)
+    grads = random_grads(fp32_params, steps)
+    # every run sees the same 16-bit-representable gradients
+    grads = [[g.to(dtype).float() for g in step] for step in grads]
+    run_steps(ref_cls(fp32_params, foreach=False, **config), fp32_params, grads)
+    run_steps(ref_cls(torch_params, **torch_kwargs, **config), torch_params, grads)
+    run_steps(ours_cls(ours_params, **config), ours_params, grads)
+    for ref, theirs, ours in zip(fp32_params, torch_params, ours_params):
+        torch_err = (theirs.float() - ref).abs().max()
+        ours_err = (ours.float() - ref).abs().max()
+        assert torch.isfinite(torch_err), "pick a config whose 16-bit torch run stays finite"
+        assert ours_err <= 2 * torch_err, f"fastopt error {ours_err} > 2 x torch error {torch_err}"
+
+
+def assert_same_error(make_ref: Callable[[], Any], make_ours: Callable[[], Any]) -> None:
+    """make_ours() raises torch's exception type with torch's message."""
+    with pytest.raises(Exception) as expected:
+        make_ref()
+    with pytest.raises(type(expected.value), match=re.escape(str(expected.value))):
+        make_ours()

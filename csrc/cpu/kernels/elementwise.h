@@ -8,6 +8,8 @@
 // csrc/cuda/kernels/multi_tensor_apply.cuh.
 #pragma once
 
+#include <ATen/cpu/vec/functional.h>  // vec_reduce_all
+
 #include <cstdint>
 #include <type_traits>
 

@@ -11,16 +11,18 @@
 
 #include <cmath>
 
-#include "common/adam_math.h"
+#include "common/math_ops.h"
 
 namespace fastopt {
 
-// sqrt and NaN-propagating max for SIMD vectors (see MathOps in adam_math.h).
+// MathOps (common/math_ops.h) for SIMD vectors: fmadd is ATen's, which fuses
+// where the instruction set has FMA, so that lerp rounds as ATen's lerp_vec.
 template <typename T>
 struct MathOps<at::vec::Vectorized<T>> {
   using V = at::vec::Vectorized<T>;
   static inline V sqrt(const V& x) { return x.sqrt(); }
   static inline V max(const V& a, const V& b) { return at::vec::maximum(a, b); }
+  static inline V fmadd(const V& a, const V& b, const V& c) { return at::vec::fmadd(a, b, c); }
 };
 
 namespace cpu {

@@ -1,0 +1,52 @@
+// fastopt::ema_ on CUDA: validation, device guard and stream, then the
+// torch-free launch in kernels/ema_kernel.cu.
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "common/ema_op.h"
+#include "common/tensor_lists.h"
+#include "cuda/kernels/ema_kernel.h"
+#include "cuda/optimizer_cuda.h"
+
+namespace fastopt::cuda {
+namespace {
+
+void ema_cuda(at::TensorList shadow, at::TensorList params, double decay) {
+  check_ema_args(shadow, params, decay, c10::DeviceType::CUDA);
+  if (shadow.empty()) return;
+
+  const c10::cuda::CUDAGuard guard(shadow[0].device());
+  // The shadow is list 0: a non-dense param is walked in the shadow's layout.
+  FlatTensorLists flat({{"shadow", shadow, true}, {"params", params, false}});
+  const size_t n = shadow.size();
+  std::vector<void*> shadow_ptrs(n);
+  std::vector<const void*> param_ptrs(n);
+  std::vector<int64_t> numels(n);
+  for (size_t i = 0; i < n; ++i) {
+    shadow_ptrs[i] = flat.data(0, i);
+    param_ptrs[i] = flat.data(1, i);
+    numels[i] = flat.numel(i);
+  }
+
+  EmaLaunch launch{};
+  launch.num_tensors = static_cast<int64_t>(n);
+  launch.shadow = shadow_ptrs.data();
+  launch.params = param_ptrs.data();
+  launch.numels = numels.data();
+  launch.dtype = kernel_dtype("fastopt.ema_", shadow[0].scalar_type());
+  launch.decay = decay;
+
+  launch_ema(launch, at::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  flat.write_back();
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastopt, CUDA, m) { m.impl("ema_", &ema_cuda); }
+
+}  // namespace fastopt::cuda

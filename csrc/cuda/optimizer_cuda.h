@@ -1,0 +1,107 @@
+// Host-side helpers shared by the thin CUDA layers of the optimizer ops
+// (adam_cuda.cpp, rmsprop_cuda.cpp, ...): dtype mapping, step counters, the
+// update_norms output and the scalar tensors (lr, grad_scale, found_inf) the
+// kernels read on the device.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Optional.h>
+
+#include <vector>
+
+#include "cuda/kernels/dtype.h"
+
+namespace fastopt::cuda {
+
+inline DType kernel_dtype(const char* op, c10::ScalarType dtype) {
+  switch (dtype) {
+    case c10::kFloat:
+      return DType::Float32;
+    case c10::kDouble:
+      return DType::Float64;
+    case c10::kHalf:
+      return DType::Float16;
+    case c10::kBFloat16:
+      return DType::BFloat16;
+    default:
+      TORCH_CHECK_TYPE(false, op, ": supports float32, float64, bfloat16 and float16 tensors, got ",
+                       dtype);
+  }
+}
+
+// Device pointers to the float32 step counters, which increment_steps
+// advances on the device (see NOTE: [step counters]).
+inline std::vector<float*> step_pointers(const char* op, at::TensorList steps) {
+  std::vector<float*> ptrs(steps.size());
+  for (size_t i = 0; i < steps.size(); ++i) {
+    TORCH_CHECK_TYPE(steps[i].scalar_type() == at::kFloat, op, ": state_steps[", i,
+                     "] must be float32 for CUDA params, got ", steps[i].scalar_type());
+    ptrs[i] = steps[i].mutable_data_ptr<float>();
+  }
+  return ptrs;
+}
+
+// The optional update_norms output: checked as the CPU op checks it
+// (csrc/cpu/update_norms_output.cpp), then zeroed on the current stream, so
+// that the kernels can add into it; a memset kernel, so graph capture is fine.
+// Null when the output is not wanted.
+inline double* update_norms_rows(const c10::optional<at::Tensor>& out, c10::Device device, size_t n) {
+  if (!out.has_value()) return nullptr;
+  const at::Tensor& t = *out;
+  TORCH_CHECK(t.device() == device && t.is_contiguous(),
+              "fastopt: update_norms must be a contiguous tensor on the params' device (", device,
+              ") for CUDA params, got a ", t.is_contiguous() ? "contiguous" : "non-contiguous",
+              " tensor on ", t.device());
+  TORCH_CHECK_TYPE(t.scalar_type() == c10::kDouble, "fastopt: update_norms must be float64, got ",
+                   t.scalar_type());
+  TORCH_CHECK(t.dim() == 2 && t.size(0) == static_cast<int64_t>(n) && t.size(1) == 2,
+              "fastopt: update_norms must have shape [", n, ", 2], got ", t.sizes());
+  // zero_ mutates through a const Tensor&, as every in-place op may.
+  t.zero_();
+  return t.mutable_data_ptr<double>();
+}
+
+// The scalar tensors of one optimizer call, as the kernels read them.
+class DeviceScalars {
+ public:
+  DeviceScalars(c10::Device device, double lr, const at::Tensor* lr_tensor,
+                const c10::optional<at::Tensor>& grad_scale,
+                const c10::optional<at::Tensor>& found_inf)
+      : lr_(lr) {
+    // A CPU lr is read here, as torch's fused kernels do: reading host memory
+    // does not synchronise, whereas copying it to the GPU would break CUDA
+    // graph capture. A GPU lr stays on the GPU.
+    if (lr_tensor != nullptr) {
+      if (lr_tensor->is_cpu()) {
+        lr_ = lr_tensor->item<double>();
+      } else {
+        lr_tensor_ = device_float(*lr_tensor, device);
+      }
+    }
+    if (grad_scale.has_value()) grad_scale_ = device_float(*grad_scale, device);
+    if (found_inf.has_value()) found_inf_ = device_float(*found_inf, device);
+  }
+
+  // The float lr, ignored by the kernels when lr_ptr() is set.
+  double lr() const { return lr_; }
+  const float* lr_ptr() const { return ptr(lr_tensor_); }
+  const float* grad_scale() const { return ptr(grad_scale_); }
+  const float* found_inf() const { return ptr(found_inf_); }
+
+ private:
+  // A one-element tensor as a float32 on `device`, which the kernels read
+  // themselves so that nothing waits for the host. A no-op when it already is one.
+  static at::Tensor device_float(const at::Tensor& t, c10::Device device) {
+    return t.to(device, at::kFloat);
+  }
+  static const float* ptr(const at::Tensor& t) {
+    return t.defined() ? t.const_data_ptr<float>() : nullptr;
+  }
+
+  double lr_;
+  at::Tensor lr_tensor_;
+  at::Tensor grad_scale_;
+  at::Tensor found_inf_;
+};
+
+}  // namespace fastopt::cuda

@@ -1,0 +1,164 @@
+"""fastopt.optim.EMA and ema_multi_avg_fn against float64 and torch references."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+import fastopt
+from fastopt.optim import EMA, ema_multi_avg_fn
+
+from .reference import assert_same_error, make_params
+
+
+def _model(device: str) -> torch.nn.Module:
+    # A BatchNorm brings float buffers (averaged) and num_batches_tracked (copied).
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Flatten(), torch.nn.Linear(8 * 4 * 4, 5)
+    ).to(device)
+
+
+def _perturb(tensors) -> None:
+    with torch.no_grad():
+        for t in tensors:
+            if t.is_floating_point():
+                t.add_(torch.randn_like(t))
+            else:
+                t.add_(1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16], ids=str)
+def test_update_matches_foreach_lerp(dtype, device):
+    """One update rounds as torch._foreach_lerp_(shadow, params, 1 - decay)."""
+    params = make_params(device, dtype)  # every layout of the optimizer tests
+    ema = EMA(params, decay=0.9)
+    expected = [s.clone() for s in ema.shadow]
+    for _ in range(3):
+        _perturb(params)
+        ema.update()
+        torch._foreach_lerp_(expected, [p.detach() for p in params], 1 - 0.9)
+    for ours, ref in zip(ema.shadow, expected):
+        # the SIMD body rounds exactly as ATen's lerp; allow a last bit in tails
+        torch.testing.assert_close(ours, ref, rtol=0 if dtype == torch.float64 else 2**-20, atol=0)
+
+
+# 16-bit storage rounds each update exactly as torch._foreach_lerp_ does (see
+# above); against float64 it stagnates once (1 - decay) * (param - shadow)
+# drops below half an ulp, for torch and fastopt alike.
+@pytest.mark.parametrize("dtype", [torch.float32], ids=str)
+def test_update_matches_float64_reference(dtype, device):
+    params = make_params(device, dtype, ["non_aligned", "channels_last", "bias"])
+    exact = [p.detach().double() for p in params]
+    ema = EMA(params, decay=0.99)
+    for _ in range(20):
+        _perturb(params)
+        ema.update()
+        exact = [s + 0.01 * (p.detach().double() - s) for s, p in zip(exact, params)]
+    for ours, ref in zip(ema.shadow, exact):
+        # one rounding to the storage type per update
+        torch.testing.assert_close(ours.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_module_buffers_and_average_parameters_context(device):
+    model = _model(device)
+    ema = EMA(model, decay=0.5)
+    tracked = [*model.parameters(), *model.buffers()]
+    assert len(ema.shadow) == len(tracked)
+    _perturb(tracked)
+    ema.update()
+    trained = [t.detach().clone() for t in tracked]
+    for t, s in zip(tracked, ema.shadow):
+        if t.is_floating_point():
+            assert not torch.equal(s, t)  # averaged, so between the two
+        else:
+            assert torch.equal(s, t)  # num_batches_tracked is copied
+    with ema.average_parameters():
+        for t, s in zip(tracked, ema.shadow):
+            assert torch.equal(t, s)
+        model.train()(torch.randn(2, 3, 6, 6, device=device))  # BatchNorm writes its buffers
+    for t, v in zip(tracked, trained):
+        assert torch.equal(t, v)  # restored exactly
+    with pytest.raises(RuntimeError, match="boom"), ema.average_parameters():
+        raise RuntimeError("boom")
+    for t, v in zip(tracked, trained):
+        assert torch.equal(t, v)  # restored on an exception too
+
+
+def test_copy_to_another_model(device):
+    model, other = _model(device), _model(device)
+    ema = EMA(model, decay=0.9)
+    _perturb([*model.parameters(), *model.buffers()])
+    ema.update()
+    ema.copy_to(other)
+    for t, s in zip([*other.parameters(), *other.buffers()], ema.shadow):
+        assert torch.equal(t, s)
+    with pytest.raises(ValueError, match="tensors"):
+        ema.copy_to(list(other.parameters()))
+
+
+def test_state_dict_round_trip(device):
+    model = _model(device)
+    ema = EMA(model, decay=0.9, warmup=True)
+    for _ in range(3):
+        _perturb([*model.parameters(), *model.buffers()])
+        ema.update()
+    buffer = io.BytesIO()
+    torch.save(ema.state_dict(), buffer)
+    buffer.seek(0)
+    restored = EMA(copy.deepcopy(model), decay=0.5)
+    restored.load_state_dict(torch.load(buffer))
+    assert (restored.decay, restored.warmup, restored.num_updates) == (0.9, True, 3)
+    for a, b in zip(restored.shadow, ema.shadow):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="tensors"):
+        EMA(torch.nn.Linear(2, 2)).load_state_dict(ema.state_dict())
+
+
+def test_warmup_decay():
+    ema = EMA([torch.zeros(3)], decay=0.999, warmup=True)
+    decays = []
+    for _ in range(3):
+        decays.append(ema.current_decay())
+        ema.update()
+    assert decays == [1 / 10, 2 / 11, 3 / 12]
+    assert EMA([torch.zeros(3)], decay=0.5, warmup=True).current_decay() == 0.1
+    assert EMA([torch.zeros(3)], decay=0.999).current_decay() == 0.999
+
+
+@pytest.mark.parametrize("decay", [-0.1, 1.5])
+def test_invalid_decay_matches_torch(decay):
+    assert_same_error(lambda: get_ema_multi_avg_fn(decay), lambda: ema_multi_avg_fn(decay))
+    assert_same_error(lambda: get_ema_multi_avg_fn(decay), lambda: EMA([torch.zeros(2)], decay=decay))
+
+
+@pytest.mark.parametrize("use_buffers", [False, True])
+def test_averaged_model_multi_avg_fn_matches_torch(use_buffers, device):
+    model = _model(device)
+    averaged = [
+        AveragedModel(model, multi_avg_fn=fn, use_buffers=use_buffers)
+        for fn in (get_ema_multi_avg_fn(0.9), ema_multi_avg_fn(0.9))
+    ]
+    for _ in range(4):
+        _perturb([*model.parameters(), *model.buffers()])
+        for a in averaged:
+            a.update_parameters(model)
+    ref, ours = averaged
+    for a, b in zip([*ours.parameters(), *ours.buffers()], [*ref.parameters(), *ref.buffers()]):
+        torch.testing.assert_close(a, b, rtol=2**-20, atol=0)
+
+
+def test_op_validates_its_input():
+    with pytest.raises(RuntimeError, match="params has 1 tensors but shadow has 2"):
+        torch.ops.fastopt.ema_([torch.zeros(2), torch.zeros(2)], [torch.zeros(2)], decay=0.9)
+    with pytest.raises(TypeError, match="floating-point"):
+        torch.ops.fastopt.ema_([torch.zeros(2, dtype=torch.long)], [torch.zeros(2, dtype=torch.long)], decay=0.9)
+    with pytest.raises(RuntimeError, match="decay"):
+        torch.ops.fastopt.ema_([torch.zeros(2)], [torch.zeros(2)], decay=2.0)
+
+
+def test_exported():
+    assert fastopt.EMA is EMA and fastopt.optim.ema_multi_avg_fn is ema_multi_avg_fn
