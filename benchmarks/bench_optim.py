@@ -1,4 +1,4 @@
-"""Benchmark fastopt Adam/AdamW against torch's for-loop, foreach and fused paths.
+"""Benchmark fastopt optimizers against torch's for-loop, foreach and fused paths.
 
 Usage: python benchmarks/bench_optim.py [--quick] [--device cpu|cuda] [--out DIR]
 
@@ -76,10 +76,30 @@ class OptimSpec:
 
 # Adam without amsgrad reads param, grad, exp_avg, exp_avg_sq and writes
 # param, exp_avg, exp_avg_sq: 7 tensors, 28 bytes per float32 parameter.
+# RMSprop reads param, grad, square_avg and writes param, square_avg (20 B);
+# momentum_buffer and (centered) grad_avg each add a read and a write (+8 B).
+# torch has no fused RMSprop, so only its for-loop and foreach paths run.
+RMSPROP_PATHS = (FOR_LOOP, FOREACH)
 SPECS: tuple[OptimSpec, ...] = (
     OptimSpec("Adam", torch.optim.Adam, fastopt.optim.Adam, reads=4, writes=3),
     OptimSpec("AdamW", torch.optim.AdamW, fastopt.optim.AdamW, reads=4, writes=3),
-)
+    OptimSpec(
+        "RMSprop", torch.optim.RMSprop, fastopt.optim.RMSprop, reads=3, writes=2,
+        torch_paths=RMSPROP_PATHS,
+    ),
+    OptimSpec(
+        "RMSprop", torch.optim.RMSprop, fastopt.optim.RMSprop, reads=4, writes=3,
+        kwargs={"momentum": 0.9}, torch_paths=RMSPROP_PATHS,
+    ),
+    OptimSpec(
+        "RMSprop", torch.optim.RMSprop, fastopt.optim.RMSprop, reads=4, writes=3,
+        kwargs={"centered": True}, torch_paths=RMSPROP_PATHS,
+    ),
+    OptimSpec(
+        "RMSprop", torch.optim.RMSprop, fastopt.optim.RMSprop, reads=5, writes=4,
+        kwargs={"centered": True, "momentum": 0.9}, torch_paths=RMSPROP_PATHS,
+    ),
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -143,8 +163,8 @@ def layouts(device: torch.device) -> dict[str, tuple[Shape, ...]]:
     }
 
 
-def _setup_adam(case: Case, device: torch.device) -> list[torch.Tensor]:
-    """Fresh parameters with fixed random gradients for ``case``.
+def setup_params(case: Case, device: torch.device) -> list[torch.Tensor]:
+    """Fresh parameters with fixed random gradients for ``case``'s shapes and dtype.
 
     Seeded, so every contender gets an identical but independent copy.
     Gradients are small so that repeated steps keep parameters well-scaled.
@@ -182,7 +202,7 @@ def run_case(
     keeps "% of triad" a like-for-like ratio.
     """
     steps: dict[str, Callable[[], object]] = {
-        name: make(_setup_adam(case, device)).step
+        name: make(setup_params(case, device)).step
         for name, make in contenders(case.spec).items()
     }
     steps[TRIAD] = triad
@@ -237,6 +257,10 @@ def result_records(
     return records
 
 
+def _kwargs_label(kwargs: dict) -> str:
+    return "(" + ", ".join(f"{k}={v}" for k, v in kwargs.items()) + ")" if kwargs else ""
+
+
 def table_row(r: dict) -> list[str]:
     """One printed row for result record ``r``."""
     speedups = [
@@ -244,7 +268,7 @@ def table_row(r: dict) -> list[str]:
         for key in ("speedup_vs_torch_fused", "speedup_vs_best_torch", "speedup_vs_torch_default")
     ]
     return [
-        f"{r['optimizer']} {r['layout']}",
+        f"{r['optimizer']}{_kwargs_label(r['hyperparameters'])} {r['layout']}",
         r["dtype"],
         r["contender"],
         f"{r['median_ms']:.2f}",
@@ -339,7 +363,7 @@ def main() -> None:
             "hyperparameters": "torch defaults, plus each spec's kwargs (results[].hyperparameters)",
             "torch_default_path": TORCH_DEFAULT[device.type],
             "bytes_per_param": {
-                spec.name: f"({spec.reads} reads + {spec.writes} writes) * element size"
+                spec.name + _kwargs_label(spec.kwargs): f"({spec.reads} reads + {spec.writes} writes) * element size"
                 for spec in SPECS
             },
         },

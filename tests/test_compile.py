@@ -53,31 +53,16 @@ def test_compiled_training_step_matches_eager(device):
         torch.testing.assert_close(a, b)
 
 
-def test_compiled_step_fullgraph(device):
-    """opt.step() alone compiles with fullgraph=True (inductor) and matches eager."""
+@pytest.mark.parametrize(
+    "cls,config",
+    [(AdamW, {}), (RMSprop, {}), (RMSprop, {"centered": True, "momentum": 0.9, "weight_decay": 0.1})],
+    ids=lambda x: x.__name__ if isinstance(x, type) else repr(x),
+)
+def test_compiled_step_fullgraph(cls, config, device):
+    """opt.step() alone, with a tensor lr, compiles with fullgraph=True (inductor) and matches eager."""
     ref_model, model = _model(device), _model(device)
-    ref_opt = AdamW(ref_model.parameters(), lr=torch.tensor(0.01))
-    opt = AdamW(model.parameters(), lr=torch.tensor(0.01))
-    x = torch.randn(4, 8, device=device)
-    torch._dynamo.reset()
-    compiled_step = torch.compile(opt.step, fullgraph=True)
-    for _ in range(3):
-        for m in (ref_model, model):
-            m.zero_grad()
-            m(x).sum().backward()
-        ref_opt.step()
-        compiled_step()
-    for a, b in zip(ref_model.parameters(), model.parameters()):
-        torch.testing.assert_close(a, b)
-    assert opt.state[next(model.parameters())]["step"].item() == 3
-
-
-@pytest.mark.parametrize("config", [{}, {"centered": True, "momentum": 0.9, "weight_decay": 0.1}], ids=repr)
-def test_compiled_rmsprop_step_fullgraph(config, device):
-    """RMSprop's step with a tensor lr compiles with fullgraph=True and matches eager."""
-    ref_model, model = _model(device), _model(device)
-    ref_opt = RMSprop(ref_model.parameters(), lr=torch.tensor(0.01), **config)
-    opt = RMSprop(model.parameters(), lr=torch.tensor(0.01), **config)
+    ref_opt = cls(ref_model.parameters(), lr=torch.tensor(0.01), **config)
+    opt = cls(model.parameters(), lr=torch.tensor(0.01), **config)
     x = torch.randn(4, 8, device=device)
     torch._dynamo.reset()
     compiled_step = torch.compile(opt.step, fullgraph=True)

@@ -33,24 +33,17 @@ void adam_cuda(const AdamArgs& a) {
                         {"exp_avgs", a.exp_avgs, true},
                         {"exp_avg_sqs", a.exp_avg_sqs, true},
                         {"max_exp_avg_sqs", a.max_exp_avg_sqs, true}});
-  constexpr size_t kLists = 5;
-  std::vector<void*> ptrs[kLists];
-  std::vector<int64_t> numels(n);
-  for (size_t l = 0; l < kLists; ++l) ptrs[l].resize(n);
-  for (size_t i = 0; i < n; ++i) {
-    for (size_t l = 0; l < kLists; ++l) ptrs[l][i] = flat.data(l, i);
-    numels[i] = flat.numel(i);
-  }
+  const LaunchPointers ptrs(flat, 5);
 
   AdamLaunch launch{};
   launch.num_tensors = static_cast<int64_t>(n);
-  launch.params = ptrs[0].data();
-  launch.grads = ptrs[1].data();
-  launch.exp_avgs = ptrs[2].data();
-  launch.exp_avg_sqs = ptrs[3].data();
-  launch.max_exp_avg_sqs = a.amsgrad ? ptrs[4].data() : nullptr;
+  launch.params = ptrs.list(0);
+  launch.grads = ptrs.list(1);
+  launch.exp_avgs = ptrs.list(2);
+  launch.exp_avg_sqs = ptrs.list(3);
+  launch.max_exp_avg_sqs = ptrs.list(4, a.amsgrad);
   launch.steps = steps.data();
-  launch.numels = numels.data();
+  launch.numels = ptrs.numels();
   launch.dtype = kernel_dtype(kOp, a.params[0].scalar_type());
   launch.lr = scalars.lr();
   launch.lr_ptr = scalars.lr_ptr();

@@ -22,21 +22,13 @@ void ema_cuda(at::TensorList shadow, at::TensorList params, double decay) {
   const c10::cuda::CUDAGuard guard(shadow[0].device());
   // The shadow is list 0: a non-dense param is walked in the shadow's layout.
   FlatTensorLists flat({{"shadow", shadow, true}, {"params", params, false}});
-  const size_t n = shadow.size();
-  std::vector<void*> shadow_ptrs(n);
-  std::vector<const void*> param_ptrs(n);
-  std::vector<int64_t> numels(n);
-  for (size_t i = 0; i < n; ++i) {
-    shadow_ptrs[i] = flat.data(0, i);
-    param_ptrs[i] = flat.data(1, i);
-    numels[i] = flat.numel(i);
-  }
+  const LaunchPointers ptrs(flat, 2);
 
   EmaLaunch launch{};
-  launch.num_tensors = static_cast<int64_t>(n);
-  launch.shadow = shadow_ptrs.data();
-  launch.params = param_ptrs.data();
-  launch.numels = numels.data();
+  launch.num_tensors = static_cast<int64_t>(shadow.size());
+  launch.shadow = ptrs.list(0);
+  launch.params = ptrs.list(1);
+  launch.numels = ptrs.numels();
   launch.dtype = kernel_dtype("fastopt.ema_", shadow[0].scalar_type());
   launch.decay = decay;
 

@@ -9,6 +9,7 @@
 
 #include <vector>
 
+#include "common/tensor_lists.h"
 #include "cuda/kernels/dtype.h"
 
 namespace fastopt::cuda {
@@ -60,6 +61,29 @@ inline double* update_norms_rows(const c10::optional<at::Tensor>& out, c10::Devi
   t.zero_();
   return t.mutable_data_ptr<double>();
 }
+
+// The host arrays a launch struct points into: per list, one device pointer
+// per tensor (null arrays for absent optional lists), and the numels.
+class LaunchPointers {
+ public:
+  LaunchPointers(const FlatTensorLists& flat, size_t num_lists)
+      : ptrs_(num_lists, std::vector<void*>(flat.size())), numels_(flat.size()) {
+    for (size_t i = 0; i < flat.size(); ++i) {
+      for (size_t l = 0; l < num_lists; ++l) ptrs_[l][i] = flat.data(l, i);
+      numels_[i] = flat.numel(i);
+    }
+  }
+
+  // List l's pointers, or null when the list is absent (`present` false).
+  void* const* list(size_t l, bool present = true) const {
+    return present ? ptrs_[l].data() : nullptr;
+  }
+  const int64_t* numels() const { return numels_.data(); }
+
+ private:
+  std::vector<std::vector<void*>> ptrs_;
+  std::vector<int64_t> numels_;
+};
 
 // The scalar tensors of one optimizer call, as the kernels read them.
 class DeviceScalars {

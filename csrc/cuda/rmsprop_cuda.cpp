@@ -33,24 +33,17 @@ void rmsprop_cuda(const RMSpropArgs& a) {
                         {"square_avgs", a.square_avgs, true},
                         {"grad_avgs", a.grad_avgs, true},
                         {"momentum_buffers", a.momentum_buffers, true}});
-  constexpr size_t kLists = 5;
-  std::vector<void*> ptrs[kLists];
-  std::vector<int64_t> numels(n);
-  for (size_t l = 0; l < kLists; ++l) ptrs[l].resize(n);
-  for (size_t i = 0; i < n; ++i) {
-    for (size_t l = 0; l < kLists; ++l) ptrs[l][i] = flat.data(l, i);
-    numels[i] = flat.numel(i);
-  }
+  const LaunchPointers ptrs(flat, 5);
 
   RMSpropLaunch launch{};
   launch.num_tensors = static_cast<int64_t>(n);
-  launch.params = ptrs[0].data();
-  launch.grads = ptrs[1].data();
-  launch.square_avgs = ptrs[2].data();
-  launch.grad_avgs = a.centered ? ptrs[3].data() : nullptr;
-  launch.momentum_buffers = a.has_momentum() ? ptrs[4].data() : nullptr;
+  launch.params = ptrs.list(0);
+  launch.grads = ptrs.list(1);
+  launch.square_avgs = ptrs.list(2);
+  launch.grad_avgs = ptrs.list(3, a.centered);
+  launch.momentum_buffers = ptrs.list(4, a.has_momentum());
   launch.steps = steps.data();
-  launch.numels = numels.data();
+  launch.numels = ptrs.numels();
   launch.dtype = kernel_dtype(kOp, a.params[0].scalar_type());
   launch.lr = scalars.lr();
   launch.lr_ptr = scalars.lr_ptr();

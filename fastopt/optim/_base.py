@@ -98,8 +98,14 @@ class FusedOptimizer(torch.optim.Optimizer):
         raise NotImplementedError
 
     def _init_state(self, group: dict[str, Any], param: Tensor, state: dict[str, Any]) -> None:
-        """Create the state of ``param`` on its first step."""
-        raise NotImplementedError
+        """Create the state of ``param`` on its first step.
+
+        By default, as torch's optimizers do: a zero step counter and one
+        zero tensor in ``param``'s layout per key of :meth:`_state_keys`.
+        """
+        state["step"] = new_step_counter(param)
+        for key in self._state_keys(group):
+            state[key] = torch.zeros_like(param, memory_format=torch.preserve_format)
 
     def _update(
         self,

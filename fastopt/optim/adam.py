@@ -9,7 +9,7 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from .._ops import ops
-from ._base import Bucket, FusedOptimizer, new_step_counter, reject_differentiable
+from ._base import Bucket, FusedOptimizer, reject_differentiable
 
 
 class Adam(FusedOptimizer, torch.optim.Adam):
@@ -63,11 +63,6 @@ class Adam(FusedOptimizer, torch.optim.Adam):
         if group["amsgrad"]:
             return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
         return ("exp_avg", "exp_avg_sq")
-
-    def _init_state(self, group: dict[str, Any], param: Tensor, state: dict[str, Any]) -> None:
-        state["step"] = new_step_counter(param)
-        for key in self._state_keys(group):
-            state[key] = torch.zeros_like(param, memory_format=torch.preserve_format)
 
     def _update(
         self,
