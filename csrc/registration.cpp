@@ -24,4 +24,16 @@ TORCH_LIBRARY(fastopt, m) {
       "Tensor lr, float beta1, float beta2, float weight_decay, float eps, bool amsgrad, "
       "bool maximize, bool decoupled_weight_decay, Tensor? grad_scale=None, "
       "Tensor? found_inf=None, Tensor(g!)? update_norms=None) -> ()");
+
+  // Dropout (see NOTE: [dropout stream] in common/philox.h). `seed` holds two
+  // int64 words drawn from torch's generator (Philox key, counter offset): on
+  // the CPU for CPU tensors, on x's device for CUDA tensors. An element of mask
+  // index i / group is kept with probability 1 - p and divided by 1 - p.
+  // Backward is dropout of the gradient with the same seed, so nothing per
+  // element is saved. Every input is read in its logical (row-major) order, so
+  // the mask never depends on memory layout; outputs are contiguous.
+  m.def("dropout(Tensor x, Tensor seed, float p, int group=1) -> Tensor");
+  m.def("dropout_(Tensor(a!) x, Tensor seed, float p, int group=1) -> ()");
+  // dropout(x + bias) + residual in one pass; bias is 1-D over x's last dimension.
+  m.def("dropout_add(Tensor x, Tensor residual, Tensor? bias, Tensor seed, float p) -> Tensor");
 }
