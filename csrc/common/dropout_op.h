@@ -3,6 +3,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
 #include <c10/util/Optional.h>
 
 #include <cstdint>
@@ -36,5 +37,40 @@ struct DropoutMaskParams {
 };
 
 DropoutMaskParams dropout_mask_params(double p);
+
+// The dropout ops of one backend, over its `RUN(inputs, seed, p, out)`, which
+// writes `out` (contiguous like inputs.x, possibly inputs.x itself). Both
+// backends register these, so they validate and allocate alike.
+using DropoutRunFn = void (*)(const DropoutInputs&, const at::Tensor& seed, double p,
+                              const at::Tensor& out);
+
+template <DropoutRunFn RUN, c10::DeviceType DEVICE>
+struct DropoutOps {
+  static at::Tensor dropout(const at::Tensor& x, const at::Tensor& seed, double p, int64_t group) {
+    const DropoutInputs in =
+        check_dropout_args("fastopt.dropout", x, seed, p, group, nullptr, c10::nullopt, DEVICE);
+    at::Tensor out = at::empty_like(in.x);
+    RUN(in, seed, p, out);
+    return out;
+  }
+
+  static void dropout_(const at::Tensor& x, const at::Tensor& seed, double p, int64_t group) {
+    const DropoutInputs in =
+        check_dropout_args("fastopt.dropout_", x, seed, p, group, nullptr, c10::nullopt, DEVICE);
+    RUN(in, seed, p, in.x);
+    // A non-contiguous x was computed in a contiguous temporary.
+    if (!in.x.is_same(x)) x.copy_(in.x);
+  }
+
+  static at::Tensor dropout_add(const at::Tensor& x, const at::Tensor& residual,
+                                const c10::optional<at::Tensor>& bias, const at::Tensor& seed,
+                                double p) {
+    const DropoutInputs in =
+        check_dropout_args("fastopt.dropout_add", x, seed, p, 1, &residual, bias, DEVICE);
+    at::Tensor out = at::empty_like(in.x);
+    RUN(in, seed, p, out);
+    return out;
+  }
+};
 
 }  // namespace fastopt

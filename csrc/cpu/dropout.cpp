@@ -1,7 +1,6 @@
 // fastopt::dropout, dropout_ and dropout_add on the CPU: validation, the
 // per-call key, then one parallel pass of the per-ISA kernel.
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
 #include "common/dropout_op.h"
@@ -12,7 +11,7 @@
 namespace fastopt::cpu {
 namespace {
 
-// Runs the kernel over `in`, writing `out` (contiguous, like in.x; may be in.x).
+// The DropoutRunFn of the CPU (see common/dropout_op.h).
 void run_dropout(const DropoutInputs& in, const at::Tensor& seed, double p, const at::Tensor& out) {
   const int64_t n = in.x.numel();
   if (n == 0) return;
@@ -39,37 +38,13 @@ void run_dropout(const DropoutInputs& in, const at::Tensor& seed, double p, cons
   });
 }
 
-at::Tensor dropout_cpu(const at::Tensor& x, const at::Tensor& seed, double p, int64_t group) {
-  const DropoutInputs in = check_dropout_args("fastopt.dropout", x, seed, p, group, nullptr,
-                                              c10::nullopt, c10::DeviceType::CPU);
-  at::Tensor out = at::empty_like(in.x);
-  run_dropout(in, seed, p, out);
-  return out;
-}
-
-void dropout_inplace_cpu(const at::Tensor& x, const at::Tensor& seed, double p, int64_t group) {
-  const DropoutInputs in = check_dropout_args("fastopt.dropout_", x, seed, p, group, nullptr,
-                                              c10::nullopt, c10::DeviceType::CPU);
-  run_dropout(in, seed, p, in.x);
-  // A non-contiguous x was computed in a contiguous temporary.
-  if (!in.x.is_same(x)) x.copy_(in.x);
-}
-
-at::Tensor dropout_add_cpu(const at::Tensor& x, const at::Tensor& residual,
-                           const c10::optional<at::Tensor>& bias, const at::Tensor& seed, double p) {
-  const DropoutInputs in = check_dropout_args("fastopt.dropout_add", x, seed, p, 1, &residual,
-                                              bias, c10::DeviceType::CPU);
-  at::Tensor out = at::empty_like(in.x);
-  run_dropout(in, seed, p, out);
-  return out;
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastopt, CPU, m) {
-  m.impl("dropout", &dropout_cpu);
-  m.impl("dropout_", &dropout_inplace_cpu);
-  m.impl("dropout_add", &dropout_add_cpu);
+  using Ops = DropoutOps<run_dropout, c10::DeviceType::CPU>;
+  m.impl("dropout", &Ops::dropout);
+  m.impl("dropout_", &Ops::dropout_);
+  m.impl("dropout_add", &Ops::dropout_add);
 }
 
 }  // namespace fastopt::cpu

@@ -9,28 +9,13 @@
 
 #include "common/adam_op.h"
 #include "common/tensor_lists.h"
+#include "cuda/kernel_dtype.h"
 #include "cuda/kernels/adam_kernel.h"
 
 namespace fastopt::cuda {
 namespace {
 
 constexpr const char* kOp = "fastopt.adam_";
-
-DType kernel_dtype(c10::ScalarType dtype) {
-  switch (dtype) {
-    case c10::kFloat:
-      return DType::Float32;
-    case c10::kDouble:
-      return DType::Float64;
-    case c10::kHalf:
-      return DType::Float16;
-    case c10::kBFloat16:
-      return DType::BFloat16;
-    default:
-      TORCH_CHECK_TYPE(false, kOp, ": supports float32, float64, bfloat16 and float16 tensors, got ",
-                       dtype);
-  }
-}
 
 // A one-element tensor as a float32 on `device`, which the kernels read
 // themselves so that nothing waits for the host. A no-op when it already is one.
@@ -113,7 +98,7 @@ void adam_cuda(const AdamArgs& a) {
   launch.max_exp_avg_sqs = a.amsgrad ? ptrs[4].data() : nullptr;
   launch.steps = steps.data();
   launch.numels = numels.data();
-  launch.dtype = kernel_dtype(a.params[0].scalar_type());
+  launch.dtype = kernel_dtype(kOp, a.params[0].scalar_type());
   launch.lr = lr;
   launch.lr_ptr = lr_tensor.defined() ? lr_tensor.const_data_ptr<float>() : nullptr;
   launch.beta1 = a.beta1;

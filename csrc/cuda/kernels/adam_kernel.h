@@ -7,11 +7,9 @@
 
 #include <cstdint>
 
-namespace fastopt::cuda {
+#include "cuda/kernels/dtype.h"
 
-// Storage type of every tensor of one call. Arithmetic runs in float for
-// Float32, Float16 and BFloat16, and in double for Float64.
-enum class DType : int { Float32, Float64, Float16, BFloat16 };
+namespace fastopt::cuda {
 
 // One fused Adam/AdamW step over `num_tensors` tensors.
 //
