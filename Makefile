@@ -29,6 +29,7 @@ test: $(BUILT)
 
 bench: $(BUILT)
 	$(PY) benchmarks/bench_optim.py
+	$(PY) benchmarks/bench_dropout.py
 
 build: $(BUILT)
 

@@ -45,4 +45,15 @@ TORCH_LIBRARY(fastopt, m) {
   // shadow[i] = lerp(shadow[i], params[i], 1 - decay), rounded as
   // torch._foreach_lerp_(shadow, params, 1 - decay).
   m.def("ema_(Tensor(a!)[] shadow, Tensor[] params, *, float decay) -> ()");
+  // Dropout (see NOTE: [dropout stream] in common/philox.h). `seed` holds two
+  // int64 words drawn from torch's generator (Philox key, counter offset): on
+  // the CPU for CPU tensors, on x's device for CUDA tensors. An element of mask
+  // index i / group is kept with probability 1 - p and divided by 1 - p.
+  // Backward is dropout of the gradient with the same seed, so nothing per
+  // element is saved. Every input is read in its logical (row-major) order, so
+  // the mask never depends on memory layout; outputs are contiguous.
+  m.def("dropout(Tensor x, Tensor seed, float p, int group=1) -> Tensor");
+  m.def("dropout_(Tensor(a!) x, Tensor seed, float p, int group=1) -> ()");
+  // dropout(x + bias) + residual in one pass; bias is 1-D over x's last dimension.
+  m.def("dropout_add(Tensor x, Tensor residual, Tensor? bias, Tensor seed, float p) -> Tensor");
 }

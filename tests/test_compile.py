@@ -75,3 +75,37 @@ def test_compiled_step_fullgraph(cls, config, device):
     for a, b in zip(ref_model.parameters(), model.parameters()):
         torch.testing.assert_close(a, b)
     assert opt.state[next(model.parameters())]["step"].item() == 3
+
+
+def test_dropout_compiles_fullgraph(device):
+    """fastopt dropout compiles with fullgraph=True, and its compiled backward.
+
+    The key is drawn with torch.randint, which inductor replaces with its own
+    RNG, so compiled masks differ from eager ones; what must hold is that the
+    compiled call is a valid dropout whose backward uses the forward's mask,
+    and that torch.manual_seed reproduces it.
+    """
+    import fastopt.nn.functional as F
+
+    def forward(x, residual):
+        return F.dropout(x, 0.5) + F.dropout_add(x, residual, 0.25)
+
+    x = torch.randn(64, 33, device=device).abs().add(0.5).requires_grad_()
+    residual = torch.zeros(64, 33, device=device)
+    torch._dynamo.reset()
+    compiled = torch.compile(forward, fullgraph=True)
+    torch.manual_seed(1)
+    y = compiled(x, residual)
+    (grad,) = torch.autograd.grad(y.sum(), x)  # the AOTAutograd-compiled backward
+    torch.manual_seed(1)
+    y2 = compiled(x, residual)
+    assert torch.equal(y, y2)
+    # Each output element is 0, 2x, (4/3)x or their sum; the gradient follows the same masks.
+    x_ = x.detach()
+    candidates = torch.stack([torch.zeros_like(x_), 2 * x_, x_ / 0.75, 2 * x_ + x_ / 0.75])
+    close = (y.detach().unsqueeze(0) - candidates).abs() < 1e-5 * (1 + x_.abs())
+    assert close.any(0).all()
+    mask_a, mask_b = torch.isclose(y, 2 * x_) | torch.isclose(y, 2 * x_ + x_ / 0.75), torch.isclose(
+        y, x_ / 0.75
+    ) | torch.isclose(y, 2 * x_ + x_ / 0.75)
+    torch.testing.assert_close(grad, 2 * mask_a.float() + mask_b.float() / 0.75)

@@ -87,3 +87,23 @@ def test_ema(device, dtype):
     shadow = [torch.randn(s, device=device, dtype=dtype) for s in shapes]
     params = [torch.randn(s, device=device, dtype=dtype) for s in shapes]
     torch.library.opcheck(torch.ops.fastopt.ema_.default, (shadow, params), dict(decay=0.9))
+# Dropout: an odd size that is not a multiple of a Philox block, a
+# non-contiguous input (a transposed view) and an empty one.
+@pytest.mark.parametrize("make", [lambda d: torch.randn(7, 19, device=d), lambda d: torch.randn(19, 7, device=d).t(), lambda d: torch.randn(0, 3, device=d)])
+def test_dropout(device, make):
+    seed = torch.tensor([3, 4], device=device)
+    x = make(device)
+    torch.library.opcheck(torch.ops.fastopt.dropout.default, (x.requires_grad_(), seed, 0.3))
+    torch.library.opcheck(torch.ops.fastopt.dropout_.default, (x.detach().clone(), seed, 0.3))
+    if x.numel():
+        torch.library.opcheck(torch.ops.fastopt.dropout.default, (x, seed, 0.3, x.size(-1)))
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_dropout_add(device, with_bias):
+    seed = torch.tensor([3, 4], device=device)
+    x, residual = torch.randn(5, 19, device=device), torch.randn(5, 19, device=device)
+    bias = torch.randn(19, device=device, requires_grad=True) if with_bias else None
+    torch.library.opcheck(
+        torch.ops.fastopt.dropout_add.default, (x.requires_grad_(), residual.requires_grad_(), bias, seed, 0.3)
+    )

@@ -10,25 +10,9 @@
 #include <vector>
 
 #include "common/tensor_lists.h"
-#include "cuda/kernels/dtype.h"
+#include "cuda/kernel_dtype.h"
 
 namespace fastopt::cuda {
-
-inline DType kernel_dtype(const char* op, c10::ScalarType dtype) {
-  switch (dtype) {
-    case c10::kFloat:
-      return DType::Float32;
-    case c10::kDouble:
-      return DType::Float64;
-    case c10::kHalf:
-      return DType::Float16;
-    case c10::kBFloat16:
-      return DType::BFloat16;
-    default:
-      TORCH_CHECK_TYPE(false, op, ": supports float32, float64, bfloat16 and float16 tensors, got ",
-                       dtype);
-  }
-}
 
 // Device pointers to the float32 step counters, which increment_steps
 // advances on the device (see NOTE: [step counters]).

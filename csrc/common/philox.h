@@ -1,0 +1,99 @@
+// Philox 4x32-10 (Salmon, Moraes, Dror and Shaw, "Parallel random numbers: as
+// easy as 1, 2, 3", SC 2011) and the dropout random stream built on it.
+//
+// Torch-free and header-only: the CPU kernels (csrc/cpu/kernels/) and the CUDA
+// kernels (csrc/cuda/kernels/) include it, so both backends use one definition
+// of the stream. Philox is counter-based: the random words of counter c are a
+// pure function of (c, key), so any element's mask can be recomputed alone,
+// in any order, which is what lets backward regenerate the mask instead of
+// saving it.
+#pragma once
+
+#include <cstdint>
+
+#include "common/macros.h"
+
+namespace fastopt {
+
+constexpr uint32_t kPhiloxM0 = 0xD2511F53u;
+constexpr uint32_t kPhiloxM1 = 0xCD9E8D57u;
+constexpr uint32_t kPhiloxW0 = 0x9E3779B9u;  // golden ratio
+constexpr uint32_t kPhiloxW1 = 0xBB67AE85u;  // sqrt(3) - 1
+constexpr int kPhiloxRounds = 10;
+
+// One Philox round on one counter. Written on plain uint32 values so that the
+// CPU kernels can apply it to arrays of lanes, which the compiler turns into
+// SIMD (vpmuludq on AVX2/AVX-512), and CUDA to registers.
+FASTOPT_HOST_DEVICE FASTOPT_INLINE void philox_round(uint32_t& c0, uint32_t& c1, uint32_t& c2,
+                                                     uint32_t& c3, uint32_t k0, uint32_t k1) {
+  const uint64_t p0 = static_cast<uint64_t>(kPhiloxM0) * c0;
+  const uint64_t p1 = static_cast<uint64_t>(kPhiloxM1) * c2;
+  const uint32_t hi0 = static_cast<uint32_t>(p0 >> 32), lo0 = static_cast<uint32_t>(p0);
+  const uint32_t hi1 = static_cast<uint32_t>(p1 >> 32), lo1 = static_cast<uint32_t>(p1);
+  const uint32_t n0 = hi1 ^ c1 ^ k0;
+  const uint32_t n2 = hi0 ^ c3 ^ k1;
+  c0 = n0;
+  c1 = lo1;
+  c2 = n2;
+  c3 = lo0;
+}
+
+// Philox 4x32-10 of counter (c0, c1, c2, c3) under key (k0, k1), in place.
+FASTOPT_HOST_DEVICE FASTOPT_INLINE void philox4x32_10(uint32_t (&c)[4], uint32_t k0, uint32_t k1) {
+  for (int r = 0; r < kPhiloxRounds; ++r) {
+    philox_round(c[0], c[1], c[2], c[3], k0, k1);
+    k0 += kPhiloxW0;
+    k1 += kPhiloxW1;
+  }
+}
+
+// NOTE: [dropout stream]
+// A dropout call draws two 64-bit words from torch's generator: the Philox
+// key and the high half of the 128-bit counter (the "offset"). Mask index j
+// (the element's index in the tensor's logical, row-major order, divided by
+// the channel size for channel-wise dropout) reads
+//
+//   counter = (j / 64) * 16 + j % 16   (64 bits, in Philox words 0 and 1)
+//   word    = (j % 64) / 16            (which of the 4 output words)
+//
+// so one block of 64 indices is 16 Philox calls ("lanes") and output word w
+// of lane l is index 64 * block + 16 * w + l. A 16-lane SIMD Philox on the
+// CPU thus yields 16 consecutive indices per output word without a transpose,
+// and a CUDA thread handles one lane: 4 elements 16 apart. The layout fixes
+// the stream independently of the instruction set, the thread count and the
+// memory layout. Element j is kept iff its word >= threshold (below).
+constexpr int kDropoutLanes = 16;
+constexpr int kDropoutBlock = 4 * kDropoutLanes;
+
+struct DropoutKey {
+  uint32_t k0, k1;  // Philox key
+  uint32_t o0, o1;  // counter words 2 and 3
+};
+
+// The key and offset from the two int64 words drawn from torch's generator.
+FASTOPT_HOST_DEVICE FASTOPT_INLINE DropoutKey dropout_key(const int64_t* seed) {
+  const uint64_t key = static_cast<uint64_t>(seed[0]);
+  const uint64_t offset = static_cast<uint64_t>(seed[1]);
+  return {static_cast<uint32_t>(key), static_cast<uint32_t>(key >> 32),
+          static_cast<uint32_t>(offset), static_cast<uint32_t>(offset >> 32)};
+}
+
+// A 32-bit word is uniform on [0, 2^32); keeping words >= round(p * 2^32)
+// keeps an element with probability 1 - p up to 2^-33. p == 1 cannot be
+// expressed so, and is a separate flag (drop_all) of the kernels.
+inline uint32_t dropout_threshold(double p) {
+  const double t = p * 4294967296.0 + 0.5;
+  return t >= 4294967295.0 ? 0xFFFFFFFFu : static_cast<uint32_t>(t);
+}
+
+// The random word of mask index j, computed alone (4 words, 1 used).
+FASTOPT_HOST_DEVICE FASTOPT_INLINE uint32_t dropout_word(const DropoutKey& key, uint64_t j) {
+  const uint64_t counter = (j / kDropoutBlock) * kDropoutLanes + j % kDropoutLanes;
+  uint32_t c[4] = {static_cast<uint32_t>(counter), static_cast<uint32_t>(counter >> 32), key.o0,
+                   key.o1};
+  philox4x32_10(c, key.k0, key.k1);
+  const int word = static_cast<int>((j % kDropoutBlock) / kDropoutLanes);
+  return c[word];
+}
+
+}  // namespace fastopt

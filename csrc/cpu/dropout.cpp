@@ -1,0 +1,50 @@
+// fastopt::dropout, dropout_ and dropout_add on the CPU: validation, the
+// per-call key, then one parallel pass of the per-ISA kernel.
+#include <ATen/core/Tensor.h>
+#include <torch/library.h>
+
+#include "common/dropout_op.h"
+#include "common/philox.h"
+#include "cpu/kernels/dropout_kernel.h"
+#include "cpu/multi_tensor_apply.h"
+
+namespace fastopt::cpu {
+namespace {
+
+// The DropoutRunFn of the CPU (see common/dropout_op.h).
+void run_dropout(const DropoutInputs& in, const at::Tensor& seed, double p, const at::Tensor& out) {
+  const int64_t n = in.x.numel();
+  if (n == 0) return;
+  const at::Tensor words = seed.contiguous();
+  const DropoutMaskParams mask = dropout_mask_params(p);
+  const DropoutKernelConfig cfg{in.x.scalar_type(),
+                                dropout_key(words.const_data_ptr<int64_t>()),
+                                mask.threshold,
+                                mask.drop_all,
+                                mask.keep_prob,
+                                in.group,
+                                in.bias.defined() ? in.bias.numel() : 0};
+  auto ptr = [](const at::Tensor& t) -> const void* { return t.defined() ? t.const_data_ptr() : nullptr; };
+  const DropoutChunk whole{ptr(in.x), ptr(in.bias), ptr(in.residual), out.mutable_data_ptr(), 0, n};
+  const DropoutKernelFn kernel = dropout_kernel();
+  // The chunks of WorkItems are multiples of a Philox block (64 elements), so
+  // no block is drawn twice.
+  const WorkItems items({n});
+  items.parallel_for([&](size_t, const WorkItem& item) {
+    DropoutChunk c = whole;
+    c.begin = item.begin;
+    c.end = item.end;
+    kernel(cfg, c);
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastopt, CPU, m) {
+  using Ops = DropoutOps<run_dropout, c10::DeviceType::CPU>;
+  m.impl("dropout", &Ops::dropout);
+  m.impl("dropout_", &Ops::dropout_);
+  m.impl("dropout_add", &Ops::dropout_add);
+}
+
+}  // namespace fastopt::cpu

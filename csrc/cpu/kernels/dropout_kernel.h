@@ -1,0 +1,45 @@
+// Interface between the dropout ops (csrc/cpu/dropout.cpp) and their per-ISA
+// kernels. One kernel serves dropout, channel-wise dropout and dropout_add:
+//
+//   out[i] = (x[i] + bias[i % bias_numel]) * keep(i / group) / (1 - p) + residual[i]
+//
+// with the bias and residual terms present only when their pointers are set.
+// Backward is the same kernel applied to the incoming gradient.
+#pragma once
+
+#include <c10/core/ScalarType.h>
+
+#include <cstdint>
+
+#include "common/philox.h"
+#include "cpu/isa.h"
+
+namespace fastopt::cpu {
+
+// What stays fixed for one op call.
+struct DropoutKernelConfig {
+  c10::ScalarType dtype;
+  DropoutKey key;
+  uint32_t threshold;  // keep iff the element's word >= threshold
+  bool drop_all;       // p == 1: keep nothing
+  double keep_prob;    // 1 - p, the divisor of kept elements; 1 when drop_all
+  int64_t group;       // elements sharing one mask index (channel-wise), >= 1
+  int64_t bias_numel;  // 0 without bias
+};
+
+// Elements [begin, end) of contiguous tensors; every pointer is the tensor's
+// element 0, so that i indexes all of them and the mask alike.
+struct DropoutChunk {
+  const void* x;
+  const void* bias;      // nullable
+  const void* residual;  // nullable
+  void* out;             // may equal x
+  int64_t begin;
+  int64_t end;
+};
+
+using DropoutKernelFn = void (*)(const DropoutKernelConfig&, const DropoutChunk&);
+
+FASTOPT_DECLARE_ISA_KERNEL(DropoutKernelFn, dropout_kernel);
+
+}  // namespace fastopt::cpu

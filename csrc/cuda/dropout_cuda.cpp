@@ -1,0 +1,52 @@
+// fastopt::dropout, dropout_ and dropout_add on CUDA: the shared validation
+// (common/dropout_op.h), device guard and stream, then the torch-free launch
+// in kernels/dropout_kernel.cu. Only this layer sees tensors.
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "common/dropout_op.h"
+#include "cuda/kernel_dtype.h"
+#include "cuda/kernels/dropout_kernel.h"
+
+namespace fastopt::cuda {
+namespace {
+
+// The DropoutRunFn of CUDA. The seed words stay on the device: the kernel
+// reads them, so nothing here synchronises and graph capture works.
+void run_dropout(const DropoutInputs& in, const at::Tensor& seed, double p, const at::Tensor& out) {
+  if (in.x.numel() == 0) return;
+  const c10::cuda::CUDAGuard guard(in.x.device());
+  const at::Tensor words = seed.contiguous();
+  const DropoutMaskParams mask = dropout_mask_params(p);
+  auto ptr = [](const at::Tensor& t) -> const void* { return t.defined() ? t.const_data_ptr() : nullptr; };
+
+  DropoutLaunch launch{};
+  launch.dtype = kernel_dtype("fastopt.dropout", in.x.scalar_type());
+  launch.x = ptr(in.x);
+  launch.bias = ptr(in.bias);
+  launch.residual = ptr(in.residual);
+  launch.out = out.mutable_data_ptr();
+  launch.numel = in.x.numel();
+  launch.group = in.group;
+  launch.bias_numel = in.bias.defined() ? in.bias.numel() : 0;
+  launch.seed = words.const_data_ptr<int64_t>();
+  launch.threshold = mask.threshold;
+  launch.drop_all = mask.drop_all;
+  launch.keep_prob = mask.keep_prob;
+
+  launch_dropout(launch, at::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastopt, CUDA, m) {
+  using Ops = DropoutOps<run_dropout, c10::DeviceType::CUDA>;
+  m.impl("dropout", &Ops::dropout);
+  m.impl("dropout_", &Ops::dropout_);
+  m.impl("dropout_add", &Ops::dropout_add);
+}
+
+}  // namespace fastopt::cuda

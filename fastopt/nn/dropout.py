@@ -1,0 +1,43 @@
+"""Drop-in ``torch.nn`` dropout modules backed by fastopt's counter-based kernels.
+
+Each class subclasses its torch counterpart, so the constructor, validation,
+``repr``, ``state_dict`` and ``isinstance`` checks are torch's; only
+``forward`` changes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import functional as F
+
+__all__ = ["Dropout", "Dropout1d", "Dropout2d", "Dropout3d"]
+
+
+class Dropout(torch.nn.Dropout):
+    """:class:`torch.nn.Dropout` whose mask is regenerated in backward, not saved."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.dropout(input, self.p, self.training, self.inplace)
+
+
+class Dropout1d(torch.nn.Dropout1d):
+    """:class:`torch.nn.Dropout1d` (channel-wise) on fastopt's kernels."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.dropout1d(input, self.p, self.training, self.inplace)
+
+
+class Dropout2d(torch.nn.Dropout2d):
+    """:class:`torch.nn.Dropout2d` (channel-wise) on fastopt's kernels."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.dropout2d(input, self.p, self.training, self.inplace)
+
+
+class Dropout3d(torch.nn.Dropout3d):
+    """:class:`torch.nn.Dropout3d` (channel-wise) on fastopt's kernels."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.dropout3d(input, self.p, self.training, self.inplace)

@@ -1,0 +1,219 @@
+"""fastopt.nn dropout against its definition and torch's behaviour."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import fastopt
+import fastopt.nn.functional as F
+from fastopt import nn
+
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+
+
+def _kept(y: torch.Tensor) -> torch.Tensor:
+    # x is drawn without zeros below, so a zero output means "dropped".
+    return y != 0
+
+
+def _nonzero_randn(*shape: int | tuple, device: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    size = shape[0] if len(shape) == 1 and isinstance(shape[0], tuple) else shape
+    x = torch.randn(size, device=device).to(dtype)
+    return torch.where(x == 0, torch.ones_like(x), x)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_kept_fraction_and_scale(device, p):
+    """Over 2M elements the kept fraction is within 6 std of 1 - p, and survivors are x / (1 - p)."""
+    n = 2 * 2**20
+    x = _nonzero_randn(n, device=device)
+    y = F.dropout(x, p)
+    kept = _kept(y)
+    std = math.sqrt(p * (1 - p) / n)
+    assert abs(kept.double().mean().item() - (1 - p)) < 6 * std
+    assert torch.equal(y[kept], x[kept] / (1 - p))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+# 0-dim, not a multiple of a 64-element Philox block, and more than one tile.
+@pytest.mark.parametrize("shape", [(), (1,), (1000003,), (37, 129)])
+def test_dtypes_and_shapes(device, dtype, shape):
+    x = _nonzero_randn(shape, device=device, dtype=dtype)
+    y = F.dropout(x, 0.3)
+    assert y.shape == x.shape and y.dtype == dtype
+    kept = _kept(y)
+    expected = (x.float() / 0.7).to(dtype) if dtype != torch.float64 else x / 0.7
+    assert torch.equal(y[kept], expected[kept])
+
+
+def test_every_isa_draws_the_same_mask():
+    """The stream is fixed by NOTE: [dropout stream], not by the instruction set."""
+    x = _nonzero_randn(100003, device="cpu")
+    best = fastopt.build_info()["cpu_capability"]
+    masks = []
+    try:
+        for isa in ("default", "avx2", "avx512"):
+            try:
+                fastopt._C._set_cpu_capability(isa)
+            except ValueError:
+                continue  # not supported by this CPU
+            masks.append(_kept(F.dropout(x, 0.4, generator=torch.Generator().manual_seed(3))))
+    finally:
+        fastopt._C._set_cpu_capability(best)
+    assert all(torch.equal(masks[0], m) for m in masks[1:])
+
+
+def test_mask_follows_logical_index(device):
+    """A non-contiguous input gets the mask of its contiguous copy."""
+    x = _nonzero_randn(64, 33, device=device).t()  # transposed view
+    y = F.dropout(x, 0.5, generator=_gen(device, 1))
+    y_ref = F.dropout(x.contiguous(), 0.5, generator=_gen(device, 1))
+    assert torch.equal(y, y_ref)
+
+
+def _gen(device: str, seed: int) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def test_reproducibility(device):
+    x = _nonzero_randn(10000, device=device)
+    torch.manual_seed(5)
+    a, b = F.dropout(x, 0.5), F.dropout(x, 0.5)
+    torch.manual_seed(5)
+    assert torch.equal(F.dropout(x, 0.5), a)
+    assert not torch.equal(a, b)  # consecutive calls differ
+    # A passed generator is honoured, and the default generator is left alone.
+    state = torch.get_rng_state() if device == "cpu" else torch.cuda.get_rng_state()
+    c = F.dropout(x, 0.5, generator=_gen(device, 9))
+    assert torch.equal(c, F.dropout(x, 0.5, generator=_gen(device, 9)))
+    assert not torch.equal(c, F.dropout(x, 0.5, generator=_gen(device, 10)))
+    now = torch.get_rng_state() if device == "cpu" else torch.cuda.get_rng_state()
+    assert torch.equal(state, now)
+
+
+def test_backward_mask_equals_forward_mask(device):
+    x = _nonzero_randn(5000, device=device).requires_grad_()
+    y = F.dropout(x, 0.4)
+    (grad,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    assert torch.equal(grad != 0, _kept(y))
+    assert torch.equal(grad[grad != 0], torch.full_like(grad, 1 / 0.6)[grad != 0])
+
+
+def test_gradcheck(device):
+    x = torch.randn(3, 70, device=device, dtype=torch.float64, requires_grad=True)
+    seed = torch.tensor([11, 12], device=device)
+    torch.autograd.gradcheck(lambda t: torch.ops.fastopt.dropout(t, seed, 0.3), (x,))
+    res = torch.randn(3, 70, device=device, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(70, device=device, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(lambda a, r, b: torch.ops.fastopt.dropout_add(a, r, b, seed, 0.3), (x, res, bias))
+
+
+def test_eval_p0_p1(device):
+    x = torch.randn(100, device=device)
+    assert F.dropout(x, 0.5, training=False) is x
+    assert F.dropout(x, 0.0) is x
+    assert torch.equal(F.dropout(x, 1.0), torch.zeros_like(x))
+    m = nn.Dropout(0.5).eval()
+    assert m(x) is x
+    with pytest.raises(ValueError):
+        nn.Dropout(1.5)
+    with pytest.raises(ValueError):
+        F.dropout(x, -0.1)
+
+
+def test_inplace(device):
+    x = _nonzero_randn(1000, device=device)
+    ref = F.dropout(x, 0.5, generator=_gen(device, 2))
+    out = F.dropout(x, 0.5, inplace=True, generator=_gen(device, 2))
+    assert out is x and torch.equal(x, ref)
+    # Non-contiguous, and with autograd (through a non-leaf).
+    leaf = _nonzero_randn(40, 30, device=device).requires_grad_()
+    y = leaf * 1
+    ref = F.dropout(y.t(), 0.5, generator=_gen(device, 4))
+    F.dropout(y.t(), 0.5, inplace=True, generator=_gen(device, 4))
+    assert torch.equal(y.t(), ref)
+    y.sum().backward()
+    assert torch.equal(leaf.grad != 0, y != 0)
+
+
+def test_saved_tensors_hold_no_mask(device):
+    """Autograd saves the 2-word seed, nothing per element."""
+    saved: list[torch.Tensor] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.append(t)
+        return t
+
+    x = torch.randn(4096, device=device, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = F.dropout(x, 0.5)
+    assert saved and all(t.numel() == 2 for t in saved)
+    y.sum().backward()
+
+
+@pytest.mark.parametrize("cls", [nn.Dropout1d, nn.Dropout2d, nn.Dropout3d])
+def test_channelwise(device, cls):
+    dims = {nn.Dropout1d: (9,), nn.Dropout2d: (5, 7), nn.Dropout3d: (3, 4, 5)}[cls]
+    x = _nonzero_randn(8, 16, *dims, device=device)
+    m = cls(0.5)
+    assert isinstance(m, cls.__mro__[1]) and repr(m) == repr(cls.__mro__[1](0.5))
+    y = m(x)
+    kept = _kept(y).flatten(2)
+    # Every channel is all kept or all dropped, and both happen.
+    assert torch.equal(kept.all(-1), kept.any(-1))
+    assert 0 < kept.all(-1).sum() < 8 * 16
+    assert torch.equal(y[_kept(y)], x[_kept(y)] / 0.5)
+
+
+def test_dropout1d_unbatched(device):
+    x = _nonzero_randn(16, 9, device=device)
+    y = F.dropout1d(x, 0.5)
+    assert y.shape == x.shape
+    kept = _kept(y)
+    assert torch.equal(kept.all(-1), kept.any(-1))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_dropout_add_matches_composition(device, dtype, with_bias):
+    x = _nonzero_randn(33, 70, device=device, dtype=dtype)
+    residual = torch.randn(33, 70, device=device).to(dtype)
+    bias = torch.randn(70, device=device).to(dtype) if with_bias else None
+    y = F.dropout_add(x, residual, 0.3, bias=bias, generator=_gen(device, 7))
+    # The same seed draws the same words for the unfused dropout.
+    seed = torch.randint(2**62, (2,), device=device, dtype=torch.int64, generator=_gen(device, 7))
+    wide = torch.float64 if dtype == torch.float64 else torch.float32
+    pre = x.to(wide) + (bias.to(wide) if with_bias else 0)
+    ref = (torch.ops.fastopt.dropout(pre, seed, 0.3) + residual.to(wide)).to(dtype)
+    torch.testing.assert_close(y, ref, atol=0, rtol=0)
+
+
+def test_dropout_add_backward(device):
+    x = torch.randn(6, 70, device=device, requires_grad=True)
+    res = torch.randn(6, 70, device=device, requires_grad=True)
+    bias = torch.randn(70, device=device, requires_grad=True)
+    y = F.dropout_add(x, res, 0.5, bias=bias)
+    g = torch.randn_like(y)
+    y.backward(g)
+    kept = (y - res) != 0
+    torch.testing.assert_close(x.grad, torch.where(kept, g / 0.5, 0))
+    torch.testing.assert_close(res.grad, g)
+    torch.testing.assert_close(bias.grad, x.grad.sum(0))
+    # Eval and p=0 are the plain sum.
+    torch.testing.assert_close(F.dropout_add(x, res, 0.5, training=False, bias=bias), x + bias + res)
+
+
+def test_bad_input(device):
+    x = torch.randn(10, device=device)
+    seed = torch.tensor([1, 2], device=device)
+    with pytest.raises(TypeError, match="float32"):
+        torch.ops.fastopt.dropout(x.int(), seed, 0.5)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        torch.ops.fastopt.dropout(x, seed, 1.5)
+    with pytest.raises(RuntimeError, match="2 words"):
+        torch.ops.fastopt.dropout(x, seed[:1], 0.5)
+    with pytest.raises(RuntimeError, match="bias"):
+        torch.ops.fastopt.dropout_add(x, x, torch.randn(3, device=device), seed, 0.5)
