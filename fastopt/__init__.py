@@ -13,11 +13,11 @@ from ._loader import load_extension
 _C = load_extension()
 
 from . import _ops  # noqa: E402  (fake kernels need the ops registered first)
-from . import optim  # noqa: E402
+from . import nn, optim  # noqa: E402
 from .optim import Adam, AdamW  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["Adam", "AdamW", "build_info", "optim"]
+__all__ = ["Adam", "AdamW", "build_info", "nn", "optim"]
 
 
 def build_info() -> dict[str, Any]:
