@@ -256,10 +256,12 @@ void affine_coefficients(const GroupNormConfig& cfg, const GroupNormSample& s, M
   const M* mean = static_cast<const M*>(s.mean);
   const M* rstd = static_cast<const M*>(s.rstd);
   const int64_t D = cfg.C / cfg.G;
-  for (int64_t c = 0; c < cfg.C; ++c) {
-    const int64_t g = c / D;
-    scale[c] = rstd[g] * (gamma != nullptr ? gamma[c] : M(1));
-    shift[c] = (beta != nullptr ? beta[c] : M(0)) - mean[g] * scale[c];
+  // Group by group, so that the channel loop has no division and vectorizes.
+  for (int64_t g = 0; g < cfg.G; ++g) {
+    for (int64_t c = g * D; c < (g + 1) * D; ++c) {
+      scale[c] = rstd[g] * (gamma != nullptr ? gamma[c] : M(1));
+      shift[c] = (beta != nullptr ? beta[c] : M(0)) - mean[g] * scale[c];
+    }
   }
 }
 
@@ -328,7 +330,9 @@ void backward(const GroupNormConfig& cfg, const GroupNormSample& s) {
   M* r = scratch + 5 * C;
 
   if (ACT != NormActivation::None) affine_coefficients(cfg, s, scale, shift);
-  for (int64_t c = 0; c < C; ++c) mean_c[c] = mean[c / D];
+  for (int64_t g = 0; g < cfg.G; ++g) {
+    for (int64_t c = g * D; c < (g + 1) * D; ++c) mean_c[c] = mean[g];
+  }
 
   // The dz of one element, from x, dy and the channel's coefficients.
   auto grad_z = [](const auto& sc, const auto& sh) {
