@@ -56,4 +56,18 @@ TORCH_LIBRARY(fastopt, m) {
   m.def("dropout_(Tensor(a!) x, Tensor seed, float p, int group=1) -> ()");
   // dropout(x + bias) + residual in one pass; bias is 1-D over x's last dimension.
   m.def("dropout_add(Tensor x, Tensor residual, Tensor? bias, Tensor seed, float p) -> Tensor");
+  // GroupNorm, and through it LayerNorm and InstanceNorm, on x of shape
+  // (N, C, *) in contiguous or channels-last layout; y keeps x's layout.
+  // mean and rstd are [N, groups] in x's arithmetic type (float32 for 16-bit
+  // x). activation: 0 none, 1 relu, 2 silu, applied after the affine step.
+  m.def(
+      "group_norm_fwd(Tensor x, Tensor? weight, Tensor? bias, int groups, float eps, "
+      "int activation=0) -> (Tensor y, Tensor mean, Tensor rstd)");
+  // Gradients of group_norm_fwd from x and its saved statistics; bias is read
+  // only to recompute the activation's input. grad_weight and grad_bias are
+  // [C] in the weight's dtype (x's when there is no weight).
+  m.def(
+      "group_norm_bwd(Tensor grad_out, Tensor x, Tensor mean, Tensor rstd, Tensor? weight, "
+      "Tensor? bias, int groups, int activation=0) -> "
+      "(Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
 }

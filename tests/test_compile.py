@@ -109,3 +109,21 @@ def test_dropout_compiles_fullgraph(device):
         y, x_ / 0.75
     ) | torch.isclose(y, 2 * x_ + x_ / 0.75)
     torch.testing.assert_close(grad, 2 * mask_a.float() + mask_b.float() / 0.75)
+def test_compiled_norms_fullgraph(device):
+    """GroupNorm (fused SiLU, channels last), LayerNorm and InstanceNorm compile with fullgraph=True."""
+    from fastopt.nn import GroupNorm, InstanceNorm2d, LayerNorm
+
+    model = torch.nn.Sequential(
+        GroupNorm(2, 4, activation="silu"), InstanceNorm2d(4, affine=True), LayerNorm(6)
+    ).to(device)
+    x = torch.randn(2, 4, 5, 6, device=device).to(memory_format=torch.channels_last)
+    xc = x.clone().requires_grad_()
+    x.requires_grad_()
+    model(x).square().sum().backward()
+    eager = [x.grad] + [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)
+    compiled(xc).square().sum().backward()
+    for a, b in zip(eager, [xc.grad] + [p.grad for p in model.parameters()]):
+        torch.testing.assert_close(a, b)

@@ -107,3 +107,25 @@ def test_dropout_add(device, with_bias):
     torch.library.opcheck(
         torch.ops.fastopt.dropout_add.default, (x.requires_grad_(), residual.requires_grad_(), bias, seed, 0.3)
     )
+def _norm_inputs(device: str, channels_last: bool, dtype: torch.dtype = torch.float32):
+    x = torch.randn(2, 6, 3, 5, device=device, dtype=dtype)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    return x, torch.randn(6, device=device, dtype=dtype), torch.randn(6, device=device, dtype=dtype)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("activation", [0, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_group_norm(device, channels_last, activation, dtype):
+    x, w, b = _norm_inputs(device, channels_last, dtype)
+    torch.library.opcheck(torch.ops.fastopt.group_norm_fwd.default, (x, w, b, 3, 1e-5, activation))
+    y, mean, rstd = torch.ops.fastopt.group_norm_fwd(x, w, b, 3, 1e-5, activation)
+    torch.library.opcheck(
+        torch.ops.fastopt.group_norm_bwd.default, (torch.randn_like(y), x, mean, rstd, w, b, 3, activation)
+    )
+
+
+def test_group_norm_no_affine(device):
+    x, _, _ = _norm_inputs(device, False)
+    torch.library.opcheck(torch.ops.fastopt.group_norm_fwd.default, (x.requires_grad_(), None, None, 2, 1e-5, 0))

@@ -1,0 +1,211 @@
+// fastopt::group_norm_fwd / group_norm_bwd on the CPU: shape and layout
+// checks, per-channel parameters widened to the arithmetic type, then the
+// per-ISA kernel once per sample under at::parallel_for.
+//
+// Samples are cut into at most kBlocks fixed blocks. Each block owns its
+// scratch and its partial dgamma/dbeta row, and the rows are summed at the
+// end, so the weight gradients do not depend on the thread count.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/OpMathType.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <tuple>
+
+#include "cpu/kernels/group_norm_kernel.h"
+
+namespace fastopt::cpu {
+namespace {
+
+constexpr int64_t kBlocks = 64;
+
+// x as the kernels see it: N samples of C channels times S positions.
+struct NormShape {
+  int64_t N, C, S, G;
+  bool channels_last;
+};
+
+// Dense channels-last: the channel stride is 1 and each position holds C
+// consecutive channels, for any number of spatial dims (NLC, NHWC, NDHWC).
+bool is_channels_last(const at::Tensor& x) {
+  const int64_t C = x.size(1);
+  if (x.dim() < 3 || x.stride(1) != 1) return false;
+  int64_t expected = C;
+  for (int64_t d = x.dim() - 1; d >= 2; --d) {
+    if (x.size(d) != 1 && x.stride(d) != expected) return false;
+    expected *= x.size(d);
+  }
+  return x.size(0) == 1 || x.stride(0) == expected;
+}
+
+// The tensor the kernels read, in its own layout when that is a native one;
+// any other strides are made contiguous.
+at::Tensor native_layout(const at::Tensor& x, bool& channels_last) {
+  if (x.is_contiguous()) {
+    channels_last = false;
+    return x;
+  }
+  channels_last = is_channels_last(x);
+  return channels_last ? x : x.contiguous();
+}
+
+// At S = 1 (LayerNorm rows, GroupNorm on 1x1 maps) both layouts are the same
+// memory, and the channels-last kernels, which vectorize along the C
+// channels of a row, are the fast ones.
+void prefer_rows(NormShape& shape) {
+  if (shape.S == 1) shape.channels_last = true;
+}
+
+NormShape check_shape(const char* op, const at::Tensor& x, int64_t groups) {
+  TORCH_CHECK(x.dim() >= 2, op, ": expected an input of shape (N, C, *), got ", x.sizes());
+  const int64_t C = x.size(1);
+  TORCH_CHECK(groups > 0 && C % groups == 0, op,
+              ": expected number of channels in input to be divisible by num_groups, but got "
+              "input of shape ", x.sizes(), " and num_groups=", groups);
+  NormShape shape{x.size(0), C, 1, groups, false};
+  for (int64_t d = 2; d < x.dim(); ++d) shape.S *= x.size(d);
+  return shape;
+}
+
+void check_dtype(const char* op, c10::ScalarType dtype) {
+  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 ||
+                       dtype == at::kHalf,
+                   op, ": supports float32, float64, bfloat16 and float16, got ", dtype);
+}
+
+// A [C] weight or bias in the arithmetic type, or an undefined tensor.
+at::Tensor channel_param(const char* op, const char* name, const c10::optional<at::Tensor>& p,
+                         int64_t C, c10::ScalarType opmath) {
+  if (!p.has_value() || !p->defined()) return {};
+  TORCH_CHECK(p->numel() == C, op, ": expected ", name, " with ", C, " elements, got ",
+              p->sizes());
+  return p->reshape({C}).to(opmath).contiguous();
+}
+
+const void* ptr_or_null(const at::Tensor& t) { return t.defined() ? t.const_data_ptr() : nullptr; }
+
+NormActivation activation_of(const char* op, int64_t activation) {
+  TORCH_CHECK(activation >= 0 && activation <= 2, op,
+              ": activation must be 0 (none), 1 (relu) or 2 (silu), got ", activation);
+  return static_cast<NormActivation>(activation);
+}
+
+// Calls fn(block, n) for every sample n, blocks spread over the threads.
+template <typename Fn>
+void for_each_sample(int64_t N, int64_t blocks, const Fn& fn) {
+  at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
+    for (int64_t blk = first; blk < last; ++blk) {
+      for (int64_t n = blk * N / blocks; n < (blk + 1) * N / blocks; ++n) fn(blk, n);
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_fwd_cpu(
+    const at::Tensor& input, const c10::optional<at::Tensor>& weight,
+    const c10::optional<at::Tensor>& bias, int64_t groups, double eps, int64_t activation) {
+  constexpr const char* kOp = "fastopt.group_norm_fwd";
+  NormShape shape = check_shape(kOp, input, groups);
+  check_dtype(kOp, input.scalar_type());
+  const at::Tensor x = native_layout(input, shape.channels_last);
+  prefer_rows(shape);
+  const c10::ScalarType opmath = at::toOpMathType(x.scalar_type());
+  const at::Tensor gamma = channel_param(kOp, "weight", weight, shape.C, opmath);
+  const at::Tensor beta = channel_param(kOp, "bias", bias, shape.C, opmath);
+  const GroupNormConfig cfg{x.scalar_type(), shape.C, shape.S, shape.G, shape.channels_last,
+                            activation_of(kOp, activation), eps};
+
+  at::Tensor y = at::empty_like(x);  // keeps x's (dense) strides
+  at::Tensor mean = at::empty({shape.N, shape.G}, x.options().dtype(opmath));
+  at::Tensor rstd = at::empty({shape.N, shape.G}, x.options().dtype(opmath));
+  if (x.numel() == 0) return {y, mean.zero_(), rstd.zero_()};
+
+  const int64_t blocks = std::min(shape.N, kBlocks);
+  at::Tensor scratch = at::empty({blocks, kGroupNormScratchVectors * shape.C}, mean.options());
+  const int64_t sample = shape.C * shape.S, item = x.element_size();
+  const GroupNormKernelFn kernel = group_norm_fwd_kernel();
+  const char* xp = static_cast<const char*>(x.const_data_ptr());
+  char* yp = static_cast<char*>(y.mutable_data_ptr());
+  char* mp = static_cast<char*>(mean.mutable_data_ptr());
+  char* rp = static_cast<char*>(rstd.mutable_data_ptr());
+  char* sp = static_cast<char*>(scratch.mutable_data_ptr());
+  const int64_t stat_bytes = shape.G * mean.element_size();
+  const int64_t scratch_bytes = scratch.size(1) * scratch.element_size();
+  for_each_sample(shape.N, blocks, [&](int64_t blk, int64_t n) {
+    kernel(cfg, GroupNormSample{xp + n * sample * item, nullptr, yp + n * sample * item,
+                                ptr_or_null(gamma), ptr_or_null(beta), mp + n * stat_bytes,
+                                rp + n * stat_bytes, nullptr, nullptr, sp + blk * scratch_bytes});
+  });
+  return {y, mean, rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_bwd_cpu(
+    const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& mean,
+    const at::Tensor& rstd, const c10::optional<at::Tensor>& weight,
+    const c10::optional<at::Tensor>& bias, int64_t groups, int64_t activation) {
+  constexpr const char* kOp = "fastopt.group_norm_bwd";
+  NormShape shape = check_shape(kOp, input, groups);
+  check_dtype(kOp, input.scalar_type());
+  TORCH_CHECK(grad_out.sizes() == input.sizes(), kOp, ": grad_out has shape ", grad_out.sizes(),
+              " but the input has shape ", input.sizes());
+  const at::Tensor x = native_layout(input, shape.channels_last);
+  prefer_rows(shape);
+  // dy in x's layout: a copy only when autograd hands over another layout.
+  at::Tensor dy = grad_out.to(x.scalar_type());
+  if (shape.channels_last ? !is_channels_last(dy) : !dy.is_contiguous()) {
+    dy = at::empty_like(x).copy_(dy);
+  }
+  const c10::ScalarType opmath = at::toOpMathType(x.scalar_type());
+  TORCH_CHECK(mean.numel() == shape.N * shape.G && rstd.numel() == shape.N * shape.G, kOp,
+              ": expected mean and rstd with N * num_groups = ", shape.N * shape.G, " elements");
+  const at::Tensor mean_c = mean.to(opmath).contiguous();
+  const at::Tensor rstd_c = rstd.to(opmath).contiguous();
+  const at::Tensor gamma = channel_param(kOp, "weight", weight, shape.C, opmath);
+  const at::Tensor beta = channel_param(kOp, "bias", bias, shape.C, opmath);
+  const GroupNormConfig cfg{x.scalar_type(), shape.C, shape.S, shape.G, shape.channels_last,
+                            activation_of(kOp, activation), 0.0};
+
+  at::Tensor dx = at::empty_like(x);
+  const int64_t blocks = std::max<int64_t>(1, std::min(shape.N, kBlocks));
+  // Per block: [dgamma | dbeta] partial sums, then the kernel's scratch.
+  at::Tensor work = at::zeros({blocks, (2 + kGroupNormScratchVectors) * shape.C},
+                              x.options().dtype(opmath));
+  if (x.numel() > 0) {
+    const int64_t sample = shape.C * shape.S, item = x.element_size();
+    const GroupNormKernelFn kernel = group_norm_bwd_kernel();
+    const char* xp = static_cast<const char*>(x.const_data_ptr());
+    const char* dyp = static_cast<const char*>(dy.const_data_ptr());
+    char* dxp = static_cast<char*>(dx.mutable_data_ptr());
+    const char* mp = static_cast<const char*>(mean_c.const_data_ptr());
+    const char* rp = static_cast<const char*>(rstd_c.const_data_ptr());
+    char* wp = static_cast<char*>(work.mutable_data_ptr());
+    const int64_t op_size = work.element_size();
+    const int64_t stat_bytes = shape.G * op_size, row_bytes = work.size(1) * op_size;
+    for_each_sample(shape.N, blocks, [&](int64_t blk, int64_t n) {
+      char* row = wp + blk * row_bytes;
+      kernel(cfg, GroupNormSample{xp + n * sample * item, dyp + n * sample * item,
+                                  dxp + n * sample * item, ptr_or_null(gamma), ptr_or_null(beta),
+                                  // the backward only reads the statistics
+                                  const_cast<char*>(mp + n * stat_bytes),
+                                  const_cast<char*>(rp + n * stat_bytes), row,
+                                  row + shape.C * op_size, row + 2 * shape.C * op_size});
+    });
+  }
+  const c10::ScalarType param_dtype =
+      weight.has_value() && weight->defined() ? weight->scalar_type() : input.scalar_type();
+  // Two separate sums: outputs must not alias one another.
+  return {dx, work.narrow(1, 0, shape.C).sum(0).to(param_dtype),
+          work.narrow(1, shape.C, shape.C).sum(0).to(param_dtype)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastopt, CPU, m) {
+  m.impl("group_norm_fwd", &group_norm_fwd_cpu);
+  m.impl("group_norm_bwd", &group_norm_bwd_cpu);
+}
+
+}  // namespace fastopt::cpu

@@ -1,0 +1,471 @@
+// GroupNorm/LayerNorm/InstanceNorm CPU kernels (see group_norm_kernel.h).
+// Compiled once per instruction set (see cpu/isa.h); every symbol here lives
+// in the CPU_CAPABILITY namespace or carries its name, and nothing throws.
+//
+// Each kernel works in three steps, the middle one shared by both layouts:
+//   1. a layout-specific pass over the sample (statistics, or the backward's
+//      per-channel sums of dz and dz * (x - mean));
+//   2. per-channel coefficients from the per-group results, into scratch;
+//   3. a layout-specific elementwise pass with those coefficients: a scalar
+//      per contiguous run (channels first) or a vector along each contiguous
+//      row of C channels (channels last, and LayerNorm).
+#include "cpu/kernels/group_norm_kernel.h"
+
+#include <ATen/cpu/vec/functional.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <cmath>
+#include <type_traits>
+
+#include "cpu/kernels/vec_io.h"
+
+namespace fastopt::cpu {
+inline namespace CPU_CAPABILITY {
+namespace {
+
+using at::vec::Vectorized;
+
+// ---------------------------------------------------------------- activations
+// Written once for scalars and SIMD vectors; the vector overloads are the more
+// specialised templates, so overload resolution picks them for vectors.
+template <typename T>
+inline T relu(T z) { return z < T(0) ? T(0) : z; }  // NaN stays NaN, as in torch
+template <typename T>
+inline Vectorized<T> relu(const Vectorized<T>& z) { return at::vec::clamp_min(z, Vectorized<T>(0)); }
+template <typename T>
+inline T relu_grad(T z, T dy) { return z > T(0) ? dy : T(0); }
+template <typename T>
+inline Vectorized<T> relu_grad(const Vectorized<T>& z, const Vectorized<T>& dy) {
+  const Vectorized<T> zero(0);
+  return Vectorized<T>::blendv(zero, dy, z > zero);
+}
+template <typename T>
+inline T sigmoid(T z) { return T(1) / (T(1) + std::exp(-z)); }
+template <typename T>
+inline Vectorized<T> sigmoid(const Vectorized<T>& z) {
+  const Vectorized<T> one(1);
+  return one / (one + z.neg().exp_u20());
+}
+
+template <NormActivation ACT>
+struct Act {
+  template <typename T>
+  static T fwd(const T& z) {
+    if constexpr (ACT == NormActivation::ReLU) {
+      return relu(z);
+    } else if constexpr (ACT == NormActivation::SiLU) {
+      return z * sigmoid(z);
+    } else {
+      return z;
+    }
+  }
+  // d act(z) / dz times dy.
+  template <typename T>
+  static T grad(const T& z, const T& dy) {
+    if constexpr (ACT == NormActivation::ReLU) {
+      return relu_grad(z, dy);
+    } else if constexpr (ACT == NormActivation::SiLU) {
+      const T s = sigmoid(z);
+      return dy * s * (T(1) + z * (T(1) - s));
+    } else {
+      return dy;
+    }
+  }
+};
+
+// ---------------------------------------------------------------- loops
+template <typename scalar_t>
+struct Types {
+  using IO = VecIO<scalar_t>;
+  using M = typename IO::opmath_t;
+  using Vec = typename IO::Vec;
+  static constexpr int K = IO::kVecs;
+  static constexpr int64_t kLanes = Vec::size();
+};
+
+// End of the SIMD part of a loop over n elements. The baseline build's
+// Vectorized is a slow generic fallback, so there every element takes the
+// scalar loop, which the compiler vectorizes with SSE2 where it can.
+template <typename scalar_t>
+inline int64_t vector_end(int64_t n) {
+#if defined(CPU_CAPABILITY_DEFAULT)
+  (void)n;
+  return 0;
+#else
+  return n - n % VecIO<scalar_t>::kBlock;
+#endif
+}
+
+// A coefficient of the elementwise math: one value for a whole run, or one
+// value per element of a row (read as a vector at offset i).
+template <typename M>
+struct Uniform {
+  M value;
+  template <typename T>
+  T at(int64_t) const { return T(value); }
+};
+template <typename M>
+struct PerElement {
+  const M* p;
+  template <typename T>
+  T at(int64_t i) const {
+    if constexpr (std::is_same_v<T, M>) {
+      return p[i];
+    } else {
+      return T::loadu(p + i);
+    }
+  }
+};
+
+// Calls fn(i, x_i, ...) for each element i of n, where each listed input is
+// loaded and widened; `x_i` is a Vec in the SIMD part and an M in the tail.
+// fn returns the value to store at out[i], when out is not null.
+template <typename scalar_t, typename Fn>
+inline void map_elements(const scalar_t* x, const scalar_t* dy, scalar_t* out, int64_t n,
+                         const Fn& fn) {
+  using T = Types<scalar_t>;
+  using Vec = typename T::Vec;
+  const int64_t end = vector_end<scalar_t>(n);
+  int64_t i = 0;
+  for (; i < end; i += T::IO::kBlock) {
+    Vec xv[T::K], dv[T::K], r[T::K];
+    T::IO::load(x + i, xv);
+    if (dy != nullptr) T::IO::load(dy + i, dv);
+    for (int k = 0; k < T::K; ++k) r[k] = fn(i + k * T::kLanes, xv[k], dy != nullptr ? dv[k] : Vec(0));
+    if (out != nullptr) T::IO::store(out + i, r);
+  }
+  using M = typename T::M;
+  for (; i < n; ++i) {
+    const M r = fn(i, static_cast<M>(x[i]), dy != nullptr ? static_cast<M>(dy[i]) : M(0));
+    if (out != nullptr) out[i] = static_cast<scalar_t>(r);
+  }
+}
+
+// Sums of a SIMD part and a scalar tail.
+template <typename M>
+struct Accumulator {
+  Vectorized<M> vec{M(0)};
+  M tail{0};
+  void add(const Vectorized<M>& v) { vec = vec + v; }
+  void add(M v) { tail += v; }
+  M total() const {
+    return tail + at::vec::vec_reduce_all([](Vectorized<M> a, Vectorized<M> b) { return a + b; }, vec);
+  }
+};
+
+// ---------------------------------------------------------------- statistics
+// Mean and sum of squared deviations of a contiguous run, in two passes: the
+// second reads the run from cache, and unlike E[x^2] - E[x]^2 it does not
+// cancel when the mean is large against the spread.
+template <typename scalar_t, typename M = typename Types<scalar_t>::M>
+void run_moments(const scalar_t* x, int64_t n, M& mean, M& m2) {
+  Accumulator<M> sum;
+  map_elements<scalar_t>(x, nullptr, nullptr, n, [&](int64_t, auto v, auto) {
+    sum.add(v);
+    return v;
+  });
+  mean = sum.total() / static_cast<M>(n);
+  Accumulator<M> sq;
+  map_elements<scalar_t>(x, nullptr, nullptr, n, [&](int64_t, auto v, auto) {
+    using T = decltype(v);
+    const T d = v - T(mean);
+    sq.add(d * d);
+    return v;
+  });
+  m2 = sq.total();
+}
+
+template <typename M>
+inline M rstd_of(M m2, int64_t count, double eps) {
+  return M(1) / std::sqrt(m2 / static_cast<M>(count) + static_cast<M>(eps));
+}
+
+template <typename scalar_t, typename M>
+void channels_first_stats(const GroupNormConfig& cfg, const scalar_t* x, M* mean, M* rstd) {
+  const int64_t L = cfg.C / cfg.G * cfg.S;
+  for (int64_t g = 0; g < cfg.G; ++g) {
+    M m2;
+    run_moments(x + g * L, L, mean[g], m2);
+    rstd[g] = rstd_of(m2, L, cfg.eps);
+  }
+}
+
+// Channels last: one pass over the [S, C] rows accumulates, per channel, the
+// sums of (x - shift_c) and its square, shifted by the channel's first value
+// so that a large mean does not cancel; Chan's formula then merges the D
+// channels of each group exactly. At S = 1 (LayerNorm) each group is a
+// contiguous run instead.
+template <typename scalar_t, typename M>
+void channels_last_stats(const GroupNormConfig& cfg, const scalar_t* x, M* mean, M* rstd,
+                         M* scratch) {
+  const int64_t C = cfg.C, S = cfg.S, D = C / cfg.G;
+  if (S == 1) {
+    for (int64_t g = 0; g < cfg.G; ++g) {
+      M m2;
+      run_moments(x + g * D, D, mean[g], m2);
+      rstd[g] = rstd_of(m2, D, cfg.eps);
+    }
+    return;
+  }
+  M* shift = scratch;
+  M* s1 = scratch + C;
+  M* s2 = scratch + 2 * C;
+  for (int64_t c = 0; c < C; ++c) {
+    shift[c] = static_cast<M>(x[c]);
+    s1[c] = s2[c] = M(0);
+  }
+  const PerElement<M> k{shift};
+  for (int64_t s = 1; s < S; ++s) {  // row 0 deviates by zero
+    map_elements<scalar_t>(x + s * C, nullptr, nullptr, C, [&](int64_t c, auto v, auto) {
+      using T = decltype(v);
+      const T d = v - k.template at<T>(c);
+      if constexpr (std::is_same_v<T, M>) {
+        s1[c] += d;
+        s2[c] += d * d;
+      } else {
+        (T::loadu(s1 + c) + d).store(s1 + c);
+        at::vec::fmadd(d, d, T::loadu(s2 + c)).store(s2 + c);
+      }
+      return v;
+    });
+  }
+  const M inv_s = M(1) / static_cast<M>(S);
+  for (int64_t g = 0; g < cfg.G; ++g) {
+    M sum_means = 0, m2 = 0;
+    for (int64_t c = g * D; c < (g + 1) * D; ++c) {
+      s2[c] -= s1[c] * s1[c] * inv_s;  // the channel's own sum of squared deviations
+      s1[c] = shift[c] + s1[c] * inv_s;  // the channel's mean
+      sum_means += s1[c];
+      m2 += s2[c];
+    }
+    const M group_mean = sum_means / static_cast<M>(D);
+    M spread = 0;
+    for (int64_t c = g * D; c < (g + 1) * D; ++c) spread += (s1[c] - group_mean) * (s1[c] - group_mean);
+    mean[g] = group_mean;
+    rstd[g] = rstd_of(m2 + static_cast<M>(S) * spread, S * D, cfg.eps);
+  }
+}
+
+// ---------------------------------------------------------------- shared step 2
+// y = act(x * scale_c + shift_c): the normalization and affine folded per channel.
+template <typename M>
+void affine_coefficients(const GroupNormConfig& cfg, const GroupNormSample& s, M* scale, M* shift) {
+  const M* gamma = static_cast<const M*>(s.gamma);
+  const M* beta = static_cast<const M*>(s.beta);
+  const M* mean = static_cast<const M*>(s.mean);
+  const M* rstd = static_cast<const M*>(s.rstd);
+  const int64_t D = cfg.C / cfg.G;
+  // Group by group, so that the channel loop has no division and vectorizes.
+  for (int64_t g = 0; g < cfg.G; ++g) {
+    for (int64_t c = g * D; c < (g + 1) * D; ++c) {
+      scale[c] = rstd[g] * (gamma != nullptr ? gamma[c] : M(1));
+      shift[c] = (beta != nullptr ? beta[c] : M(0)) - mean[g] * scale[c];
+    }
+  }
+}
+
+// ---------------------------------------------------------------- forward
+template <typename scalar_t, NormActivation ACT>
+void forward(const GroupNormConfig& cfg, const GroupNormSample& s) {
+  using M = typename Types<scalar_t>::M;
+  const scalar_t* x = static_cast<const scalar_t*>(s.x);
+  scalar_t* y = static_cast<scalar_t*>(s.out);
+  M* mean = static_cast<M*>(s.mean);
+  M* rstd = static_cast<M*>(s.rstd);
+  M* scratch = static_cast<M*>(s.scratch);
+  M* scale = scratch;
+  M* shift = scratch + cfg.C;
+  const int64_t C = cfg.C, S = cfg.S;
+
+  if (cfg.channels_last) {
+    channels_last_stats(cfg, x, mean, rstd, scratch);
+  } else {
+    channels_first_stats(cfg, x, mean, rstd);
+  }
+  affine_coefficients(cfg, s, scale, shift);
+
+  auto normalize = [](const auto& a, const auto& b) {
+    return [a, b](int64_t i, auto v, auto) {
+      using T = decltype(v);
+      return Act<ACT>::fwd(v * a.template at<T>(i) + b.template at<T>(i));
+    };
+  };
+  if (cfg.channels_last) {
+    const auto fn = normalize(PerElement<M>{scale}, PerElement<M>{shift});
+    for (int64_t p = 0; p < S; ++p) map_elements<scalar_t>(x + p * C, nullptr, y + p * C, C, fn);
+  } else {
+    for (int64_t c = 0; c < C; ++c) {
+      map_elements<scalar_t>(x + c * S, nullptr, y + c * S, S,
+                             normalize(Uniform<M>{scale[c]}, Uniform<M>{shift[c]}));
+    }
+  }
+}
+
+// ---------------------------------------------------------------- backward
+// With z = x * scale + shift and dz = act'(z) * dy, per channel
+//   a_c = sum dz,  b_c = sum dz * (x - mean_g),
+// and then, with L = D * S elements per group,
+//   dbeta_c  = sum_n a_c,   dgamma_c = sum_n rstd_g * b_c,
+//   dx = dz * rstd_g * gamma_c + (x - mean_g) * q_g + r_g,
+//   q_g = -rstd_g^3 / L * sum_c gamma_c b_c,   r_g = -rstd_g / L * sum_c gamma_c a_c.
+// Centring on the saved mean in the reduction keeps q_g free of the
+// cancellation that sum dz * x - mean * sum dz would suffer.
+template <typename scalar_t, NormActivation ACT>
+void backward(const GroupNormConfig& cfg, const GroupNormSample& s) {
+  using M = typename Types<scalar_t>::M;
+  const scalar_t* x = static_cast<const scalar_t*>(s.x);
+  const scalar_t* dy = static_cast<const scalar_t*>(s.dy);
+  scalar_t* dx = static_cast<scalar_t*>(s.out);
+  const M* gamma = static_cast<const M*>(s.gamma);
+  const M* mean = static_cast<const M*>(s.mean);
+  const M* rstd = static_cast<const M*>(s.rstd);
+  const int64_t C = cfg.C, S = cfg.S, D = C / cfg.G;
+  M* scratch = static_cast<M*>(s.scratch);
+  M* scale = scratch;          // of the forward's affine, to recompute z
+  M* shift = scratch + C;
+  M* mean_c = scratch + 2 * C;  // mean of channel c's group
+  M* a = scratch + 3 * C;       // then rstd_g * gamma_c
+  M* b = scratch + 4 * C;       // then q_g
+  M* r = scratch + 5 * C;
+
+  if (ACT != NormActivation::None) affine_coefficients(cfg, s, scale, shift);
+  for (int64_t g = 0; g < cfg.G; ++g) {
+    for (int64_t c = g * D; c < (g + 1) * D; ++c) mean_c[c] = mean[g];
+  }
+
+  // The dz of one element, from x, dy and the channel's coefficients.
+  auto grad_z = [](const auto& sc, const auto& sh) {
+    return [sc, sh](int64_t i, auto v, auto g) {
+      using T = decltype(v);
+      if constexpr (ACT == NormActivation::None) {
+        return g;
+      } else {
+        return Act<ACT>::grad(v * sc.template at<T>(i) + sh.template at<T>(i), g);
+      }
+    };
+  };
+
+  // Pass 1: a_c and b_c.
+  if (cfg.channels_last) {
+    for (int64_t c = 0; c < C; ++c) a[c] = b[c] = M(0);
+    const auto dz_of = grad_z(PerElement<M>{scale}, PerElement<M>{shift});
+    const PerElement<M> m{mean_c};
+    for (int64_t p = 0; p < S; ++p) {
+      map_elements<scalar_t>(x + p * C, dy + p * C, nullptr, C, [&](int64_t c, auto v, auto g) {
+        using T = decltype(v);
+        const T dz = dz_of(c, v, g);
+        const T centred = v - m.template at<T>(c);
+        if constexpr (std::is_same_v<T, M>) {
+          a[c] += dz;
+          b[c] += dz * centred;
+        } else {
+          (T::loadu(a + c) + dz).store(a + c);
+          at::vec::fmadd(dz, centred, T::loadu(b + c)).store(b + c);
+        }
+        return v;
+      });
+    }
+  } else {
+    for (int64_t c = 0; c < C; ++c) {
+      const auto dz_of = grad_z(Uniform<M>{scale[c]}, Uniform<M>{shift[c]});
+      const M m = mean_c[c];
+      Accumulator<M> sum_dz, sum_dz_xc;
+      map_elements<scalar_t>(x + c * S, dy + c * S, nullptr, S, [&](int64_t i, auto v, auto g) {
+        using T = decltype(v);
+        const T dz = dz_of(i, v, g);
+        sum_dz.add(dz);
+        sum_dz_xc.add(dz * (v - T(m)));
+        return v;
+      });
+      a[c] = sum_dz.total();
+      b[c] = sum_dz_xc.total();
+    }
+  }
+
+  // Step 2: weight gradients and the per-channel coefficients of dx.
+  M* dgamma = static_cast<M*>(s.dgamma);
+  M* dbeta = static_cast<M*>(s.dbeta);
+  const M inv_l = M(1) / static_cast<M>(D * S);
+  for (int64_t g = 0; g < cfg.G; ++g) {
+    M sum_a = 0, sum_b = 0;
+    for (int64_t c = g * D; c < (g + 1) * D; ++c) {
+      const M w = gamma != nullptr ? gamma[c] : M(1);
+      sum_a += w * a[c];
+      sum_b += w * b[c];
+      if (dgamma != nullptr) dgamma[c] += rstd[g] * b[c];
+      if (dbeta != nullptr) dbeta[c] += a[c];
+    }
+    const M q = -rstd[g] * rstd[g] * rstd[g] * inv_l * sum_b;
+    const M rg = -rstd[g] * inv_l * sum_a;
+    for (int64_t c = g * D; c < (g + 1) * D; ++c) {
+      a[c] = rstd[g] * (gamma != nullptr ? gamma[c] : M(1));
+      b[c] = q;
+      r[c] = rg;
+    }
+  }
+
+  // Pass 2: dx.
+  auto input_grad = [&grad_z](const auto& sc, const auto& sh, const auto& p, const auto& m,
+                              const auto& q, const auto& rr) {
+    const auto dz_of = grad_z(sc, sh);
+    return [=](int64_t i, auto v, auto g) {
+      using T = decltype(v);
+      const T dz = dz_of(i, v, g);
+      return dz * p.template at<T>(i) + (v - m.template at<T>(i)) * q.template at<T>(i) +
+             rr.template at<T>(i);
+    };
+  };
+  if (cfg.channels_last) {
+    const auto fn = input_grad(PerElement<M>{scale}, PerElement<M>{shift}, PerElement<M>{a},
+                               PerElement<M>{mean_c}, PerElement<M>{b}, PerElement<M>{r});
+    for (int64_t p = 0; p < S; ++p) map_elements<scalar_t>(x + p * C, dy + p * C, dx + p * C, C, fn);
+  } else {
+    for (int64_t c = 0; c < C; ++c) {
+      map_elements<scalar_t>(
+          x + c * S, dy + c * S, dx + c * S, S,
+          input_grad(Uniform<M>{scale[c]}, Uniform<M>{shift[c]}, Uniform<M>{a[c]},
+                     Uniform<M>{mean_c[c]}, Uniform<M>{b[c]}, Uniform<M>{r[c]}));
+    }
+  }
+}
+
+// ---------------------------------------------------------------- dispatch
+template <typename scalar_t, NormActivation ACT>
+struct Forward {
+  static void run(const GroupNormConfig& cfg, const GroupNormSample& s) { forward<scalar_t, ACT>(cfg, s); }
+};
+template <typename scalar_t, NormActivation ACT>
+struct Backward {
+  static void run(const GroupNormConfig& cfg, const GroupNormSample& s) { backward<scalar_t, ACT>(cfg, s); }
+};
+
+template <template <typename, NormActivation> class Pass, typename scalar_t>
+void for_activation(const GroupNormConfig& cfg, const GroupNormSample& s) {
+  switch (cfg.activation) {
+    case NormActivation::ReLU: return Pass<scalar_t, NormActivation::ReLU>::run(cfg, s);
+    case NormActivation::SiLU: return Pass<scalar_t, NormActivation::SiLU>::run(cfg, s);
+    default: return Pass<scalar_t, NormActivation::None>::run(cfg, s);
+  }
+}
+
+// The op validates dtypes before it picks a kernel. Nothing here throws, so
+// that this ISA-specific TU emits no shared (weak) c10 error symbols.
+template <template <typename, NormActivation> class Pass>
+void for_dtype(const GroupNormConfig& cfg, const GroupNormSample& s) {
+  switch (cfg.dtype) {
+    case c10::ScalarType::Float: return for_activation<Pass, float>(cfg, s);
+    case c10::ScalarType::Double: return for_activation<Pass, double>(cfg, s);
+    case c10::ScalarType::BFloat16: return for_activation<Pass, c10::BFloat16>(cfg, s);
+    case c10::ScalarType::Half: return for_activation<Pass, c10::Half>(cfg, s);
+    default: return;
+  }
+}
+
+}  // namespace
+}  // namespace CPU_CAPABILITY
+
+GroupNormKernelFn const FASTOPT_ISA_SYMBOL(group_norm_fwd_kernel) = &CPU_CAPABILITY::for_dtype<CPU_CAPABILITY::Forward>;
+GroupNormKernelFn const FASTOPT_ISA_SYMBOL(group_norm_bwd_kernel) = &CPU_CAPABILITY::for_dtype<CPU_CAPABILITY::Backward>;
+
+}  // namespace fastopt::cpu

@@ -1,0 +1,204 @@
+"""Inverted dropout on a counter-based RNG: ``torch.nn.functional`` drop-ins.
+
+The mask of a call is Philox 4x32-10 of each element's index under a key
+drawn from torch's generator (see NOTE: [dropout stream] in
+csrc/common/philox.h). Backward regenerates it from the key, so autograd keeps
+two int64 words for a dropout instead of torch's bool or float mask.
+
+Random streams: the key is drawn with :func:`torch.randint` from ``generator``
+or, by default, from torch's default generator of the input's device. That
+advances the generator, so :func:`torch.manual_seed` reproduces a run and
+consecutive calls draw different masks. The masks differ from torch's own
+dropout for the same seed, and a CPU tensor and a CUDA tensor draw from
+different generators (the CPU one and the device's), so their masks differ
+too. Under :func:`torch.compile` the key comes from the compiled randint
+(inductor's own RNG, seeded from the same default generator), so compiled and
+eager masks differ while each stays reproducible.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+from torch import Tensor
+
+from .. import _ops
+
+__all__ = ["dropout", "dropout1d", "dropout2d", "dropout3d", "dropout_add"]
+
+# The key and the counter offset are drawn below 2**62: 124 random bits are
+# ample, and the bounds stay clear of int64 overflow in every randint
+# implementation (eager, and inductor's decomposition under torch.compile).
+_SEED_BOUND = 2**62
+
+
+def _draw_seed(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Two int64 words (Philox key, counter offset) from ``generator``.
+
+    Drawing them with a tensor op, rather than reading the generator's state on
+    the host, is what keeps this traceable: torch.compile and CUDA graphs both
+    handle torch.randint, and on CUDA the words stay on the device.
+    """
+    return torch.randint(_SEED_BOUND, (2,), device=x.device, dtype=torch.int64, generator=generator)
+
+
+def _check_p(p: float) -> None:
+    if p < 0.0 or p > 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+
+
+def _dropout_impl(input: Tensor, p: float, inplace: bool, group: int, generator: torch.Generator | None) -> Tensor:
+    """Training-mode dropout with ``group`` consecutive elements per mask entry."""
+    if p == 0.0 or input.numel() == 0:
+        return input  # as torch: the input itself
+    if p == 1.0:
+        # As torch: a multiplication by zero, which keeps NaNs and signs.
+        return input.mul_(0) if inplace else input * 0
+    seed = _draw_seed(input, generator)
+    if not inplace:
+        return _ops.ops.dropout(input, seed, p, group)
+    if torch.is_grad_enabled() and input.requires_grad:
+        # The in-place op has no autograd formula; the functional op with a
+        # copy does, and autograd rejects in-place writes to leaves as torch does.
+        return input.copy_(_ops.ops.dropout(input, seed, p, group))
+    _ops.ops.dropout_(input, seed, p, group)
+    return input
+
+
+def dropout(
+    input: Tensor,
+    p: float = 0.5,
+    training: bool = True,
+    inplace: bool = False,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Zero each element with probability ``p`` and scale survivors by ``1 / (1 - p)``.
+
+    Like :func:`torch.nn.functional.dropout`, plus ``generator``, the
+    :class:`torch.Generator` to draw the mask's key from (default: torch's
+    default generator of ``input``'s device). In evaluation (``training=False``)
+    or with ``p=0`` the input itself is returned; with ``p=1`` the result is
+    ``input * 0``. The result is contiguous.
+    """
+    _check_p(p)
+    if not training:
+        return input
+    return _dropout_impl(input, p, inplace, 1, generator)
+
+
+def _feature_dropout(
+    input: Tensor, p: float, training: bool, inplace: bool, generator: torch.Generator | None
+) -> Tensor:
+    """Channel-wise dropout: one mask entry per ``input[n, c]``, like ATen's feature_dropout."""
+    if not training:
+        return input
+    if input.dim() < 2:
+        raise RuntimeError("Feature dropout requires at least 2 dimensions in the input")
+    return _dropout_impl(input, p, inplace, math.prod(input.shape[2:]), generator)
+
+
+def _batched_feature_dropout(
+    input: Tensor, p: float, training: bool, inplace: bool, generator: torch.Generator | None, batched: bool
+) -> Tensor:
+    """Feature dropout of an input that may lack its batch dimension, as torch handles it."""
+    if not batched:
+        input = input.unsqueeze_(0) if inplace else input.unsqueeze(0)
+    result = _feature_dropout(input, p, training, inplace, generator)
+    if not batched:
+        result = result.squeeze_(0) if inplace else result.squeeze(0)
+    return result
+
+
+def dropout1d(
+    input: Tensor,
+    p: float = 0.5,
+    training: bool = True,
+    inplace: bool = False,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Zero whole channels of a (N, C, L) or (C, L) input; see :func:`torch.nn.functional.dropout1d`."""
+    _check_p(p)
+    if input.dim() not in (2, 3):
+        raise RuntimeError(
+            f"dropout1d: Expected 2D or 3D input, but received a {input.dim()}D input. "
+            "Note that dropout1d exists to provide channel-wise dropout on inputs with 1 "
+            "spatial dimension, a channel dimension, and an optional batch dimension "
+            "(i.e. 2D or 3D inputs)."
+        )
+    return _batched_feature_dropout(input, p, training, inplace, generator, batched=input.dim() == 3)
+
+
+def _warn_feature_dims(name: str, dim: int, expected: tuple[int, int], spatial: int) -> None:
+    if dim not in expected:
+        warnings.warn(
+            f"{name}: Received a {dim}-D input to {name}, which is deprecated "
+            "and will result in an error in a future release. To retain the behavior "
+            "and silence this warning, please use dropout instead. Note that "
+            f"{name} exists to provide channel-wise dropout on inputs with {spatial} spatial "
+            "dimensions, a channel dimension, and an optional batch dimension "
+            f"(i.e. {expected[0]}D or {expected[1]}D inputs).",
+            stacklevel=3,
+        )
+
+
+def dropout2d(
+    input: Tensor,
+    p: float = 0.5,
+    training: bool = True,
+    inplace: bool = False,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Zero whole channels of a (N, C, H, W) input; see :func:`torch.nn.functional.dropout2d`.
+
+    As in torch, a 3-D input is taken as (N, C, L) (torch's historical behaviour).
+    """
+    _check_p(p)
+    _warn_feature_dims("dropout2d", input.dim(), (3, 4), 2)
+    if input.dim() == 3:
+        warnings.warn(
+            "dropout2d: Received a 3D input to dropout2d and assuming that channel-wise "
+            "1D dropout behavior is desired - input is interpreted as shape (N, C, L), where C "
+            "is the channel dim. This behavior will change in a future release to interpret the "
+            "input as one without a batch dimension, i.e. shape (C, H, W). To maintain the 1D "
+            "channel-wise dropout behavior, please switch to using dropout1d instead.",
+            stacklevel=2,
+        )
+    return _feature_dropout(input, p, training, inplace, generator)
+
+
+def dropout3d(
+    input: Tensor,
+    p: float = 0.5,
+    training: bool = True,
+    inplace: bool = False,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Zero whole channels of a (N, C, D, H, W) or (C, D, H, W) input; see :func:`torch.nn.functional.dropout3d`."""
+    _check_p(p)
+    _warn_feature_dims("dropout3d", input.dim(), (4, 5), 3)
+    return _batched_feature_dropout(input, p, training, inplace, generator, batched=input.dim() == 5)
+
+
+def dropout_add(
+    x: Tensor,
+    residual: Tensor,
+    p: float = 0.5,
+    training: bool = True,
+    bias: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """``dropout(x + bias, p) + residual`` in one pass, forward and backward.
+
+    The residual connection of a transformer block. ``bias`` (optional) is 1-D
+    with ``x.size(-1)`` elements, broadcast like a Linear layer's bias;
+    ``residual`` has ``x``'s shape. All three share a dtype and device. The
+    arithmetic is done in float32 for 16-bit inputs (float64 for float64)
+    with one rounding at the end, so in bfloat16/float16 the result can differ
+    from the unfused composition by that composition's own roundings.
+    """
+    _check_p(p)
+    if not training or p == 0.0:
+        return (x if bias is None else x + bias) + residual
+    return _ops.ops.dropout_add(x, residual, bias, _draw_seed(x, generator), p)

@@ -1,0 +1,49 @@
+"""GroupNorm and LayerNorm: torch's modules with fastopt's fused kernels."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import functional as F
+from ._norm_functional import check_activation
+
+
+class GroupNorm(torch.nn.GroupNorm):
+    """:class:`torch.nn.GroupNorm` with fused kernels and an optional fused activation.
+
+    Same arguments, defaults, validation and ``state_dict`` as torch's module,
+    plus ``activation`` (None, ``"relu"`` or ``"silu"``), applied in the same
+    pass: ``GroupNorm(32, C, activation="silu")`` is the GroupNorm + SiLU block
+    of diffusion U-Nets in one kernel, forward and backward.
+    """
+
+    def __init__(
+        self,
+        num_groups: int,
+        num_channels: int,
+        eps: float = 1e-5,
+        affine: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        activation: Optional[str] = None,
+    ) -> None:
+        super().__init__(num_groups, num_channels, eps, affine, device, dtype)
+        self.activation = check_activation(activation)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.group_norm(input, self.num_groups, self.weight, self.bias, self.eps, self.activation)
+
+    def extra_repr(self) -> str:
+        extra = super().extra_repr()
+        return extra if self.activation is None else f"{extra}, activation={self.activation!r}"
+
+
+class LayerNorm(torch.nn.LayerNorm):
+    """:class:`torch.nn.LayerNorm` on fastopt's fused kernels; same arguments and ``state_dict``."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)

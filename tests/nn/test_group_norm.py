@@ -1,0 +1,112 @@
+"""fastopt.nn.GroupNorm and functional.group_norm against torch.nn.functional.group_norm."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastopt.nn
+from fastopt.nn import functional as FF
+
+ACTIVATIONS = {None: lambda y: y, "relu": F.relu, "silu": F.silu}
+
+
+def _run(fn, x, w, b, grad):
+    """Output and (dx, dw, db) of fn(x, w, b) under the upstream gradient `grad`."""
+    leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (x, w, b)]
+    y = fn(*leaves)
+    y.backward(grad)
+    return y.detach(), [t.grad if t is not None else None for t in leaves]
+
+
+def _inputs(shape, groups, dtype, channels_last, device, affine=True):
+    x = (torch.randn(shape, dtype=torch.float64, device=device) * 2 + 3).to(dtype)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    C = shape[1]
+    w = torch.randn(C, dtype=dtype, device=device) if affine else None
+    b = torch.randn(C, dtype=dtype, device=device) if affine else None
+    return x, w, b, torch.randn(shape, dtype=dtype, device=device)
+
+
+# (N, C, H, W): C not a multiple of 8, HW = 1 and odd spatial sizes; each with
+# group counts 1, 2, C/2 and C.
+SHAPES = [(2, 6, 5, 7), (3, 10, 1, 1), (2, 20, 3, 9)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("groups_of", ["1", "2", "C/2", "C"])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("activation", [None, "silu", "relu"])
+def test_matches_torch_fp64(device, shape, groups_of, channels_last, activation):
+    C = shape[1]
+    groups = {"1": 1, "2": 2, "C/2": C // 2, "C": C}[groups_of]
+    x, w, b, grad = _inputs(shape, groups, torch.float64, channels_last, device)
+    y, grads = _run(lambda x, w, b: FF.group_norm(x, groups, w, b, 1e-5, activation), x, w, b, grad)
+    act = ACTIVATIONS[activation]
+    y_ref, grads_ref = _run(lambda x, w, b: act(F.group_norm(x, groups, w, b, 1e-5)), x, w, b, grad)
+    torch.testing.assert_close(y, y_ref)
+    for g, g_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(g, g_ref)
+    # The output keeps the input's memory format.
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    assert y.is_contiguous(memory_format=fmt) and grads[0].is_contiguous(memory_format=fmt)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_low_precision_within_twice_torch_error(device, dtype, channels_last):
+    """Against a float64 reference, fastopt's error is at most twice torch's own."""
+    x, w, b, grad = _inputs((4, 24, 7, 9), 6, dtype, channels_last, device)
+    fn = lambda x, w, b: F.silu(F.group_norm(x, 6, w, b))  # noqa: E731
+    ours = _run(lambda x, w, b: FF.group_norm(x, 6, w, b, activation="silu"), x, w, b, grad)
+    theirs = _run(fn, x, w, b, grad)
+    exact = _run(fn, *(t.double() for t in (x, w, b)), grad.double())
+    for got, ref, true in zip([ours[0], *ours[1]], [theirs[0], *theirs[1]], [exact[0], *exact[1]]):
+        err = (got.double() - true).abs().max().item()
+        torch_err = (ref.double() - true).abs().max().item()
+        assert err <= 2 * torch_err + 1e-6 * true.abs().max().item(), (err, torch_err)
+
+
+def test_module_matches_torch_and_state_dict(device):
+    ours = fastopt.nn.GroupNorm(4, 12, activation="silu").to(device)
+    ref = torch.nn.GroupNorm(4, 12).to(device)
+    with torch.no_grad():
+        ref.weight.normal_()
+        ref.bias.normal_()
+    ours.load_state_dict(ref.state_dict())
+    assert ours.state_dict().keys() == ref.state_dict().keys()
+    x = torch.randn(2, 12, 5, 5, device=device)
+    torch.testing.assert_close(ours(x), F.silu(ref(x)))
+    assert isinstance(ours, torch.nn.GroupNorm) and "activation='silu'" in repr(ours)
+
+
+def test_validation_matches_torch():
+    with pytest.raises(ValueError):
+        fastopt.nn.GroupNorm(5, 12)
+    with pytest.raises(ValueError, match="activation"):
+        fastopt.nn.GroupNorm(4, 12, activation="gelu")
+    with pytest.raises(RuntimeError, match="divisible by num_groups"):
+        FF.group_norm(torch.randn(2, 12, 3), 5)
+
+
+def test_non_contiguous_and_empty(device):
+    # A strided view that is neither layout: copied to contiguous, not an error.
+    x = torch.randn(2, 8, 6, 10, device=device)[..., ::2]
+    torch.testing.assert_close(FF.group_norm(x, 4), F.group_norm(x, 4))
+    # No samples: an empty output of the same shape.
+    assert FF.group_norm(torch.randn(0, 8, 3, device=device), 4).shape == (0, 8, 3)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("activation", [None, "silu", "relu"])
+def test_gradcheck(device, channels_last, activation):
+    x, w, b, _ = _inputs((2, 6, 3, 5), 3, torch.float64, channels_last, device)
+    fn = lambda x, w, b: FF.group_norm(x, 3, w, b, 1e-5, activation)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, [t.requires_grad_() for t in (x, w, b)])
+
+
+def test_gradcheck_no_affine(device):
+    x = torch.randn(2, 4, 9, dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: FF.group_norm(x, 2), [x])
