@@ -99,6 +99,15 @@ SPECS: tuple[OptimSpec, ...] = (
         "RMSprop", torch.optim.RMSprop, fastopt.optim.RMSprop, reads=5, writes=4,
         kwargs={"centered": True, "momentum": 0.9}, torch_paths=RMSPROP_PATHS,
     ),
+    # SGD with momentum reads param, grad, momentum_buffer and writes param,
+    # momentum_buffer: 20 bytes per float32 parameter. torch 2.13 has fused
+    # SGD on CPU and CUDA.
+    OptimSpec(
+        "SGD", torch.optim.SGD, fastopt.optim.SGD, reads=3, writes=2, kwargs={"lr": 0.01, "momentum": 0.9}
+    ),
+    # Adagrad reads param, grad, sum and writes param, sum: 20 bytes per
+    # float32 parameter. torch 2.13 has fused Adagrad on CPU and CUDA.
+    OptimSpec("Adagrad", torch.optim.Adagrad, fastopt.optim.Adagrad, reads=3, writes=2),
 )  # fmt: skip
 
 

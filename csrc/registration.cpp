@@ -70,4 +70,31 @@ TORCH_LIBRARY(fastopt, m) {
       "group_norm_bwd(Tensor grad_out, Tensor x, Tensor mean, Tensor rstd, Tensor? weight, "
       "Tensor? bias, int groups, int activation=0) -> "
       "(Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
+  // SGD with optional momentum, dampening, Nesterov and weight decay.
+  // momentum_buffers is empty when momentum == 0. With is_first_step, every
+  // buffer is set to the (decayed) gradient, as torch does when a buffer is
+  // created, instead of being decayed. found_inf, grad_scale and update_norms
+  // are as for adam_.
+  m.def(
+      "sgd_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] momentum_buffers, *, "
+      "float lr, float momentum, float dampening, float weight_decay, bool nesterov, "
+      "bool maximize, bool is_first_step, Tensor? grad_scale=None, Tensor? found_inf=None, "
+      "Tensor(d!)? update_norms=None) -> ()");
+  m.def(
+      "sgd_.tensor_lr(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] momentum_buffers, *, "
+      "Tensor lr, float momentum, float dampening, float weight_decay, bool nesterov, "
+      "bool maximize, bool is_first_step, Tensor? grad_scale=None, Tensor? found_inf=None, "
+      "Tensor(d!)? update_norms=None) -> ()");
+  // Adagrad. Increments each step counter by one, unless found_inf is set;
+  // grad_scale and update_norms are as for adam_.
+  m.def(
+      "adagrad_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] state_sums, "
+      "Tensor(d!)[] state_steps, *, float lr, float lr_decay, float weight_decay, float eps, "
+      "bool maximize, Tensor? grad_scale=None, Tensor? found_inf=None, "
+      "Tensor(e!)? update_norms=None) -> ()");
+  m.def(
+      "adagrad_.tensor_lr(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] state_sums, "
+      "Tensor(d!)[] state_steps, *, Tensor lr, float lr_decay, float weight_decay, float eps, "
+      "bool maximize, Tensor? grad_scale=None, Tensor? found_inf=None, "
+      "Tensor(e!)? update_norms=None) -> ()");
 }

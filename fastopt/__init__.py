@@ -14,10 +14,10 @@ _C = load_extension()
 
 from . import _ops  # noqa: E402  (fake kernels need the ops registered first)
 from . import nn, optim  # noqa: E402
-from .optim import EMA, Adam, AdamW, RMSprop  # noqa: E402
+from .optim import EMA, SGD, Adagrad, Adam, AdamW, RMSprop  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["EMA", "Adam", "AdamW", "RMSprop", "build_info", "nn", "optim"]
+__all__ = ["EMA", "SGD", "Adagrad", "Adam", "AdamW", "RMSprop", "build_info", "nn", "optim"]
 
 
 def build_info() -> dict[str, Any]:

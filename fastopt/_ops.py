@@ -21,6 +21,10 @@ IN_PLACE_OPS = (
     "fastopt::rmsprop_",
     "fastopt::rmsprop_.tensor_lr",
     "fastopt::ema_",
+    "fastopt::sgd_",
+    "fastopt::sgd_.tensor_lr",
+    "fastopt::adagrad_",
+    "fastopt::adagrad_.tensor_lr",
 )
 
 

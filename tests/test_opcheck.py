@@ -11,17 +11,29 @@ import torch
 
 import fastopt  # noqa: F401  (registers the ops)
 
+# Covers a 0-dim tensor, an empty one, a SIMD tail and a 2-d tensor.
+SHAPES = [(), (0,), (7,), (130, 3)]
+
+
+def _tensors(device: str, make=torch.randn, dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
+    return [make(s, device=device, dtype=dtype) for s in SHAPES]
+
+
+def _steps(device: str) -> list[torch.Tensor]:
+    # CPU counters for CPU params, device counters for CUDA params.
+    return [torch.tensor(3.0, device=device) for _ in SHAPES]
+
+
+def _amp(device: str, amp: bool) -> dict:
+    if not amp:
+        return {}
+    return dict(grad_scale=torch.tensor(8.0, device=device), found_inf=torch.tensor(0.0, device=device))
+
 
 def _adam_args(device: str, amsgrad: bool):
-    shapes = [(), (0,), (7,), (130, 3)]
-    params = [torch.randn(s, device=device) for s in shapes]
-    grads = [torch.randn(s, device=device) for s in shapes]
-    exp_avgs = [torch.rand(s, device=device) for s in shapes]
-    exp_avg_sqs = [torch.rand(s, device=device) for s in shapes]
-    max_exp_avg_sqs = [torch.rand(s, device=device) for s in shapes] if amsgrad else []
-    step_device = "cpu" if device == "cpu" else device
-    steps = [torch.tensor(3.0, device=step_device) for _ in shapes]
-    return (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps)
+    max_exp_avg_sqs = _tensors(device, torch.rand) if amsgrad else []
+    return (_tensors(device), _tensors(device), _tensors(device, torch.rand), _tensors(device, torch.rand),
+            max_exp_avg_sqs, _steps(device))  # fmt: skip
 
 
 KWARGS = dict(beta1=0.9, beta2=0.999, weight_decay=0.01, eps=1e-8, maximize=False, decoupled_weight_decay=True)
@@ -30,11 +42,10 @@ KWARGS = dict(beta1=0.9, beta2=0.999, weight_decay=0.01, eps=1e-8, maximize=Fals
 @pytest.mark.parametrize("amsgrad", [False, True])
 @pytest.mark.parametrize("amp", [False, True])
 def test_adam(device, amsgrad, amp):
-    extra = {}
-    if amp:
-        extra = dict(grad_scale=torch.tensor(8.0, device=device), found_inf=torch.tensor(0.0, device=device))
     torch.library.opcheck(
-        torch.ops.fastopt.adam_.default, _adam_args(device, amsgrad), dict(lr=1e-3, amsgrad=amsgrad, **KWARGS, **extra)
+        torch.ops.fastopt.adam_.default,
+        _adam_args(device, amsgrad),
+        dict(lr=1e-3, amsgrad=amsgrad, **KWARGS, **_amp(device, amp)),
     )
 
 
@@ -47,13 +58,11 @@ def test_adam_tensor_lr(device):
 
 
 def _rmsprop_args(device: str, centered: bool, momentum: bool):
-    # adam's lists double as RMSprop's: exp_avg_sqs -> square_avgs, the
-    # max_exp_avg_sqs that amsgrad adds -> grad_avgs
-    params, grads, _, square_avgs, grad_avgs, steps = _adam_args(device, amsgrad=centered)
-    momentum_buffers = [torch.randn_like(p) for p in params] if momentum else []
     # grad_avg**2 <= square_avg keeps the centered sqrt real
-    grad_avgs = [g * 0.1 for g in grad_avgs]
-    return (params, grads, square_avgs, grad_avgs, momentum_buffers, steps)
+    grad_avgs = [g * 0.1 for g in _tensors(device, torch.rand)] if centered else []
+    momentum_buffers = _tensors(device) if momentum else []
+    return (_tensors(device), _tensors(device), _tensors(device, torch.rand), grad_avgs, momentum_buffers,
+            _steps(device))  # fmt: skip
 
 
 RMSPROP_KWARGS = dict(alpha=0.99, eps=1e-8, weight_decay=0.01, maximize=False)
@@ -63,13 +72,10 @@ RMSPROP_KWARGS = dict(alpha=0.99, eps=1e-8, weight_decay=0.01, maximize=False)
 @pytest.mark.parametrize("momentum", [False, True])
 @pytest.mark.parametrize("amp", [False, True])
 def test_rmsprop(device, centered, momentum, amp):
-    extra = {}
-    if amp:
-        extra = dict(grad_scale=torch.tensor(8.0, device=device), found_inf=torch.tensor(0.0, device=device))
     torch.library.opcheck(
         torch.ops.fastopt.rmsprop_.default,
         _rmsprop_args(device, centered, momentum),
-        dict(lr=1e-2, momentum=0.9 if momentum else 0.0, centered=centered, **RMSPROP_KWARGS, **extra),
+        dict(lr=1e-2, momentum=0.9 if momentum else 0.0, centered=centered, **RMSPROP_KWARGS, **_amp(device, amp)),
     )
 
 
@@ -81,11 +87,57 @@ def test_rmsprop_tensor_lr(device):
     )
 
 
+def _sgd_args(device: str, momentum: bool):
+    return (_tensors(device), _tensors(device), _tensors(device) if momentum else [])
+
+
+SGD_KWARGS = dict(dampening=0.1, weight_decay=0.01, nesterov=False, maximize=False)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+@pytest.mark.parametrize("is_first_step", [False, True])
+@pytest.mark.parametrize("amp", [False, True])
+def test_sgd(device, momentum, is_first_step, amp):
+    torch.library.opcheck(
+        torch.ops.fastopt.sgd_.default,
+        _sgd_args(device, momentum != 0),
+        dict(lr=1e-2, momentum=momentum, is_first_step=is_first_step, **SGD_KWARGS, **_amp(device, amp)),
+    )
+
+
+def test_sgd_tensor_lr(device):
+    torch.library.opcheck(
+        torch.ops.fastopt.sgd_.tensor_lr,
+        _sgd_args(device, True),
+        dict(lr=torch.tensor(1e-2, device=device), momentum=0.9, is_first_step=False, **SGD_KWARGS),
+    )
+
+
+def _adagrad_args(device: str):
+    return (_tensors(device), _tensors(device), _tensors(device, torch.rand), _steps(device))
+
+
+ADAGRAD_KWARGS = dict(lr_decay=0.1, weight_decay=0.01, eps=1e-10, maximize=False)
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_adagrad(device, amp):
+    torch.library.opcheck(
+        torch.ops.fastopt.adagrad_.default, _adagrad_args(device), dict(lr=1e-2, **ADAGRAD_KWARGS, **_amp(device, amp))
+    )
+
+
+def test_adagrad_tensor_lr(device):
+    torch.library.opcheck(
+        torch.ops.fastopt.adagrad_.tensor_lr,
+        _adagrad_args(device),
+        dict(lr=torch.tensor(1e-2, device=device), **ADAGRAD_KWARGS),
+    )
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_ema(device, dtype):
-    shapes = [(), (0,), (7,), (130, 3)]
-    shadow = [torch.randn(s, device=device, dtype=dtype) for s in shapes]
-    params = [torch.randn(s, device=device, dtype=dtype) for s in shapes]
+    shadow, params = _tensors(device, dtype=dtype), _tensors(device, dtype=dtype)
     torch.library.opcheck(torch.ops.fastopt.ema_.default, (shadow, params), dict(decay=0.9))
 # Dropout: an odd size that is not a multiple of a Philox block, a
 # non-contiguous input (a transposed view) and an empty one.

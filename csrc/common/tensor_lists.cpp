@@ -51,7 +51,8 @@ void check_state_steps(const char* op, at::TensorList steps, size_t expected,
   }
 }
 
-void check_optimizer_args(const char* op, at::TensorList params, at::TensorList state_steps,
+void check_optimizer_args(const char* op, at::TensorList params,
+                          const c10::optional<at::TensorList>& state_steps,
                           c10::DeviceType device, const at::Tensor* lr_tensor,
                           const c10::optional<at::Tensor>& grad_scale,
                           const c10::optional<at::Tensor>& found_inf) {
@@ -60,7 +61,7 @@ void check_optimizer_args(const char* op, at::TensorList params, at::TensorList 
               p0.device());
   TORCH_CHECK_TYPE(p0.is_floating_point(), op, ": params must be floating point, got ",
                    p0.scalar_type());
-  check_state_steps(op, state_steps, params.size(), p0.device());
+  if (state_steps.has_value()) check_state_steps(op, *state_steps, params.size(), p0.device());
   if (lr_tensor != nullptr) {
     TORCH_CHECK(lr_tensor->numel() == 1, op, ": Tensor lr must be 1-element");
   }

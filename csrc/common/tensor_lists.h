@@ -35,9 +35,10 @@ void check_state_steps(const char* op, at::TensorList steps, size_t expected,
 // floating point and on `device`, each has a step counter on the params'
 // device (CPU counters for CPU params, device counters for CUDA params, so
 // that the update never synchronises with the host), and the optional lr
-// tensor, grad_scale and found_inf hold one element each. `params` must not
-// be empty.
-void check_optimizer_args(const char* op, at::TensorList params, at::TensorList state_steps,
+// tensor, grad_scale and found_inf hold one element each. Ops without step
+// counters (SGD) pass nullopt for state_steps. `params` must not be empty.
+void check_optimizer_args(const char* op, at::TensorList params,
+                          const c10::optional<at::TensorList>& state_steps,
                           c10::DeviceType device, const at::Tensor* lr_tensor,
                           const c10::optional<at::Tensor>& grad_scale,
                           const c10::optional<at::Tensor>& found_inf);
@@ -59,6 +60,8 @@ class FlatTensorLists {
                            : static_cast<char*>(base) + offset * views_[l][i].element_size();
   }
   const at::Tensor& view(size_t l, size_t i) const { return views_[l][i]; }
+  // Whether list `l` was given (optional state lists may be empty).
+  bool has_list(size_t l) const { return !views_[l].empty(); }
   int64_t numel(size_t i) const { return views_[0][i].numel(); }
   size_t size() const { return views_[0].size(); }
 

@@ -5,10 +5,8 @@
 
 #include "common/adam_op.h"
 #include "common/tensor_lists.h"
+#include "cpu/fused_step.h"
 #include "cpu/kernels/adam_kernel.h"
-#include "cpu/multi_tensor_apply.h"
-#include "cpu/scalars.h"
-#include "cpu/update_norms_output.h"
 
 namespace fastopt::cpu {
 namespace {
@@ -16,11 +14,7 @@ namespace {
 void adam_cpu(const AdamArgs& a) {
   check_adam_args(a, c10::DeviceType::CPU);
   if (a.params.empty()) return;
-  // A step skipped by AMP leaves everything as it was, step counters included.
-  if (a.found_inf.has_value() && read_scalar("found_inf", *a.found_inf) != 0.0) {
-    if (a.update_norms.has_value()) a.update_norms->zero_();  // nothing moved
-    return;
-  }
+  if (step_skipped(a.found_inf, a.update_norms)) return;
 
   const c10::ScalarType dtype = a.params[0].scalar_type();
   check_supported_dtype("fastopt.adam_", dtype);
@@ -40,25 +34,15 @@ void adam_cpu(const AdamArgs& a) {
                         {"exp_avg_sqs", a.exp_avg_sqs, true},
                         {"max_exp_avg_sqs", a.max_exp_avg_sqs, true}});
 
-  const size_t n = a.params.size();
-  std::vector<AdamScalars<double>> scalars(n);
-  std::vector<int64_t> numels(n);
-  for (size_t i = 0; i < n; ++i) {
+  std::vector<AdamScalars<double>> scalars(a.params.size());
+  for (size_t i = 0; i < scalars.size(); ++i) {
     const double step = increment_step(a.state_steps[i]);
     scalars[i] = make_adam_scalars<double>(lr, a.beta1, a.beta2, a.weight_decay, a.eps, step);
-    numels[i] = flat.numel(i);
   }
-
-  const WorkItems items(numels);
-  UpdateNormsOutput norms(a.update_norms, n, items);
   const AdamKernelFn kernel = adam_kernel();
-  items.parallel_for([&](size_t k, const WorkItem& item) {
-    auto at = [&](size_t list) { return flat.data_at(list, item.tensor, item.begin); };
-    kernel(cfg, scalars[item.tensor],
-           AdamChunk{at(0), at(1), at(2), at(3), at(4), item.end - item.begin, norms.slot(k)});
+  run_fused_step<5>(flat, a.update_norms, [&](size_t tensor, const AdamChunk& chunk) {
+    kernel(cfg, scalars[tensor], chunk);
   });
-  norms.finish(items);
-  flat.write_back();
 }
 
 }  // namespace

@@ -24,8 +24,7 @@ void adam_cuda(const AdamArgs& a) {
 
   const c10::Device device = a.params[0].device();
   const c10::cuda::CUDAGuard guard(device);
-  const size_t n = a.params.size();
-  std::vector<float*> steps = step_pointers(kOp, a.state_steps);
+  const std::vector<float*> steps = step_pointers(kOp, a.state_steps);
   const DeviceScalars scalars(device, a.lr, a.lr_tensor, a.grad_scale, a.found_inf);
 
   FlatTensorLists flat({{"params", a.params, true},
@@ -36,12 +35,12 @@ void adam_cuda(const AdamArgs& a) {
   const LaunchPointers ptrs(flat, 5);
 
   AdamLaunch launch{};
-  launch.num_tensors = static_cast<int64_t>(n);
+  launch.num_tensors = ptrs.num_tensors();
   launch.params = ptrs.list(0);
   launch.grads = ptrs.list(1);
   launch.exp_avgs = ptrs.list(2);
   launch.exp_avg_sqs = ptrs.list(3);
-  launch.max_exp_avg_sqs = ptrs.list(4, a.amsgrad);
+  launch.max_exp_avg_sqs = ptrs.list(4);  // null unless amsgrad
   launch.steps = steps.data();
   launch.numels = ptrs.numels();
   launch.dtype = kernel_dtype(kOp, a.params[0].scalar_type());
@@ -56,7 +55,7 @@ void adam_cuda(const AdamArgs& a) {
   launch.adamw = a.decoupled_weight_decay;
   launch.grad_scale = scalars.grad_scale();
   launch.found_inf = scalars.found_inf();
-  launch.update_norms = update_norms_rows(a.update_norms, device, n);
+  launch.update_norms = update_norms_rows(a.update_norms, device, a.params.size());
 
   launch_adam(launch, at::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();

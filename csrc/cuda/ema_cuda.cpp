@@ -25,7 +25,7 @@ void ema_cuda(at::TensorList shadow, at::TensorList params, double decay) {
   const LaunchPointers ptrs(flat, 2);
 
   EmaLaunch launch{};
-  launch.num_tensors = static_cast<int64_t>(shadow.size());
+  launch.num_tensors = ptrs.num_tensors();
   launch.shadow = ptrs.list(0);
   launch.params = ptrs.list(1);
   launch.numels = ptrs.numels();

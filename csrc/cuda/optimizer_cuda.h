@@ -1,5 +1,5 @@
 // Host-side helpers shared by the thin CUDA layers of the optimizer ops
-// (adam_cuda.cpp, rmsprop_cuda.cpp, ...): dtype mapping, step counters, the
+// (adam_cuda.cpp, rmsprop_cuda.cpp, sgd_cuda.cpp, ...): dtype mapping, step counters, the
 // update_norms output and the scalar tensors (lr, grad_scale, found_inf) the
 // kernels read on the device.
 #pragma once
@@ -47,22 +47,28 @@ inline double* update_norms_rows(const c10::optional<at::Tensor>& out, c10::Devi
 }
 
 // The host arrays a launch struct points into: per list, one device pointer
-// per tensor (null arrays for absent optional lists), and the numels.
+// per tensor, and the numels. An absent optional list (empty, e.g.
+// max_exp_avg_sqs without amsgrad) gets a null array, which is how the
+// kernels tell that the state is not there.
 class LaunchPointers {
  public:
   LaunchPointers(const FlatTensorLists& flat, size_t num_lists)
-      : ptrs_(num_lists, std::vector<void*>(flat.size())), numels_(flat.size()) {
+      : ptrs_(num_lists), numels_(flat.size()) {
+    for (size_t l = 0; l < num_lists; ++l) {
+      if (flat.has_list(l)) ptrs_[l].resize(flat.size());
+    }
     for (size_t i = 0; i < flat.size(); ++i) {
-      for (size_t l = 0; l < num_lists; ++l) ptrs_[l][i] = flat.data(l, i);
+      for (size_t l = 0; l < num_lists; ++l) {
+        if (!ptrs_[l].empty()) ptrs_[l][i] = flat.data(l, i);
+      }
       numels_[i] = flat.numel(i);
     }
   }
 
-  // List l's pointers, or null when the list is absent (`present` false).
-  void* const* list(size_t l, bool present = true) const {
-    return present ? ptrs_[l].data() : nullptr;
-  }
+  // List l's pointers, or null when the list is absent.
+  void* const* list(size_t l) const { return ptrs_[l].empty() ? nullptr : ptrs_[l].data(); }
   const int64_t* numels() const { return numels_.data(); }
+  int64_t num_tensors() const { return static_cast<int64_t>(numels_.size()); }
 
  private:
   std::vector<std::vector<void*>> ptrs_;

@@ -24,8 +24,11 @@ class Bucket:
     sources: list[Tensor] = field(default_factory=list)  # the parameters themselves
     params: list[Tensor] = field(default_factory=list)  # as the op sees them (complex as real)
     grads: list[Tensor] = field(default_factory=list)
-    steps: list[Tensor] = field(default_factory=list)
+    steps: list[Tensor] = field(default_factory=list)  # empty without step counters
     state: dict[str, list[Tensor]] = field(default_factory=dict)
+    # Whether these tensors' state was created by this step; only set for
+    # optimizers whose op initialises new state itself (see _new_state_in_op).
+    new_state: bool = False
 
 
 def _as_real(t: Tensor) -> Tensor:
@@ -61,6 +64,13 @@ class FusedOptimizer(torch.optim.Optimizer):
     # AMP's GradScaler hands this optimizer grad_scale/found_inf instead of
     # unscaling the gradients itself (see torch.amp.GradScaler.step).
     _step_supports_amp_scaling = True
+    # Whether the optimizer keeps torch's per-parameter state["step"] counter
+    # (Adam, Adagrad) or none at all (SGD).
+    _has_step_counter = True
+    # Whether the op must be told that state was just created, because its
+    # first update differs from later ones (SGD's momentum buffer starts as the
+    # gradient). Such tensors then get an op call of their own: see Bucket.new_state.
+    _new_state_in_op = False
 
     def track_update_ratios(self, enabled: bool = True) -> None:
         """Compute ||update|| / ||param|| per parameter inside each fused step.
@@ -100,10 +110,14 @@ class FusedOptimizer(torch.optim.Optimizer):
     def _init_state(self, group: dict[str, Any], param: Tensor, state: dict[str, Any]) -> None:
         """Create the state of ``param`` on its first step.
 
-        By default, as torch's optimizers do: a zero step counter and one
-        zero tensor in ``param``'s layout per key of :meth:`_state_keys`.
+        By default, as torch's optimizers do: a zero step counter (for
+        optimizers that keep one) and one zero tensor in ``param``'s layout
+        per key of :meth:`_state_keys`. Zeros even where the op overwrites new
+        state (SGD's momentum buffer), so that a first step skipped by AMP
+        leaves no garbage behind.
         """
-        state["step"] = new_step_counter(param)
+        if self._has_step_counter:
+            state["step"] = new_step_counter(param)
         for key in self._state_keys(group):
             state[key] = torch.zeros_like(param, memory_format=torch.preserve_format)
 
@@ -121,9 +135,12 @@ class FusedOptimizer(torch.optim.Optimizer):
         """
         raise NotImplementedError
 
-    def _buckets(self, group: dict[str, Any]) -> dict[tuple[torch.device, torch.dtype], Bucket]:
+    def _buckets(self, group: dict[str, Any]) -> dict[tuple[Any, ...], Bucket]:
         keys = self._state_keys(group)
-        buckets: dict[tuple[torch.device, torch.dtype], Bucket] = {}
+        # torch never touches self.state for a parameter without state (SGD
+        # without momentum), so its state_dict stays empty; so does ours.
+        has_state = bool(keys) or self._has_step_counter
+        buckets: dict[tuple[Any, ...], Bucket] = {}
         for p in group["params"]:
             grad = p.grad
             if grad is None:
@@ -132,22 +149,25 @@ class FusedOptimizer(torch.optim.Optimizer):
                 raise RuntimeError(
                     f"{type(self).__name__} does not support sparse gradients"
                 )
-            state = self.state[p]
-            if len(state) == 0:
+            state = self.state[p] if has_state else {}
+            new_state = has_state and len(state) == 0
+            if new_state:
                 self._init_state(group, p, state)
-            step = state["step"]
-            if step.device != p.device:
-                # A torch checkpoint keeps CUDA step counters on the CPU;
-                # fastopt's CUDA update reads them on the device.
-                step = state["step"] = step.to(device=p.device, dtype=torch.float32)
             real = _as_real(p)
-            bucket = buckets.get((p.device, real.dtype))
+            key = (p.device, real.dtype, new_state and self._new_state_in_op)
+            bucket = buckets.get(key)
             if bucket is None:
-                bucket = buckets[(p.device, real.dtype)] = Bucket(state={k: [] for k in keys})
+                bucket = buckets[key] = Bucket(state={k: [] for k in keys}, new_state=key[2])
             bucket.sources.append(p)
             bucket.params.append(real)
             bucket.grads.append(_as_real(grad))
-            bucket.steps.append(step)
+            if self._has_step_counter:
+                step = state["step"]
+                if step.device != p.device:
+                    # A torch checkpoint keeps CUDA step counters on the CPU;
+                    # fastopt's CUDA update reads them on the device.
+                    step = state["step"] = step.to(device=p.device, dtype=torch.float32)
+                bucket.steps.append(step)
             for k in keys:
                 bucket.state[k].append(_as_real(state[k]))
         return buckets
@@ -181,7 +201,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         if track:
             self._last_norms = []
         for group in self.param_groups:
-            for (device, _), bucket in self._buckets(group).items():
+            for (device, *_), bucket in self._buckets(group).items():
                 norms = None
                 if track:
                     norms = torch.empty(len(bucket.params), 2, dtype=torch.float64, device=device)

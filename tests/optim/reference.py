@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+import io
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
-
 import torch
 from torch import Tensor
 
@@ -92,20 +93,46 @@ def assert_same_state(ours: torch.optim.Optimizer, ref: torch.optim.Optimizer, o
                 torch.testing.assert_close(a, b, msg=lambda m: f"param {i} {key}: {m}", **tol)
 
 
+STEPS = 10
+
+
+def skip_bias_grad(i: int, step: int) -> bool:
+    """The "bias" param gets no grad on steps 3 and 7: it must be left alone, and
+    any per-parameter step counter or buffer must lag, as in torch."""
+    return PARAM_SET[i][0] == "bias" and step in (3, 7)
+
+
+def compare_with_torch(
+    ours_cls, ref_cls, config: dict, device: str, dtype: torch.dtype, steps: int = STEPS, names=None, **tol
+) -> None:
+    """``steps`` steps of both on PARAM_SET (or its ``names``) with the same grads: same params and state."""
+    ref_params = make_params(device, dtype, names)
+    ours_params = clone_params(ref_params)
+    ref = ref_cls(ref_params, foreach=False, **copy.deepcopy(config))
+    ours = ours_cls(ours_params, **copy.deepcopy(config))
+    grads = random_grads(ref_params, steps, skip_bias_grad)
+    run_steps(ref, ref_params, grads)
+    run_steps(ours, ours_params, grads)
+    assert_same_state(ours, ref, ours_params, ref_params, **tol)
+
+
 def check_low_precision(
-    ours_cls: type[torch.optim.Optimizer],
-    ref_cls: type[torch.optim.Optimizer],
+    ours_cls,
+    ref_cls,
     dtype: torch.dtype,
     device: str,
-    config: dict[str, Any],
-    torch_kwargs: dict[str, Any],
-    steps: int = 10,
+    config: dict,
+    torch_kwargs: dict | None = None,
+    steps: int = STEPS,
 ) -> None:
     """fastopt in 16-bit must be at most twice as far from a float32 run as torch in 16-bit.
 
-    ``torch_kwargs`` picks torch's 16-bit path (for example ``fused=True``
-    where torch has a fused kernel, its most accurate one). The float32
-    reference always runs torch's for-loop.
+    ``torch_kwargs`` picks torch's 16-bit path. The default, fused=True, is
+    torch's most accurate path where it has one: it computes in float32 like
+    fastopt, while the for-loop path computes in 16-bit (and, for Adam, goes
+    to NaN in float16 once eps=1e-8 underflows). Optimizers without a fused
+    torch kernel (RMSprop) pass {"foreach": False}. The float32 reference
+    always runs torch's for-loop.
     """
     fp32_params = make_params(device, torch.float32, ["non_aligned", "channels_last", "bias", "transposed"])
     torch_params = clone_params(fp32_params, dtype)
@@ -114,7 +141,7 @@ def check_low_precision(
     # every run sees the same 16-bit-representable gradients
     grads = [[g.to(dtype).float() for g in step] for step in grads]
     run_steps(ref_cls(fp32_params, foreach=False, **config), fp32_params, grads)
-    run_steps(ref_cls(torch_params, **torch_kwargs, **config), torch_params, grads)
+    run_steps(ref_cls(torch_params, **(torch_kwargs or {"fused": True}), **config), torch_params, grads)
     run_steps(ours_cls(ours_params, **config), ours_params, grads)
     for ref, theirs, ours in zip(fp32_params, torch_params, ours_params):
         torch_err = (theirs.float() - ref).abs().max()
@@ -129,3 +156,158 @@ def assert_same_error(make_ref: Callable[[], Any], make_ours: Callable[[], Any])
         make_ref()
     with pytest.raises(type(expected.value), match=re.escape(str(expected.value))):
         make_ours()
+
+
+def assert_same_validation_error(ours_cls, ref_cls, kwargs: dict) -> None:
+    """Constructing with ``kwargs`` fails in fastopt exactly as in torch: type and message."""
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    assert_same_error(lambda: ref_cls(params, **kwargs), lambda: ours_cls(params, **kwargs))
+
+
+def check_state_dict_round_trip(ours_cls, ref_cls, config: dict, direction: str, device: str) -> None:
+    """Train 4 steps with one, save, load into the other, train 6 more: same as all-torch."""
+    ref_params = make_params(device, torch.float32)
+    ours_params = clone_params(ref_params)
+    grads = random_grads(ref_params, STEPS, skip_bias_grad)
+    ref = ref_cls(ref_params, foreach=False, **config)
+    run_steps(ref, ref_params, grads)
+
+    first_cls, second_cls = (ref_cls, ours_cls) if direction == "torch_to_fastopt" else (ours_cls, ref_cls)
+    first = first_cls(ours_params, **config)
+    run_steps(first, ours_params, grads[:4])
+    buffer = io.BytesIO()
+    torch.save(first.state_dict(), buffer)
+    buffer.seek(0)
+    second = second_cls(ours_params, **config)
+    second.load_state_dict(torch.load(buffer))
+    assert second.state_dict()["param_groups"] == first.state_dict()["param_groups"]
+    run_steps(second, ours_params, grads[4:])
+    assert_same_state(second, ref, ours_params, ref_params)
+
+
+def check_grad_scale_and_found_inf(ours_cls, ref_cls, config: dict, device: str) -> None:
+    """AMP's protocol: grads are unscaled in place, and found_inf skips the whole step."""
+    params = make_params(device, torch.float32, ["non_aligned", "transposed", "bias"])
+    ref_params = clone_params(params)
+    grads = random_grads(params, 2)
+    scale = torch.tensor(1024.0, device=device)
+    ours = ours_cls(params, **config)
+    ref = ref_cls(ref_params, foreach=False, **config)
+    ours.grad_scale = scale
+
+    for step_grads in grads:
+        set_grads(params, [g * scale for g in step_grads])
+        set_grads(ref_params, step_grads)
+        ours.found_inf = torch.tensor(0.0, device=device)
+        ours.step()
+        ref.step()
+        assert_same_state(ours, ref, params, ref_params)
+        for p, g in zip(params, step_grads):
+            torch.testing.assert_close(p.grad, g)  # unscaled in place
+
+        # a skipped step changes nothing, step counters included
+        check_skipped_step(ours, params, [g * scale for g in step_grads], device)
+
+
+def check_skipped_step(opt: torch.optim.Optimizer, params, grads, device: str) -> None:
+    """With found_inf set, a step leaves params, grads and every state entry as they were."""
+    before = copy.deepcopy(opt.state_dict())
+    values = [p.detach().clone() for p in params]
+    set_grads(params, grads)
+    opt.found_inf = torch.tensor(1.0, device=device)
+    opt.step()
+    opt.found_inf = torch.tensor(0.0, device=device)
+    for p, v, g in zip(params, values, grads):
+        assert torch.equal(p, v)
+        assert torch.equal(p.grad, g.to(p.dtype))
+    after = opt.state_dict()
+    # (a parameter's first step may create its state: see SGD's skipped-first-step test)
+    for i, s in before["state"].items():
+        assert after["state"][i].keys() == s.keys(), i
+        for k, v in s.items():
+            assert torch.equal(after["state"][i][k], v), (i, k)
+
+
+def check_update_ratios(ours_cls, config: dict, device: str) -> None:
+    """update_ratios() equals ||p_after - p_before|| / ||p_before|| computed by torch."""
+    params = make_params(device, torch.float32, ["non_aligned", "channels_last", "bias", "scalar"])
+    opt = ours_cls(params, **config)
+    opt.track_update_ratios()
+    for step_grads in random_grads(params, 3):
+        before = [p.detach().clone() for p in params]
+        set_grads(params, step_grads)
+        opt.step()
+        ratios = opt.update_ratios()
+        assert set(ratios) == set(params)
+        for p, b in zip(params, before):
+            expected = (p.detach().double() - b.double()).norm() / b.double().norm()
+            # float32 params sum their squares in float32 SIMD lanes within
+            # each 64K-element chunk (in registers, for speed), so the ratio is
+            # good to about 1e-5, plenty for a health metric.
+            torch.testing.assert_close(ratios[p], expected, rtol=1e-4, atol=0)
+
+
+def check_lr_schedulers(ours_cls, ref_cls, config: dict, device: str) -> None:
+    """Two param groups, add_param_group, and StepLR, CosineAnnealingLR and LambdaLR chained."""
+
+    def build(cls, params, **kw):
+        opt = cls([{"params": params[:2]}, {"params": params[2:4], "lr": 0.03, "weight_decay": 0.2}], lr=0.01, **config, **kw)
+        # a group added after construction gets its state lazily, on its first step
+        opt.add_param_group({"params": params[4:], "lr": 0.02})
+        scheds = [
+            torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5),
+            torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=STEPS),
+            torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 1.0 / (1 + epoch)),
+        ]
+        return opt, scheds
+
+    ref_params = make_params(device, torch.float32)
+    ours_params = clone_params(ref_params)
+    ref, ref_scheds = build(ref_cls, ref_params, foreach=False)
+    ours, ours_scheds = build(ours_cls, ours_params)
+    grads = random_grads(ref_params, STEPS)
+    for step, step_grads in enumerate(grads):
+        for opt, scheds, params in ((ref, ref_scheds, ref_params), (ours, ours_scheds, ours_params)):
+            set_grads(params, step_grads)
+            opt.step()
+            for sched in scheds:
+                sched.step()
+    assert [g["lr"] for g in ours.param_groups] == [g["lr"] for g in ref.param_groups]
+    assert_same_state(ours, ref, ours_params, ref_params)
+
+
+def check_closure(ours_cls, ref_cls, config: dict, device: str) -> None:
+    """step(closure) evaluates the closure with grad enabled and returns its loss."""
+    torch.manual_seed(1)
+    x = torch.randn(32, 5, device=device)
+    y = torch.randn(32, 1, device=device)
+    results = []
+    for cls in (ref_cls, ours_cls):
+        model = torch.nn.Linear(5, 1).to(device)
+        torch.nn.init.constant_(model.weight, 0.1)
+        torch.nn.init.zeros_(model.bias)
+        kw = {"foreach": False} if cls is ref_cls else {}
+        opt = cls(model.parameters(), **config, **kw)
+
+        def closure():
+            opt.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            return loss
+
+        losses = [opt.step(closure).item() for _ in range(5)]
+        results.append((losses, model.weight.detach().clone()))
+    assert results[1][0] == pytest.approx(results[0][0], rel=1e-5)
+    torch.testing.assert_close(results[1][1], results[0][1])
+
+
+def check_complex_params(ours_cls, ref_cls, config: dict, device: str) -> None:
+    """Complex params are updated as pairs of reals, as torch.optim does."""
+    ref_params = [torch.nn.Parameter(torch.randn(33, dtype=torch.complex64, device=device))]
+    ours_params = clone_params(ref_params)
+    grads = random_grads(ref_params, 5)
+    ref = ref_cls(ref_params, foreach=False, **config)
+    ours = ours_cls(ours_params, **config)
+    run_steps(ref, ref_params, grads)
+    run_steps(ours, ours_params, grads)
+    assert_same_state(ours, ref, ours_params, ref_params)

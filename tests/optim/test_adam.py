@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import io
 
 import pytest
 import torch
@@ -12,20 +11,24 @@ import fastopt
 from fastopt.optim import Adam, AdamW
 
 from .reference import (
-    PARAM_SET,
-    assert_same_error,
+    STEPS,
     assert_same_state,
+    assert_same_validation_error,
+    check_closure,
+    check_complex_params,
+    check_grad_scale_and_found_inf,
     check_low_precision,
+    check_state_dict_round_trip,
     clone_params,
+    compare_with_torch,
     make_params,
     random_grads,
     run_steps,
     set_grads,
+    skip_bias_grad,
 )
 
 PAIRS = [(Adam, torch.optim.Adam), (AdamW, torch.optim.AdamW)]
-STEPS = 10
-
 # torch's own configuration grid for these optimizers (see torch's
 # optim_inputs_func_adam), plus beta1 < 0.5, where torch's lerp switches formula.
 CONFIGS = [
@@ -44,28 +47,14 @@ CUDA_CONFIGS = [
 ]
 
 
-def _skip_bias_grad(i: int, step: int) -> bool:
-    # The "bias" param gets no grad on some steps: it must be left alone and
-    # its step counter must lag, as in torch.
-    return PARAM_SET[i][0] == "bias" and step in (3, 7)
-
-
 def _compare(pair, config, device, dtype, steps=STEPS):
-    ours_cls, ref_cls = pair
-    ref_params = make_params(device, dtype)
-    ours_params = clone_params(ref_params)
     cfg = {k: (v.to(device) if isinstance(v, torch.Tensor) and config.get("capturable") else v) for k, v in config.items()}
-    ref = ref_cls(ref_params, foreach=False, **copy.deepcopy(cfg))
-    ours = ours_cls(ours_params, **copy.deepcopy(cfg))
-    grads = random_grads(ref_params, steps, _skip_bias_grad)
-    run_steps(ref, ref_params, grads)
-    run_steps(ours, ours_params, grads)
     tol = {}
     if isinstance(config.get("lr"), torch.Tensor) and dtype == torch.float64:
         # torch computes lr / (1 - beta1^t) in the lr tensor's dtype (float32)
         # and fastopt in float64, so the two agree only to float32 precision.
         tol = {"rtol": 1.3e-6, "atol": 1e-5}
-    assert_same_state(ours, ref, ours_params, ref_params, **tol)
+    compare_with_torch(*pair, cfg, device, dtype, steps, **tol)
 
 
 @pytest.mark.parametrize("pair", PAIRS, ids=lambda p: p[0].__name__)
@@ -90,23 +79,16 @@ def test_every_cpu_kernel_variant(isa):
         assert fastopt.build_info()["cpu_capability"] == isa
         for dtype in (torch.float32, torch.float64):
             _compare(PAIRS[1], {"weight_decay": 0.1, "amsgrad": True}, "cpu", dtype, steps=3)
-        _check_low_precision(PAIRS[0], torch.bfloat16, "cpu", {"weight_decay": 0.1})
+        check_low_precision(*PAIRS[0], torch.bfloat16, "cpu", {"weight_decay": 0.1})
     finally:
         fastopt._C._set_cpu_capability(previous)
-
-
-def _check_low_precision(pair, dtype, device, config):
-    # torch's fused=True is its most accurate 16-bit path here: it computes in
-    # float32 like fastopt, while the for-loop path computes in 16-bit and goes
-    # to NaN in float16 once eps=1e-8 underflows.
-    check_low_precision(*pair, dtype, device, config, torch_kwargs={"fused": True}, steps=STEPS)
 
 
 @pytest.mark.parametrize("pair", PAIRS, ids=lambda p: p[0].__name__)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("config", [{}, {"weight_decay": 0.1, "amsgrad": True, "lr": 0.01}], ids=repr)
 def test_low_precision_error_within_twice_torch(pair, dtype, config, device):
-    _check_low_precision(pair, dtype, device, config)
+    check_low_precision(*pair, dtype, device, config)
 
 
 def test_is_a_torch_optimizer():
@@ -133,9 +115,7 @@ def test_is_a_torch_optimizer():
 )
 @pytest.mark.parametrize("pair", PAIRS, ids=lambda p: p[0].__name__)
 def test_validation_errors_match_torch(pair, kwargs):
-    ours_cls, ref_cls = pair
-    params = [torch.nn.Parameter(torch.zeros(2))]
-    assert_same_error(lambda: ref_cls(params, **kwargs), lambda: ours_cls(params, **kwargs))
+    assert_same_validation_error(*pair, kwargs)
 
 
 def test_differentiable_is_refused():
@@ -175,90 +155,16 @@ def test_param_groups_and_lr_scheduler(device):
 
 
 def test_closure(device):
-    torch.manual_seed(1)
-    x = torch.randn(32, 5, device=device)
-    y = torch.randn(32, 1, device=device)
-    results = []
-    for cls in (torch.optim.Adam, Adam):
-        model = torch.nn.Linear(5, 1).to(device)
-        torch.nn.init.constant_(model.weight, 0.1)
-        torch.nn.init.zeros_(model.bias)
-        kw = {"foreach": False} if cls is torch.optim.Adam else {}
-        opt = cls(model.parameters(), lr=0.05, **kw)
-
-        def closure():
-            opt.zero_grad()
-            loss = torch.nn.functional.mse_loss(model(x), y)
-            loss.backward()
-            return loss
-
-        losses = [opt.step(closure).item() for _ in range(5)]
-        results.append((losses, model.weight.detach().clone()))
-    assert results[1][0] == pytest.approx(results[0][0], rel=1e-5)
-    torch.testing.assert_close(results[1][1], results[0][1])
+    check_closure(Adam, torch.optim.Adam, {"lr": 0.05}, device)
 
 
 @pytest.mark.parametrize("direction", ["torch_to_fastopt", "fastopt_to_torch"])
 def test_state_dict_round_trip(direction, device):
-    """Train 4 steps with one, save, load into the other, train 6 more: same as all-torch."""
-    grads = None
-    ref_params = make_params(device, torch.float32)
-    ref = torch.optim.Adam(ref_params, foreach=False, amsgrad=True, weight_decay=0.1)
-    grads = random_grads(ref_params, STEPS, _skip_bias_grad)
-    run_steps(ref, ref_params, grads)
-
-    first_cls, second_cls = (torch.optim.Adam, Adam) if direction == "torch_to_fastopt" else (Adam, torch.optim.Adam)
-    params = clone_params(make_params(device, torch.float32))
-    # same starting point as the reference
-    torch.manual_seed(0)
-    start = make_params(device, torch.float32)
-    with torch.no_grad():
-        for p, s in zip(params, start):
-            p.copy_(s)
-    first = first_cls(params, amsgrad=True, weight_decay=0.1)
-    run_steps(first, params, grads[:4])
-    buffer = io.BytesIO()
-    torch.save(first.state_dict(), buffer)
-    buffer.seek(0)
-    second = second_cls(params, amsgrad=True, weight_decay=0.1)
-    second.load_state_dict(torch.load(buffer))
-    assert second.state_dict()["param_groups"] == first.state_dict()["param_groups"]
-    run_steps(second, params, grads[4:])
-    assert_same_state(second, ref, params, ref_params)
+    check_state_dict_round_trip(Adam, torch.optim.Adam, {"amsgrad": True, "weight_decay": 0.1}, direction, device)
 
 
 def test_grad_scale_and_found_inf(device):
-    """AMP's protocol: grads are unscaled in place, and found_inf skips the whole step."""
-    params = make_params(device, torch.float32, ["non_aligned", "transposed", "bias"])
-    ref_params = clone_params(params)
-    grads = random_grads(params, 1)[0]
-    scale = torch.tensor(1024.0, device=device)
-
-    ours = Adam(params, weight_decay=0.1)
-    ref = torch.optim.Adam(ref_params, weight_decay=0.1, foreach=False)
-    set_grads(params, [g * scale for g in grads])
-    set_grads(ref_params, grads)
-    ours.grad_scale, ours.found_inf = scale, torch.tensor(0.0, device=device)
-    ours.step()
-    ref.step()
-    assert_same_state(ours, ref, params, ref_params)
-    for p, g in zip(params, grads):
-        torch.testing.assert_close(p.grad, g)  # unscaled in place
-
-    # a skipped step changes nothing, step counters included
-    before = copy.deepcopy(ours.state_dict())
-    values = [p.detach().clone() for p in params]
-    set_grads(params, [g * scale for g in grads])
-    scaled = [p.grad.clone() for p in params]
-    ours.found_inf = torch.tensor(1.0, device=device)
-    ours.step()
-    for p, v, g in zip(params, values, scaled):
-        assert torch.equal(p, v)
-        assert torch.equal(p.grad, g)
-    after = ours.state_dict()
-    for i, s in before["state"].items():
-        for k, v in s.items():
-            assert torch.equal(after["state"][i][k], v), (i, k)
+    check_grad_scale_and_found_inf(Adam, torch.optim.Adam, {"weight_decay": 0.1, "amsgrad": True}, device)
 
 
 def test_grad_scaler_end_to_end(device):
@@ -284,14 +190,7 @@ def test_grad_scaler_end_to_end(device):
 
 
 def test_complex_params_match_torch(device):
-    ref_params = [torch.nn.Parameter(torch.randn(33, dtype=torch.complex64, device=device))]
-    ours_params = clone_params(ref_params)
-    grads = random_grads(ref_params, 5)
-    ref = torch.optim.Adam(ref_params, foreach=False, weight_decay=0.1)
-    ours = Adam(ours_params, weight_decay=0.1)
-    run_steps(ref, ref_params, grads)
-    run_steps(ours, ours_params, grads)
-    assert_same_state(ours, ref, ours_params, ref_params)
+    check_complex_params(Adam, torch.optim.Adam, {"weight_decay": 0.1}, device)
 
 
 @pytest.mark.skipif(
@@ -340,7 +239,7 @@ def test_update_ratios_match_direct_computation(device, dtype):
     with pytest.raises(RuntimeError, match="track_update_ratios"):
         opt.update_ratios()
     opt.track_update_ratios()
-    for step_grads in random_grads(params, 3, _skip_bias_grad):
+    for step_grads in random_grads(params, 3, skip_bias_grad):
         set_grads(params, step_grads)
         before = {p: p.detach().double().clone() for p in params}
         opt.step()

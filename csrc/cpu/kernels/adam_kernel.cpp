@@ -2,10 +2,6 @@
 // every symbol here lives in the CPU_CAPABILITY namespace or carries its name.
 #include "cpu/kernels/adam_kernel.h"
 
-#include <ATen/cpu/vec/functional.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
-
 #include "cpu/kernels/elementwise.h"
 
 namespace fastopt::cpu {
@@ -42,13 +38,10 @@ void adam_chunk(const AdamKernelConfig& cfg, const AdamScalars<double>& s, const
       Broadcast<AdamCoeffs, opmath_t>(cast_scalars<opmath_t>(s)),
       static_cast<opmath_t>(cfg.grad_scale), cfg.unscale_grad, cfg.maximize,
       cfg.has_weight_decay};
-  void* const all[] = {c.param, c.grad, c.exp_avg, c.exp_avg_sq, c.max_exp_avg_sq};
-  scalar_t* ptrs[kDepth];
-  for (int d = 0; d < kDepth; ++d) ptrs[d] = static_cast<scalar_t*>(all[d]);
   const uint32_t written = (1u << kParam) | (1u << kExpAvg) | (1u << kExpAvgSq) |
                            (AMSGRAD ? 1u << kMaxExpAvgSq : 0u) |
                            (cfg.unscale_grad ? 1u << kGrad : 0u);
-  for_each_element(ptrs, c.numel, written, op, c.norms);
+  for_each_element<scalar_t, kDepth>(c, written, op);
 }
 
 template <typename scalar_t>
@@ -65,15 +58,9 @@ void adam_chunk_for_variant(const AdamKernelConfig& cfg, const AdamScalars<doubl
 
 void adam_kernel_impl(const AdamKernelConfig& cfg, const AdamScalars<double>& s,
                       const AdamChunk& c) {
-  switch (cfg.dtype) {
-    case c10::ScalarType::Float: return adam_chunk_for_variant<float>(cfg, s, c);
-    case c10::ScalarType::Double: return adam_chunk_for_variant<double>(cfg, s, c);
-    case c10::ScalarType::BFloat16: return adam_chunk_for_variant<c10::BFloat16>(cfg, s, c);
-    case c10::ScalarType::Half: return adam_chunk_for_variant<c10::Half>(cfg, s, c);
-    // The op validates dtypes before it picks a kernel. Nothing here throws, so
-    // that this ISA-specific TU emits no shared (weak) c10 error symbols.
-    default: return;
-  }
+  dispatch_storage_type(cfg.dtype, [&](auto storage) {
+    adam_chunk_for_variant<typename decltype(storage)::type>(cfg, s, c);
+  });
 }
 
 }  // namespace

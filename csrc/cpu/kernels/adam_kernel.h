@@ -7,7 +7,7 @@
 
 #include "common/adam_math.h"
 #include "cpu/isa.h"
-#include "cpu/kernels/update_norms.h"
+#include "cpu/kernels/kernel_chunk.h"
 
 namespace fastopt::cpu {
 
@@ -23,16 +23,9 @@ struct AdamKernelConfig {
   double grad_scale;
 };
 
-// One contiguous run of elements of one parameter and its state.
-struct AdamChunk {
-  void* param;
-  void* grad;
-  void* exp_avg;
-  void* exp_avg_sq;
-  void* max_exp_avg_sq;  // null unless amsgrad
-  int64_t numel;
-  UpdateNorms* norms;  // null unless update ratios are tracked
-};
+// A run of param, grad, exp_avg, exp_avg_sq and max_exp_avg_sq (null unless
+// amsgrad), in the order of AdamList in adam_kernel.cpp.
+using AdamChunk = KernelChunk<5>;
 
 // Scalars are passed in double and rounded once to the arithmetic type.
 using AdamKernelFn = void (*)(const AdamKernelConfig&, const AdamScalars<double>&,

@@ -13,6 +13,12 @@
 #include <cstdint>
 #include <type_traits>
 
+#include <ATen/cpu/vec/functional.h>
+#include <c10/core/ScalarType.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include "cpu/kernels/kernel_chunk.h"
 #include "cpu/kernels/update_norms.h"
 #include "cpu/kernels/vec_io.h"
 
@@ -129,6 +135,37 @@ void for_each_element(scalar_t* const (&ptrs)[DEPTH], int64_t n, uint32_t writte
     for_each_element_impl<true>(ptrs, n, written, op, norms);
   } else {
     for_each_element_impl<false>(ptrs, n, written, op, norms);
+  }
+}
+
+// The same over a kernel chunk, whose first DEPTH lists are all present and of
+// storage type scalar_t (an optimizer passes fewer than N lists when optional
+// state, such as amsgrad's max_exp_avg_sqs, is absent).
+template <typename scalar_t, int DEPTH, int N, typename Op>
+void for_each_element(const KernelChunk<N>& chunk, uint32_t written, const Op& op) {
+  static_assert(DEPTH <= N, "a chunk has N lists");
+  scalar_t* ptrs[DEPTH];
+  for (int d = 0; d < DEPTH; ++d) ptrs[d] = static_cast<scalar_t*>(chunk.lists[d]);
+  for_each_element(ptrs, chunk.numel, written, op, chunk.norms);
+}
+
+template <typename T>
+struct StorageType {
+  using type = T;
+};
+
+// Calls fn(StorageType<scalar_t>{}) for the storage types the kernels support.
+// Ops validate the dtype before they pick a kernel, so an unknown one does
+// nothing: kernel TUs must not throw, lest they emit shared (weak) c10 error
+// symbols that differ between ISAs (see cpu/isa.h).
+template <typename Fn>
+void dispatch_storage_type(c10::ScalarType dtype, const Fn& fn) {
+  switch (dtype) {
+    case c10::ScalarType::Float: return fn(StorageType<float>{});
+    case c10::ScalarType::Double: return fn(StorageType<double>{});
+    case c10::ScalarType::BFloat16: return fn(StorageType<c10::BFloat16>{});
+    case c10::ScalarType::Half: return fn(StorageType<c10::Half>{});
+    default: return;
   }
 }
 

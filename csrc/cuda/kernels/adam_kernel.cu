@@ -59,14 +59,10 @@ void launch_functor(const AdamLaunch& l, cudaStream_t stream) {
   using Functor = AdamFunctor<T, MODE, AMSGRAD>;
   const Functor functor{l.lr,  l.lr_ptr,     l.beta1,     l.beta2,   l.weight_decay,
                         l.eps, l.grad_scale, l.found_inf, l.maximize};
-  void* const* const slots[] = {l.params, l.grads, l.exp_avgs, l.exp_avg_sqs, l.max_exp_avg_sqs};
-  TensorLists<Functor::kDepth> lists{};
-  for (int d = 0; d < Functor::kDepth; ++d) lists.ptrs[d] = slots[d];
-  lists.numels = l.numels;
-  lists.steps = l.steps;
-  lists.norms = l.update_norms;
-  lists.num_tensors = l.num_tensors;
-  multi_tensor_apply(lists, functor, stream);
+  void* const* const lists[] = {l.params, l.grads, l.exp_avgs, l.exp_avg_sqs, l.max_exp_avg_sqs};
+  multi_tensor_apply(make_tensor_lists<Functor::kDepth>(lists, l.numels, l.steps, l.update_norms,
+                                                       l.num_tensors),
+                     functor, stream);
 }
 
 template <typename T>
@@ -85,16 +81,7 @@ void launch_dtype(const AdamLaunch& l, cudaStream_t stream) {
 void launch_adam(const AdamLaunch& l, cudaStream_t stream) {
   if (l.num_tensors == 0) return;
   increment_steps(l.steps, l.num_tensors, l.found_inf, stream);
-  switch (l.dtype) {
-    case DType::Float32:
-      return launch_dtype<float>(l, stream);
-    case DType::Float64:
-      return launch_dtype<double>(l, stream);
-    case DType::Float16:
-      return launch_dtype<__half>(l, stream);
-    case DType::BFloat16:
-      return launch_dtype<__nv_bfloat16>(l, stream);
-  }
+  dispatch_dtype(l.dtype, [&](auto storage) { launch_dtype<typename decltype(storage)::type>(l, stream); });
 }
 
 }  // namespace fastopt::cuda

@@ -30,30 +30,18 @@ template <typename T>
 void launch_functor(const EmaLaunch& l, cudaStream_t stream) {
   // 1 - decay in double, as Python computes the weight for torch._foreach_lerp_.
   const EmaFunctor<T> functor{1.0 - l.decay};
-  TensorLists<2> lists{};
-  lists.ptrs[kShadow] = l.shadow;
   // The driver's pointers are mutable, but the param list's bit is never set
   // in `written`, so params are only read.
-  lists.ptrs[kParam] = const_cast<void* const*>(l.params);
-  lists.numels = l.numels;
-  lists.steps = nullptr;
-  lists.num_tensors = l.num_tensors;
-  multi_tensor_apply(lists, functor, stream);
+  void* const* const lists[] = {l.shadow, const_cast<void* const*>(l.params)};
+  static_assert(kShadow == 0 && kParam == 1, "lists are in the functor's order");
+  multi_tensor_apply(make_tensor_lists<2>(lists, l.numels, nullptr, nullptr, l.num_tensors),
+                     functor, stream);
 }
 
 }  // namespace
 
 void launch_ema(const EmaLaunch& l, cudaStream_t stream) {
-  switch (l.dtype) {
-    case DType::Float32:
-      return launch_functor<float>(l, stream);
-    case DType::Float64:
-      return launch_functor<double>(l, stream);
-    case DType::Float16:
-      return launch_functor<__half>(l, stream);
-    case DType::BFloat16:
-      return launch_functor<__nv_bfloat16>(l, stream);
-  }
+  dispatch_dtype(l.dtype, [&](auto storage) { launch_functor<typename decltype(storage)::type>(l, stream); });
 }
 
 }  // namespace fastopt::cuda

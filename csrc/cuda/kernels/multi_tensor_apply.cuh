@@ -31,6 +31,7 @@
 
 #include <cstdint>
 
+#include "cuda/kernels/dtype.h"
 #include "cuda/kernels/vec_memory.cuh"
 
 namespace fastopt::cuda {
@@ -317,6 +318,37 @@ struct TensorLists {
   double* norms;
   int64_t num_tensors;
 };
+
+// TensorLists over the first DEPTH of a launch's N per-list pointer arrays
+// (an optimizer passes fewer lists when optional state is absent).
+template <int DEPTH, int N>
+TensorLists<DEPTH> make_tensor_lists(void* const* const (&lists)[N], const int64_t* numels,
+                                     float* const* steps, double* norms, int64_t num_tensors) {
+  static_assert(DEPTH <= N, "a launch has N lists");
+  TensorLists<DEPTH> out{};
+  for (int d = 0; d < DEPTH; ++d) out.ptrs[d] = lists[d];
+  out.numels = numels;
+  out.steps = steps;
+  out.norms = norms;
+  out.num_tensors = num_tensors;
+  return out;
+}
+
+template <typename T>
+struct StorageType {
+  using type = T;
+};
+
+// Calls fn(StorageType<T>{}) with the storage type T of `dtype`.
+template <typename Fn>
+void dispatch_dtype(DType dtype, Fn&& fn) {
+  switch (dtype) {
+    case DType::Float32: return fn(StorageType<float>{});
+    case DType::Float64: return fn(StorageType<double>{});
+    case DType::Float16: return fn(StorageType<__half>{});
+    case DType::BFloat16: return fn(StorageType<__nv_bfloat16>{});
+  }
+}
 
 // Enqueues `functor` over every element of `lists` on `stream`, in as many
 // launches as NOTE: [kernel argument budget] requires. Tensors without

@@ -92,16 +92,7 @@ void launch_dtype(const RMSpropLaunch& l, cudaStream_t stream) {
 void launch_rmsprop(const RMSpropLaunch& l, cudaStream_t stream) {
   if (l.num_tensors == 0) return;
   increment_steps(l.steps, l.num_tensors, l.found_inf, stream);
-  switch (l.dtype) {
-    case DType::Float32:
-      return launch_dtype<float>(l, stream);
-    case DType::Float64:
-      return launch_dtype<double>(l, stream);
-    case DType::Float16:
-      return launch_dtype<__half>(l, stream);
-    case DType::BFloat16:
-      return launch_dtype<__nv_bfloat16>(l, stream);
-  }
+  dispatch_dtype(l.dtype, [&](auto storage) { launch_dtype<typename decltype(storage)::type>(l, stream); });
 }
 
 }  // namespace fastopt::cuda

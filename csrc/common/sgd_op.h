@@ -1,0 +1,56 @@
+// The arguments of the fastopt::sgd_ op family, gathered once so that every
+// backend (CPU, CUDA) implements a single function of an SgdArgs.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Optional.h>
+
+namespace fastopt {
+
+struct SgdArgs {
+  at::TensorList params;
+  at::TensorList grads;
+  at::TensorList momentum_buffers;  // empty when momentum == 0
+  double lr;
+  const at::Tensor* lr_tensor;  // the sgd_.tensor_lr overload; otherwise null
+  double momentum;
+  double dampening;
+  double weight_decay;
+  bool nesterov;
+  bool maximize;
+  bool is_first_step;  // every buffer is new: it is set to the gradient
+  const c10::optional<at::Tensor>& grad_scale;
+  const c10::optional<at::Tensor>& found_inf;
+  const c10::optional<at::Tensor>& update_norms;  // see AdamArgs::update_norms
+};
+
+// Adapts a backend's `void impl(const SgdArgs&)` to the two op overloads
+// declared in registration.cpp (float lr and Tensor lr).
+template <void (*impl)(const SgdArgs&)>
+struct SgdOverloads {
+  static void scalar_lr(at::TensorList params, at::TensorList grads,
+                        at::TensorList momentum_buffers, double lr, double momentum,
+                        double dampening, double weight_decay, bool nesterov, bool maximize,
+                        bool is_first_step, const c10::optional<at::Tensor>& grad_scale,
+                        const c10::optional<at::Tensor>& found_inf,
+                        const c10::optional<at::Tensor>& update_norms) {
+    impl(SgdArgs{params, grads, momentum_buffers, lr, nullptr, momentum, dampening, weight_decay,
+                 nesterov, maximize, is_first_step, grad_scale, found_inf, update_norms});
+  }
+
+  static void tensor_lr(at::TensorList params, at::TensorList grads,
+                        at::TensorList momentum_buffers, const at::Tensor& lr, double momentum,
+                        double dampening, double weight_decay, bool nesterov, bool maximize,
+                        bool is_first_step, const c10::optional<at::Tensor>& grad_scale,
+                        const c10::optional<at::Tensor>& found_inf,
+                        const c10::optional<at::Tensor>& update_norms) {
+    impl(SgdArgs{params, grads, momentum_buffers, 0.0, &lr, momentum, dampening, weight_decay,
+                 nesterov, maximize, is_first_step, grad_scale, found_inf, update_norms});
+  }
+};
+
+// Shared validation of an SgdArgs (list lengths, devices, dtypes, shapes, lr
+// tensor). `device` is the backend's device type.
+void check_sgd_args(const SgdArgs& args, c10::DeviceType device);
+
+}  // namespace fastopt

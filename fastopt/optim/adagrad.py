@@ -1,0 +1,95 @@
+"""Fused Adagrad."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import ParamsT
+
+from .._ops import ops
+from ._base import Bucket, FusedOptimizer, reject_differentiable
+
+
+class Adagrad(FusedOptimizer, torch.optim.Adagrad):
+    """Adagrad with a fused multi-tensor update on CPU and CUDA.
+
+    A drop-in for :class:`torch.optim.Adagrad` (and an instance of it): the
+    same arguments, defaults, validation errors and ``state_dict`` layout
+    (``step`` and ``sum``, created for every parameter by the constructor as
+    torch does), so a checkpoint loads in either direction. Every step is one
+    op call per (device, dtype) group of parameters. ``foreach`` and ``fused``
+    are accepted for compatibility and do not change the result;
+    ``differentiable=True`` is refused. Works with AMP's GradScaler: a step
+    skipped for inf/NaN gradients leaves parameters and state, step counters
+    included, unchanged.
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | Tensor = 1e-2,
+        lr_decay: float = 0,
+        weight_decay: float = 0,
+        initial_accumulator_value: float = 0,
+        eps: float = 1e-10,
+        foreach: bool | None = None,
+        *,
+        maximize: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        reject_differentiable(type(self).__name__, differentiable)
+        # torch's own constructor: its validation, defaults and messages, and
+        # the state of every parameter it was given.
+        torch.optim.Adagrad.__init__(
+            self,
+            params,
+            lr,
+            lr_decay,
+            weight_decay,
+            initial_accumulator_value,
+            eps,
+            foreach,
+            maximize=maximize,
+            differentiable=differentiable,
+            fused=fused,
+        )
+        self._step_supports_amp_scaling = True
+
+    def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
+        return ("sum",)
+
+    def _init_state(self, group: dict[str, Any], param: Tensor, state: dict[str, Any]) -> None:
+        # Only for parameters added after construction (add_param_group). Like
+        # torch, these start from the constructor's initial_accumulator_value,
+        # not the group's.
+        super()._init_state(group, param, state)
+        value = self.defaults["initial_accumulator_value"]
+        state["sum"].fill_(complex(value, value) if param.is_complex() else value)
+
+    def _update(
+        self,
+        group: dict[str, Any],
+        bucket: Bucket,
+        grad_scale: Tensor | None,
+        found_inf: Tensor | None,
+        update_norms: Tensor | None,
+    ) -> None:
+        lr = group["lr"]
+        op = ops.adagrad_.tensor_lr if isinstance(lr, Tensor) else ops.adagrad_.default
+        op(
+            bucket.params,
+            bucket.grads,
+            bucket.state["sum"],
+            bucket.steps,
+            lr=lr,
+            lr_decay=float(group["lr_decay"]),
+            weight_decay=float(group["weight_decay"]),
+            eps=float(group["eps"]),
+            maximize=bool(group["maximize"]),
+            grad_scale=grad_scale,
+            found_inf=found_inf,
+            update_norms=update_norms,
+        )

@@ -1,0 +1,97 @@
+"""Fused SGD with momentum, dampening, Nesterov and weight decay."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import ParamsT
+
+from .._ops import ops
+from ._base import Bucket, FusedOptimizer, reject_differentiable
+
+
+class SGD(FusedOptimizer, torch.optim.SGD):
+    """SGD with a fused multi-tensor update on CPU and CUDA.
+
+    A drop-in for :class:`torch.optim.SGD` (and an instance of it): the same
+    arguments, defaults, validation errors and ``state_dict`` layout (a
+    ``momentum_buffer`` per parameter when ``momentum != 0``, no state at all
+    otherwise, and no step counter), so a checkpoint loads in either
+    direction. Every step is one op call per (device, dtype) group of
+    parameters. ``foreach`` and ``fused`` are accepted for compatibility and do
+    not change the result; ``differentiable=True`` is refused.
+
+    Works with AMP's GradScaler: a skipped step leaves parameters and buffers
+    unchanged. A momentum buffer is created zeroed and set to the gradient by
+    the first step that really happens, so skipping a parameter's very first
+    step never leaves it uninitialised. One difference from torch remains in
+    that corner: if AMP skips a parameter's first step, the next step treats
+    the zeroed buffer as history (``buf = (1 - dampening) * grad``), where
+    torch would start it at ``grad``; with ``dampening=0`` (the default) the
+    two agree exactly.
+    """
+
+    _has_step_counter = False
+    _new_state_in_op = True
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | Tensor = 1e-3,
+        momentum: float = 0,
+        dampening: float = 0,
+        weight_decay: float | Tensor = 0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        differentiable: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        reject_differentiable(type(self).__name__, differentiable)
+        # torch's own constructor: its validation, defaults and messages.
+        torch.optim.SGD.__init__(
+            self,
+            params,
+            lr,
+            momentum,
+            dampening,
+            weight_decay,
+            nesterov,
+            maximize=maximize,
+            foreach=foreach,
+            differentiable=differentiable,
+            fused=fused,
+        )
+        self._step_supports_amp_scaling = True
+
+    def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
+        return ("momentum_buffer",) if group["momentum"] != 0 else ()
+
+    def _update(
+        self,
+        group: dict[str, Any],
+        bucket: Bucket,
+        grad_scale: Tensor | None,
+        found_inf: Tensor | None,
+        update_norms: Tensor | None,
+    ) -> None:
+        lr = group["lr"]
+        op = ops.sgd_.tensor_lr if isinstance(lr, Tensor) else ops.sgd_.default
+        op(
+            bucket.params,
+            bucket.grads,
+            bucket.state.get("momentum_buffer", []),
+            lr=lr,
+            momentum=float(group["momentum"]),
+            dampening=float(group["dampening"]),
+            weight_decay=float(group["weight_decay"]),
+            nesterov=bool(group["nesterov"]),
+            maximize=bool(group["maximize"]),
+            is_first_step=bucket.new_state,
+            grad_scale=grad_scale,
+            found_inf=found_inf,
+            update_norms=update_norms,
+        )
