@@ -22,14 +22,19 @@ endif
 SOURCES := setup.py pyproject.toml $(shell find csrc fastopt -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' 2>/dev/null)
 BUILT := build/.built-$(subst /,_,$(PY))
 
+# `make bench BENCH_ARGS=--quick` for a short run.
+BENCH_ARGS ?=
+
 .PHONY: test bench build cuda-check clean
 
 test: $(BUILT)
 	$(PY) -m pytest tests
 
 bench: $(BUILT)
-	$(PY) benchmarks/bench_optim.py
-	$(PY) benchmarks/bench_dropout.py
+	$(PY) benchmarks/bench_optim.py $(BENCH_ARGS)
+	$(PY) benchmarks/bench_ema.py $(BENCH_ARGS)
+	$(PY) benchmarks/bench_norm.py $(BENCH_ARGS)
+	$(PY) benchmarks/bench_dropout.py $(BENCH_ARGS)
 
 build: $(BUILT)
 
