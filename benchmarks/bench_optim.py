@@ -43,6 +43,7 @@ FUSED = "torch fused"
 FOREACH = "torch foreach"
 FOR_LOOP = "torch for-loop"
 TRIAD = "triad (reference)"
+WITH_RATIOS = "fastopt + update ratios"
 
 # torch.optim.Adam/AdamW with foreach=None and fused=None call
 # _default_to_fused_or_foreach(params, differentiable, use_fused=False): fused
@@ -196,7 +197,15 @@ def contenders(spec: OptimSpec) -> dict[str, OptimizerFactory]:
         for path in spec.torch_paths
     }
     factories["fastopt"] = functools.partial(spec.fastopt_cls, **spec.kwargs)
+    factories[WITH_RATIOS] = functools.partial(_with_update_ratios, spec)
     return factories
+
+
+def _with_update_ratios(spec: OptimSpec, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    """fastopt with update-ratio tracking on, to show what the in-loop sums cost."""
+    opt = spec.fastopt_cls(params, **spec.kwargs)
+    opt.track_update_ratios()
+    return opt
 
 
 def run_case(

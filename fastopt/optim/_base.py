@@ -31,6 +31,10 @@ class Bucket:
     new_state: bool = False
 
 
+def _identity(t: Tensor) -> Tensor:
+    return t
+
+
 def _as_real(t: Tensor) -> Tensor:
     # torch.optim updates complex parameters as pairs of reals; so do we.
     return torch.view_as_real(t) if t.is_complex() else t
@@ -141,6 +145,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         # without momentum), so its state_dict stays empty; so does ours.
         has_state = bool(keys) or self._has_step_counter
         buckets: dict[tuple[Any, ...], Bucket] = {}
+        has_step = self._has_step_counter
         for p in group["params"]:
             grad = p.grad
             if grad is None:
@@ -153,23 +158,26 @@ class FusedOptimizer(torch.optim.Optimizer):
             new_state = has_state and len(state) == 0
             if new_state:
                 self._init_state(group, p, state)
-            real = _as_real(p)
+            # This loop runs for every parameter on every step, so it asks
+            # is_complex once rather than per tensor (see _as_real).
+            as_real = torch.view_as_real if p.is_complex() else _identity
+            real = as_real(p)
             key = (p.device, real.dtype, new_state and self._new_state_in_op)
             bucket = buckets.get(key)
             if bucket is None:
                 bucket = buckets[key] = Bucket(state={k: [] for k in keys}, new_state=key[2])
             bucket.sources.append(p)
             bucket.params.append(real)
-            bucket.grads.append(_as_real(grad))
-            if self._has_step_counter:
+            bucket.grads.append(as_real(grad))
+            if has_step:
                 step = state["step"]
-                if step.device != p.device:
+                if step.is_cpu != p.is_cpu:
                     # A torch checkpoint keeps CUDA step counters on the CPU;
                     # fastopt's CUDA update reads them on the device.
                     step = state["step"] = step.to(device=p.device, dtype=torch.float32)
                 bucket.steps.append(step)
             for k in keys:
-                bucket.state[k].append(_as_real(state[k]))
+                bucket.state[k].append(as_real(state[k]))
         return buckets
 
     @torch.no_grad()
