@@ -33,24 +33,36 @@ def _averaged(t: Tensor) -> bool:
     return t.is_floating_point()
 
 
-@torch.no_grad()
-def _ema_update(shadow: list[Tensor], current: list[Tensor], decay: float, *, like_torch: bool = False) -> None:
-    """shadow = lerp(shadow, current, 1 - decay): one fused op per (device, dtype).
+class _Groups:
+    """``shadow``/``current`` pairs split into fused (device, dtype) groups and the rest.
 
-    Non-floating tensors are copied, or with ``like_torch`` treated as
-    torch.optim.swa_utils.get_ema_multi_avg_fn treats them: ``decay * shadow +
-    (1 - decay) * current``, truncated back to the integer dtype.
+    Built once per EMA (its tensors never change) and per call for
+    AveragedModel's multi_avg_fn, whose lists may.
     """
-    groups: dict[tuple[torch.device, torch.dtype], tuple[list[Tensor], list[Tensor]]] = {}
-    for s, c in zip(shadow, current, strict=True):
-        if not _averaged(s):
+
+    def __init__(self, shadow: list[Tensor], current: list[Tensor]) -> None:
+        self.fused: dict[tuple[torch.device, torch.dtype], tuple[list[Tensor], list[Tensor]]] = {}
+        self.other: list[tuple[Tensor, Tensor]] = []
+        for s, c in zip(shadow, current, strict=True):
+            if _averaged(s):
+                dst, src = self.fused.setdefault((s.device, s.dtype), ([], []))
+                dst.append(s)
+                src.append(c.detach())
+            else:
+                self.other.append((s, c))
+
+    @torch.no_grad()
+    def update(self, decay: float, *, like_torch: bool = False) -> None:
+        """shadow = lerp(shadow, current, 1 - decay): one fused op per (device, dtype).
+
+        Non-floating tensors are copied, or with ``like_torch`` treated as
+        torch.optim.swa_utils.get_ema_multi_avg_fn treats them: ``decay * shadow +
+        (1 - decay) * current``, truncated back to the integer dtype.
+        """
+        for s, c in self.other:
             s.copy_(s * decay + c * (1 - decay) if like_torch else c)
-            continue
-        dst, src = groups.setdefault((s.device, s.dtype), ([], []))
-        dst.append(s)
-        src.append(c.detach())
-    for dst, src in groups.values():
-        ops.ema_(dst, src, decay=decay)
+        for dst, src in self.fused.values():
+            ops.ema_(dst, src, decay=decay)
 
 
 class EMA:
@@ -99,6 +111,8 @@ class EMA:
         with torch.no_grad():
             # clone keeps each tensor's strides (channels_last stays channels_last).
             self.shadow: list[Tensor] = [t.detach().clone() for t in self._tracked]
+        # Grouped once: per-call regrouping cost more than the op on a ResNet.
+        self._groups = _Groups(self.shadow, self._tracked)
 
     def current_decay(self) -> float:
         """The decay the next :meth:`update` uses."""
@@ -109,7 +123,7 @@ class EMA:
 
     def update(self) -> None:
         """Move the average towards the tracked tensors' current values."""
-        _ema_update(self.shadow, self._tracked, self.current_decay())
+        self._groups.update(self.current_decay())
         self.num_updates += 1
 
     def _targets(self, parameters: Tensors | None) -> list[Tensor]:
@@ -204,6 +218,6 @@ def ema_multi_avg_fn(decay: float = 0.999) -> Callable[[list[Tensor], list[Tenso
     _check_decay(decay)
 
     def ema_update(averaged: list[Tensor], current: list[Tensor], num_averaged: Any) -> None:
-        _ema_update(averaged, current, decay, like_torch=True)
+        _Groups(averaged, current).update(decay, like_torch=True)
 
     return ema_update
