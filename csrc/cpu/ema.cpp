@@ -5,9 +5,8 @@
 
 #include "common/ema_op.h"
 #include "common/tensor_lists.h"
+#include "cpu/fused_step.h"
 #include "cpu/kernels/ema_kernel.h"
-#include "cpu/multi_tensor_apply.h"
-#include "cpu/scalars.h"
 
 namespace fastopt::cpu {
 namespace {
@@ -20,20 +19,14 @@ void ema_cpu(at::TensorList shadow, at::TensorList params, double decay) {
 
   // The shadow is list 0: a non-dense param is walked in the shadow's layout.
   FlatTensorLists flat({{"shadow", shadow, true}, {"params", params, false}});
-  std::vector<int64_t> numels(shadow.size());
-  for (size_t i = 0; i < shadow.size(); ++i) numels[i] = flat.numel(i);
 
   // 1 - decay in double, as Python computes the weight it hands to
   // torch._foreach_lerp_; the kernel rounds it to its arithmetic type.
   const double weight = 1.0 - decay;
-  const WorkItems items(numels);
   const EmaKernelFn kernel = ema_kernel();
-  items.parallel_for([&](size_t, const WorkItem& item) {
-    kernel(dtype, weight,
-           EmaChunk{flat.data_at(0, item.tensor, item.begin),
-                    flat.data_at(1, item.tensor, item.begin), item.end - item.begin});
-  });
-  flat.write_back();
+  // EMA has no update norms: the chunks' norms slot stays null.
+  run_fused_step<2>(flat, c10::nullopt,
+                    [&](size_t, const EmaChunk& chunk) { kernel(dtype, weight, chunk); });
 }
 
 }  // namespace

@@ -5,10 +5,8 @@
 
 #include "common/rmsprop_op.h"
 #include "common/tensor_lists.h"
+#include "cpu/fused_step.h"
 #include "cpu/kernels/rmsprop_kernel.h"
-#include "cpu/multi_tensor_apply.h"
-#include "cpu/scalars.h"
-#include "cpu/update_norms_output.h"
 
 namespace fastopt::cpu {
 namespace {
@@ -16,11 +14,7 @@ namespace {
 void rmsprop_cpu(const RMSpropArgs& a) {
   check_rmsprop_args(a, c10::DeviceType::CPU);
   if (a.params.empty()) return;
-  // A step skipped by AMP leaves everything as it was, step counters included.
-  if (a.found_inf.has_value() && read_scalar("found_inf", *a.found_inf) != 0.0) {
-    if (a.update_norms.has_value()) a.update_norms->zero_();  // nothing moved
-    return;
-  }
+  if (step_skipped(a.found_inf, a.update_norms)) return;
 
   const c10::ScalarType dtype = a.params[0].scalar_type();
   check_supported_dtype("fastopt.rmsprop_", dtype);
@@ -44,25 +38,13 @@ void rmsprop_cpu(const RMSpropArgs& a) {
                         {"grad_avgs", a.grad_avgs, true},
                         {"momentum_buffers", a.momentum_buffers, true}});
 
-  const size_t n = a.params.size();
-  std::vector<int64_t> numels(n);
-  for (size_t i = 0; i < n; ++i) {
-    // torch.optim.RMSprop counts steps but never reads them; the counter is
-    // kept for the state_dict, so that checkpoints match torch's.
-    increment_step(a.state_steps[i]);
-    numels[i] = flat.numel(i);
-  }
+  // torch.optim.RMSprop counts steps but never reads them; the counter is
+  // kept for the state_dict, so that checkpoints match torch's.
+  for (const at::Tensor& step : a.state_steps) increment_step(step);
 
-  const WorkItems items(numels);
-  UpdateNormsOutput norms(a.update_norms, n, items);
   const RMSpropKernelFn kernel = rmsprop_kernel();
-  items.parallel_for([&](size_t k, const WorkItem& item) {
-    auto at = [&](size_t list) { return flat.data_at(list, item.tensor, item.begin); };
-    kernel(cfg, RMSpropChunk{at(0), at(1), at(2), at(3), at(4), item.end - item.begin,
-                             norms.slot(k)});
-  });
-  norms.finish(items);
-  flat.write_back();
+  run_fused_step<5>(flat, a.update_norms,
+                    [&](size_t, const RMSpropChunk& chunk) { kernel(cfg, chunk); });
 }
 
 }  // namespace

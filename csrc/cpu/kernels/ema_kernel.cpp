@@ -30,10 +30,9 @@ template <typename scalar_t>
 void ema_chunk(double weight, const EmaChunk& c) {
   using opmath_t = at::opmath_type<scalar_t>;
   const EmaOp<opmath_t> op{Broadcast<LerpCoeffs, opmath_t>(make_lerp_weight<opmath_t>(weight))};
-  // The loop's pointers are mutable, but the param list is only read: its
-  // bit is not set in `written`.
-  scalar_t* const ptrs[kDepth] = {static_cast<scalar_t*>(c.shadow),
-                                  const_cast<scalar_t*>(static_cast<const scalar_t*>(c.param))};
+  // The param list is only read: its bit is not set in `written`.
+  scalar_t* const ptrs[kDepth] = {static_cast<scalar_t*>(c.lists[kShadow]),
+                                  static_cast<scalar_t*>(c.lists[kParam])};
   for_each_element(ptrs, c.numel, 1u << kShadow, op, nullptr);
 }
 

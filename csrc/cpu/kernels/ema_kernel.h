@@ -6,15 +6,12 @@
 #include <cstdint>
 
 #include "cpu/isa.h"
+#include "cpu/kernels/kernel_chunk.h"
 
 namespace fastopt::cpu {
 
-// One contiguous run of elements of a shadow tensor and its parameter.
-struct EmaChunk {
-  void* shadow;
-  const void* param;
-  int64_t numel;
-};
+// Lists: the shadow (written), then its parameter (only read).
+using EmaChunk = KernelChunk<2>;
 
 // shadow = lerp(shadow, param, weight) over one chunk; `weight` (1 - decay)
 // is passed in double and rounded once to the arithmetic type.

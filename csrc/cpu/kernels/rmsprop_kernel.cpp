@@ -57,17 +57,17 @@ void rmsprop_chunk(const RMSpropKernelConfig& cfg, const RMSpropChunk& c) {
       static_cast<opmath_t>(cfg.grad_scale), cfg.unscale_grad, cfg.maximize,
       cfg.has_weight_decay};
   scalar_t* ptrs[L::kDepth];
-  ptrs[L::kParam] = static_cast<scalar_t*>(c.param);
-  ptrs[L::kGrad] = static_cast<scalar_t*>(c.grad);
-  ptrs[L::kSquareAvg] = static_cast<scalar_t*>(c.square_avg);
+  ptrs[L::kParam] = static_cast<scalar_t*>(c.lists[0]);
+  ptrs[L::kGrad] = static_cast<scalar_t*>(c.lists[1]);
+  ptrs[L::kSquareAvg] = static_cast<scalar_t*>(c.lists[2]);
   uint32_t written = (1u << L::kParam) | (1u << L::kSquareAvg) |
                      (cfg.unscale_grad ? 1u << L::kGrad : 0u);
   if constexpr (CENTERED) {
-    ptrs[L::kGradAvg] = static_cast<scalar_t*>(c.grad_avg);
+    ptrs[L::kGradAvg] = static_cast<scalar_t*>(c.lists[3]);
     written |= 1u << L::kGradAvg;
   }
   if constexpr (MOMENTUM) {
-    ptrs[L::kMomentum] = static_cast<scalar_t*>(c.momentum_buffer);
+    ptrs[L::kMomentum] = static_cast<scalar_t*>(c.lists[4]);
     written |= 1u << L::kMomentum;
   }
   for_each_element(ptrs, c.numel, written, op, c.norms);

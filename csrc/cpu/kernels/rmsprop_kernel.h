@@ -7,6 +7,7 @@
 
 #include "common/rmsprop_math.h"
 #include "cpu/isa.h"
+#include "cpu/kernels/kernel_chunk.h"
 #include "cpu/kernels/update_norms.h"
 
 namespace fastopt::cpu {
@@ -30,16 +31,9 @@ struct RMSpropKernelConfig {
   double momentum;
 };
 
-// One contiguous run of elements of one parameter and its state.
-struct RMSpropChunk {
-  void* param;
-  void* grad;
-  void* square_avg;
-  void* grad_avg;         // null unless centered
-  void* momentum_buffer;  // null unless momentum
-  int64_t numel;
-  UpdateNorms* norms;  // null unless update ratios are tracked
-};
+// Lists, in op order: param, grad, square_avg, grad_avg (null unless
+// centered), momentum_buffer (null without momentum).
+using RMSpropChunk = KernelChunk<5>;
 
 using RMSpropKernelFn = void (*)(const RMSpropKernelConfig&, const RMSpropChunk&);
 
