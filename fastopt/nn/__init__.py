@@ -1,6 +1,7 @@
 """Drop-in ``torch.nn`` modules and functions backed by fastopt's kernels."""
 
 from . import functional
+from .conversion import convert
 from .dropout import Dropout, Dropout1d, Dropout2d, Dropout3d
 from .instancenorm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
 from .normalization import GroupNorm, LayerNorm
@@ -15,5 +16,6 @@ __all__ = [
     "InstanceNorm2d",
     "InstanceNorm3d",
     "LayerNorm",
+    "convert",
     "functional",
 ]

@@ -20,6 +20,10 @@ class GroupNorm(torch.nn.GroupNorm):
     of diffusion U-Nets in one kernel, forward and backward.
     """
 
+    # A class-level default, so that a torch GroupNorm swapped in by
+    # ``fastopt.nn.convert`` (which skips ``__init__``) has no activation.
+    activation: Optional[str] = None
+
     def __init__(
         self,
         num_groups: int,
@@ -30,8 +34,10 @@ class GroupNorm(torch.nn.GroupNorm):
         dtype=None,
         *,
         activation: Optional[str] = None,
+        **kwargs,
     ) -> None:
-        super().__init__(num_groups, num_channels, eps, affine, device, dtype)
+        # kwargs: keyword-only options of the installed torch (``bias`` in recent releases).
+        super().__init__(num_groups, num_channels, eps, affine, device, dtype, **kwargs)
         self.activation = check_activation(activation)
 
     def forward(self, input: Tensor) -> Tensor:

@@ -1,0 +1,83 @@
+"""``fastopt.nn.convert``: swap torch's modules in a model for fastopt's.
+
+The table of replacements is built when ``convert`` runs, from the classes
+``fastopt.nn`` exports at that moment: each fastopt module subclasses exactly
+one ``torch.nn`` module, and that base is what it replaces. A module added to
+``fastopt.nn`` later is picked up without touching this file.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Type
+
+import torch
+from torch import nn
+
+
+def _torch_counterpart(cls: type) -> Type[nn.Module] | None:
+    """The ``torch.nn`` class that ``cls`` is the drop-in for, if any."""
+    for base in cls.__mro__[1:]:
+        if issubclass(base, nn.Module) and base.__module__.startswith("torch.nn."):
+            return base
+    return None
+
+
+def replacement_table() -> Dict[Type[nn.Module], Type[nn.Module]]:
+    """Map each torch module class to the fastopt class that replaces it."""
+    from fastopt import nn as fast_nn  # the package as it is now, with every module it exports
+
+    table: Dict[Type[nn.Module], Type[nn.Module]] = {}
+    for name in fast_nn.__all__:
+        cls = getattr(fast_nn, name)
+        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+            continue
+        base = _torch_counterpart(cls)
+        # Only a direct drop-in (fastopt.nn.X subclasses torch.nn.X) replaces anything.
+        if base is not None and base.__name__ == cls.__name__:
+            table[base] = cls
+    return table
+
+
+def _swap(module: nn.Module, cls: Type[nn.Module]) -> nn.Module:
+    """A ``cls`` instance that shares ``module``'s parameters, buffers and flags.
+
+    The constructor is not called: it would allocate fresh parameters and reset
+    running statistics. The new module takes the old one's attributes (shallow
+    copies of the parameter, buffer and hook dictionaries, so the two modules
+    stay independent containers of the same tensors). Attributes that only the
+    fastopt class has fall back to its class-level defaults.
+    """
+    new = cls.__new__(cls)
+    state = dict(module.__dict__)
+    for key, value in state.items():
+        if isinstance(value, dict):  # _parameters, _buffers, _modules, hook dicts
+            state[key] = type(value)(value)
+    new.__dict__.update(state)
+    return new
+
+
+def convert(model: nn.Module) -> nn.Module:
+    """Replace every torch module that fastopt provides with its fastopt version.
+
+    BatchNorm, GroupNorm, LayerNorm, InstanceNorm and Dropout modules (whatever
+    ``fastopt.nn`` provides when this runs) are swapped in place; parameters,
+    buffers, hyperparameters and train/eval mode carry over, so the model
+    computes the same function. Only exact torch classes are replaced: a user's
+    subclass of ``torch.nn.BatchNorm2d`` may override ``forward`` and is left
+    alone, as is every other module.
+
+    Returns the converted model; it is ``model`` itself unless ``model`` is one
+    of the replaced modules, as with ``SyncBatchNorm.convert_sync_batchnorm``.
+    """
+    table = replacement_table()
+
+    def visit(module: nn.Module) -> nn.Module:
+        for name, child in module.named_children():
+            new_child = visit(child)
+            if new_child is not child:
+                setattr(module, name, new_child)
+        cls = table.get(type(module))
+        return module if cls is None else _swap(module, cls)
+
+    with torch.no_grad():
+        return visit(model)

@@ -1,0 +1,83 @@
+"""fastopt.nn.convert: swaps torch modules for fastopt's and keeps the model's function."""
+
+import torch
+from torch import nn
+
+import fastopt.nn as fnn
+from fastopt.nn.conversion import replacement_table
+
+
+class _MyGroupNorm(nn.GroupNorm):
+    """A user's subclass: it may override forward, so convert must leave it alone."""
+
+
+def _model() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.GroupNorm(2, 8),
+        nn.ReLU(),
+        nn.Sequential(nn.InstanceNorm2d(8, affine=True), _MyGroupNorm(4, 8)),
+        nn.Flatten(),
+        nn.LayerNorm(8 * 5 * 5),
+        nn.Dropout(0.25),
+        nn.Linear(8 * 5 * 5, 3),
+    )
+
+
+def test_every_exported_drop_in_is_in_the_table():
+    table = replacement_table()
+    for name in fnn.__all__:
+        cls = getattr(fnn, name)
+        if isinstance(cls, type) and issubclass(cls, nn.Module):
+            torch_cls = getattr(nn, name)
+            assert table[torch_cls] is cls
+
+
+def test_convert_swaps_modules_and_keeps_parameters_and_output():
+    torch.manual_seed(0)
+    model = _model()
+    with torch.no_grad():  # non-trivial affine parameters, so a lost weight would show
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    params_before = {name: p for name, p in model.named_parameters()}
+    x = torch.randn(4, 3, 5, 5)
+    model.eval()
+    expected = model(x)
+
+    converted = fnn.convert(model)
+    assert converted is model
+    assert type(model[1]) is fnn.GroupNorm
+    assert type(model[3][0]) is fnn.InstanceNorm2d
+    assert type(model[3][1]) is _MyGroupNorm  # subclasses are not replaced
+    assert type(model[5]) is fnn.LayerNorm
+    assert type(model[6]) is fnn.Dropout
+    assert type(model[0]) is nn.Conv2d and type(model[7]) is nn.Linear
+    assert not model.training and not model[1].training  # eval state carried over
+    assert model[1].activation is None
+    # The very same Parameter objects: an optimizer built before convert still works.
+    for name, p in model.named_parameters():
+        assert p is params_before[name]
+    torch.testing.assert_close(model(x), expected)
+
+
+def test_convert_replaces_a_root_module_and_keeps_training_state():
+    torch.manual_seed(0)
+    norm = nn.LayerNorm(6, elementwise_affine=True)
+    norm.train()
+    fast = fnn.convert(norm)
+    assert type(fast) is fnn.LayerNorm and fast.training
+    assert fast.weight is norm.weight
+    x = torch.randn(3, 6, requires_grad=True)
+    torch.testing.assert_close(fast(x), norm(x))
+    # state_dict keys are unchanged, so checkpoints load either way.
+    assert fast.state_dict().keys() == norm.state_dict().keys()
+
+
+def test_group_norm_without_bias_matches_torch():
+    torch.manual_seed(0)
+    ref = nn.GroupNorm(2, 4, bias=False)
+    fast = fnn.GroupNorm(2, 4, bias=False)
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 4, 5)
+    assert fast.bias is None
+    torch.testing.assert_close(fast(x), ref(x))
