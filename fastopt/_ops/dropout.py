@@ -1,0 +1,65 @@
+"""Fake kernels and autograd of the dropout ops."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .optim import _in_place_fake
+
+ops = torch.ops.fastopt
+
+# The ops return contiguous tensors (they work in the logical element order),
+# hence new_empty rather than empty_like, which would copy x's strides.
+
+
+@torch.library.register_fake("fastopt::dropout")
+def _dropout_fake(x: torch.Tensor, seed: torch.Tensor, p: float, group: int = 1) -> torch.Tensor:
+    return x.new_empty(x.shape)
+
+
+@torch.library.register_fake("fastopt::dropout_add")
+def _dropout_add_fake(
+    x: torch.Tensor, residual: torch.Tensor, bias: torch.Tensor | None, seed: torch.Tensor, p: float
+) -> torch.Tensor:
+    return x.new_empty(x.shape)
+
+
+torch.library.register_fake("fastopt::dropout_")(_in_place_fake)
+
+
+# Backward of dropout is dropout of the gradient under the same seed: the
+# mask is regenerated in the pass that computes dx, and the only tensor saved
+# is the 2-word seed, never a per-element mask.
+def _dropout_setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+    _, seed, ctx.p, ctx.group = inputs
+    ctx.save_for_backward(seed)
+
+
+def _dropout_backward(ctx: Any, grad: torch.Tensor) -> tuple:
+    (seed,) = ctx.saved_tensors
+    return ops.dropout(grad, seed, ctx.p, ctx.group), None, None, None
+
+
+torch.library.register_autograd("fastopt::dropout", _dropout_backward, setup_context=_dropout_setup_context)
+
+
+def _dropout_add_setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+    _, _, bias, seed, ctx.p = inputs
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(seed)
+
+
+def _dropout_add_backward(ctx: Any, grad: torch.Tensor) -> tuple:
+    (seed,) = ctx.saved_tensors
+    grad_x = ops.dropout(grad, seed, ctx.p, 1)
+    # bias is broadcast over every leading dimension of x: its gradient is
+    # grad_x summed over them.
+    grad_bias = grad_x.reshape(-1, grad_x.shape[-1]).sum(0) if ctx.has_bias else None
+    return grad_x, grad, grad_bias, None, None
+
+
+torch.library.register_autograd(
+    "fastopt::dropout_add", _dropout_add_backward, setup_context=_dropout_add_setup_context
+)

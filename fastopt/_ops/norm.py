@@ -1,0 +1,70 @@
+"""Fake kernels and autograd of the GroupNorm family ops (GroupNorm, LayerNorm, InstanceNorm)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+ops = torch.ops.fastopt
+
+def _opmath_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    """Mirrors is_channels_last in csrc/cpu/group_norm.cpp: dense, channel stride 1."""
+    if x.dim() < 3 or x.stride(1) != 1:
+        return False
+    expected = x.size(1)
+    for d in range(x.dim() - 1, 1, -1):
+        if x.size(d) != 1 and x.stride(d) != expected:
+            return False
+        expected *= x.size(d)
+    return x.size(0) == 1 or x.stride(0) == expected
+
+
+def _like_native(x: torch.Tensor) -> torch.Tensor:
+    """An empty tensor in the layout the kernels write: x's own when native, else contiguous."""
+    if x.is_contiguous() or _is_channels_last(x):
+        return torch.empty_like(x)
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("fastopt::group_norm_fwd")
+def _group_norm_fwd_fake(x, weight, bias, groups, eps, activation=0):
+    stats = x.new_empty((x.size(0), groups), dtype=_opmath_dtype(x.dtype))
+    return _like_native(x), stats, torch.empty_like(stats)
+
+
+@torch.library.register_fake("fastopt::group_norm_bwd")
+def _group_norm_bwd_fake(grad_out, x, mean, rstd, weight, bias, groups, activation=0):
+    param_dtype = weight.dtype if weight is not None else x.dtype
+    grad_weight = x.new_empty((x.size(1),), dtype=param_dtype)
+    return _like_native(x), grad_weight, torch.empty_like(grad_weight)
+
+
+def _group_norm_setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+    x, weight, bias, groups, _eps, activation = inputs
+    _y, mean, rstd = output
+    # Only x and the per-group statistics are saved; weight and bias are the
+    # module's parameters, held anyway.
+    ctx.save_for_backward(x, mean, rstd, weight, bias)
+    ctx.groups = groups
+    ctx.activation = activation
+
+
+def _group_norm_backward(ctx: Any, grad_y: torch.Tensor, _grad_mean: Any, _grad_rstd: Any):
+    x, mean, rstd, weight, bias = ctx.saved_tensors
+    grad_x, grad_weight, grad_bias = ops.group_norm_bwd(
+        grad_y, x, mean, rstd, weight, bias, ctx.groups, ctx.activation
+    )
+    # The op returns [C]; LayerNorm's weight has the normalized shape.
+    grad_weight = grad_weight.view(weight.shape) if weight is not None and ctx.needs_input_grad[1] else None
+    grad_bias = grad_bias.view(bias.shape) if bias is not None and ctx.needs_input_grad[2] else None
+    return grad_x, grad_weight, grad_bias, None, None, None
+
+
+torch.library.register_autograd(
+    "fastopt::group_norm_fwd", _group_norm_backward, setup_context=_group_norm_setup_context
+)
