@@ -56,6 +56,11 @@ TORCH_LIBRARY(fastopt, m) {
   m.def("dropout_(Tensor(a!) x, Tensor seed, float p, int group=1) -> ()");
   // dropout(x + bias) + residual in one pass; bias is 1-D over x's last dimension.
   m.def("dropout_add(Tensor x, Tensor residual, Tensor? bias, Tensor seed, float p) -> Tensor");
+  // The 1-bit mask mode, for when backward should not redraw the mask:
+  // dropout_bits also returns the mask, one bit per element (uint8, 8 bytes
+  // per 64 elements), and dropout_from_bits applies it to a gradient.
+  m.def("dropout_bits(Tensor x, Tensor seed, float p) -> (Tensor, Tensor)");
+  m.def("dropout_from_bits(Tensor grad, Tensor bits, float p) -> Tensor");
   // GroupNorm, and through it LayerNorm and InstanceNorm, on x of shape
   // (N, C, *) in contiguous or channels-last layout; y keeps x's layout.
   // mean and rstd are [N, groups] in x's arithmetic type (float32 for 16-bit

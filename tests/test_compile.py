@@ -141,3 +141,18 @@ def test_compiled_norms_fullgraph(device):
     compiled(xc).square().sum().backward()
     for a, b in zip(eager, [xc.grad] + [p.grad for p in model.parameters()]):
         torch.testing.assert_close(a, b)
+
+
+def test_dropout_bit_mask_mode_compiles_fullgraph(device):
+    """mask="bits" compiles too; its compiled backward applies the forward's stored mask."""
+    import fastopt.nn.functional as F
+
+    x = torch.randn(64, 33, device=device).abs().add(0.5).requires_grad_()
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda t: F.dropout(t, 0.5, mask="bits"), fullgraph=True)
+    y = compiled(x)
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    kept = y.detach() != 0
+    assert 0 < kept.sum() < kept.numel()
+    torch.testing.assert_close(y.detach(), torch.where(kept, 2 * x.detach(), torch.zeros_like(y)))
+    torch.testing.assert_close(grad, 2 * kept.float())

@@ -149,6 +149,10 @@ def test_dropout(device, make):
     torch.library.opcheck(torch.ops.fastopt.dropout_.default, (x.detach().clone(), seed, 0.3))
     if x.numel():
         torch.library.opcheck(torch.ops.fastopt.dropout.default, (x, seed, 0.3, x.size(-1)))
+    # The 1-bit mask mode: the op that draws and packs the mask, and the one that applies it.
+    torch.library.opcheck(torch.ops.fastopt.dropout_bits.default, (x, seed, 0.3))
+    _, bits = torch.ops.fastopt.dropout_bits(x.detach(), seed, 0.3)
+    torch.library.opcheck(torch.ops.fastopt.dropout_from_bits.default, (x, bits, 0.3))
 
 
 @pytest.mark.parametrize("with_bias", [False, True])

@@ -16,21 +16,27 @@ void check_like_x(const char* op, const char* name, const at::Tensor& t, const a
                    x.scalar_type(), "), got ", t.scalar_type());
 }
 
+// The checks of the tensor a dropout op transforms (x, or grad) and of p.
+void check_input(const char* op, const char* name, const at::Tensor& t, double p,
+                 c10::DeviceType device_type) {
+  TORCH_CHECK(t.layout() == c10::kStrided, op, ": ", name, " must be a dense tensor");
+  TORCH_CHECK(t.device().type() == device_type, op, ": ", name, " must be a ", device_type,
+              " tensor, got one on ", t.device());
+  const c10::ScalarType dtype = t.scalar_type();
+  TORCH_CHECK_TYPE(dtype == c10::kFloat || dtype == c10::kDouble || dtype == c10::kBFloat16 ||
+                       dtype == c10::kHalf,
+                   op, ": supports float32, float64, bfloat16 and float16 tensors, got ", dtype);
+  TORCH_CHECK_VALUE(p >= 0.0 && p <= 1.0, op,
+                    ": dropout probability has to be between 0 and 1, but got ", p);
+}
+
 }  // namespace
 
 DropoutInputs check_dropout_args(const char* op, const at::Tensor& x, const at::Tensor& seed,
                                  double p, int64_t group, const at::Tensor* residual,
                                  const c10::optional<at::Tensor>& bias,
                                  c10::DeviceType device_type) {
-  TORCH_CHECK(x.layout() == c10::kStrided, op, ": x must be a dense tensor");
-  TORCH_CHECK(x.device().type() == device_type, op, ": x must be a ", device_type,
-              " tensor, got one on ", x.device());
-  const c10::ScalarType dtype = x.scalar_type();
-  TORCH_CHECK_TYPE(dtype == c10::kFloat || dtype == c10::kDouble || dtype == c10::kBFloat16 ||
-                       dtype == c10::kHalf,
-                   op, ": supports float32, float64, bfloat16 and float16 tensors, got ", dtype);
-  TORCH_CHECK_VALUE(p >= 0.0 && p <= 1.0, op,
-                    ": dropout probability has to be between 0 and 1, but got ", p);
+  check_input(op, "x", x, p, device_type);
   TORCH_CHECK_TYPE(seed.scalar_type() == c10::kLong, op, ": seed must be int64, got ",
                    seed.scalar_type());
   TORCH_CHECK(seed.numel() == 2, op, ": seed must hold 2 words (key, offset), got ",
@@ -59,6 +65,24 @@ DropoutInputs check_dropout_args(const char* op, const at::Tensor& x, const at::
                 "), got shape ", bias->sizes());
     in.bias = bias->contiguous();
   }
+  return in;
+}
+
+DropoutInputs check_dropout_bits_args(const char* op, const at::Tensor& grad,
+                                      const at::Tensor& bits, double p,
+                                      c10::DeviceType device_type) {
+  check_input(op, "grad", grad, p, device_type);
+  TORCH_CHECK(bits.layout() == c10::kStrided, op, ": bits must be a dense tensor");
+  TORCH_CHECK_TYPE(bits.scalar_type() == c10::kByte, op, ": bits must be uint8, got ",
+                   bits.scalar_type());
+  TORCH_CHECK(bits.device() == grad.device(), op, ": bits must be on grad's device (",
+              grad.device(), "), got ", bits.device());
+  TORCH_CHECK_VALUE(bits.dim() == 1 && bits.numel() == dropout_mask_bytes(grad.numel()), op,
+                    ": bits must be the 1-D mask of dropout_bits for ", grad.numel(),
+                    " elements (", dropout_mask_bytes(grad.numel()), " bytes), got shape ",
+                    bits.sizes());
+  DropoutInputs in{grad.contiguous(), at::Tensor(), at::Tensor(), 1};
+  in.bits_in = bits.contiguous();
   return in;
 }
 

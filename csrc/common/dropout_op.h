@@ -3,10 +3,12 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <c10/util/Optional.h>
 
 #include <cstdint>
+#include <tuple>
 
 namespace fastopt {
 
@@ -18,7 +20,19 @@ struct DropoutInputs {
   at::Tensor residual;
   at::Tensor bias;
   int64_t group;  // elements per mask index
+  // The 1-bit mask mode (group == 1): uint8 arrays of dropout_mask_bytes(n).
+  // bits_out, when defined, receives the drawn mask; bits_in, when defined,
+  // is the mask to apply instead of a draw (and the seed is then not read).
+  at::Tensor bits_out;
+  at::Tensor bits_in;
 };
+
+// Bytes of a bit-packed mask of n elements: one bit per element, rounded up
+// to whole Philox blocks (8 bytes per 64 elements), so that the CPU's chunks
+// and CUDA's warps each own whole bytes. The bits past n are unspecified.
+inline int64_t dropout_mask_bytes(int64_t n) {
+  return (n + 63) / 64 * 8;
+}
 
 // Checks a dropout op's arguments: x float32/float64/bfloat16/float16;
 // 0 <= p <= 1; `seed` two int64 words on `seed_device`; group >= 1 dividing
@@ -38,8 +52,16 @@ struct DropoutMaskParams {
 
 DropoutMaskParams dropout_mask_params(double p);
 
+// Checks the arguments of dropout_from_bits: grad as x of a dropout op, and
+// bits a uint8 array of dropout_mask_bytes(grad.numel()) on grad's device.
+DropoutInputs check_dropout_bits_args(const char* op, const at::Tensor& grad,
+                                      const at::Tensor& bits, double p,
+                                      c10::DeviceType device_type);
+
 // The dropout ops of one backend, over its `RUN(inputs, seed, p, out)`, which
-// writes `out` (contiguous like inputs.x, possibly inputs.x itself). Both
+// writes `out` (contiguous like inputs.x, possibly inputs.x itself) and, when
+// inputs.bits_out is defined, the mask bits; `seed` is undefined when
+// inputs.bits_in is defined. Both
 // backends register these, so they validate and allocate alike.
 using DropoutRunFn = void (*)(const DropoutInputs&, const at::Tensor& seed, double p,
                               const at::Tensor& out);
@@ -60,6 +82,26 @@ struct DropoutOps {
     RUN(in, seed, p, in.x);
     // A non-contiguous x was computed in a contiguous temporary.
     if (!in.x.is_same(x)) x.copy_(in.x);
+  }
+
+  // The 1-bit mask mode: the output and the drawn mask, bit-packed.
+  static std::tuple<at::Tensor, at::Tensor> dropout_bits(const at::Tensor& x,
+                                                         const at::Tensor& seed, double p) {
+    DropoutInputs in =
+        check_dropout_args("fastopt.dropout_bits", x, seed, p, 1, nullptr, c10::nullopt, DEVICE);
+    at::Tensor out = at::empty_like(in.x);
+    in.bits_out = at::empty({dropout_mask_bytes(in.x.numel())}, x.options().dtype(at::kByte));
+    RUN(in, seed, p, out);
+    return {out, in.bits_out};
+  }
+
+  // grad * mask / (1 - p) with the mask of an earlier dropout_bits call.
+  static at::Tensor dropout_from_bits(const at::Tensor& grad, const at::Tensor& bits, double p) {
+    const DropoutInputs in =
+        check_dropout_bits_args("fastopt.dropout_from_bits", grad, bits, p, DEVICE);
+    at::Tensor out = at::empty_like(in.x);
+    RUN(in, at::Tensor(), p, out);
+    return out;
   }
 
   static at::Tensor dropout_add(const at::Tensor& x, const at::Tensor& residual,

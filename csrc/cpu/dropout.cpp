@@ -15,20 +15,30 @@ namespace {
 void run_dropout(const DropoutInputs& in, const at::Tensor& seed, double p, const at::Tensor& out) {
   const int64_t n = in.x.numel();
   if (n == 0) return;
-  const at::Tensor words = seed.contiguous();
   const DropoutMaskParams mask = dropout_mask_params(p);
+  // With a stored mask (bits_in) there is no draw and no seed.
+  const DropoutKey key = in.bits_in.defined()
+                             ? DropoutKey{}
+                             : dropout_key(seed.contiguous().const_data_ptr<int64_t>());
   const DropoutKernelConfig cfg{in.x.scalar_type(),
-                                dropout_key(words.const_data_ptr<int64_t>()),
+                                key,
                                 mask.threshold,
                                 mask.drop_all,
                                 mask.keep_prob,
                                 in.group,
                                 in.bias.defined() ? in.bias.numel() : 0};
   auto ptr = [](const at::Tensor& t) -> const void* { return t.defined() ? t.const_data_ptr() : nullptr; };
-  const DropoutChunk whole{ptr(in.x), ptr(in.bias), ptr(in.residual), out.mutable_data_ptr(), 0, n};
+  const DropoutChunk whole{ptr(in.x),
+                           ptr(in.bias),
+                           ptr(in.residual),
+                           out.mutable_data_ptr(),
+                           in.bits_out.defined() ? in.bits_out.mutable_data_ptr<uint8_t>() : nullptr,
+                           in.bits_in.defined() ? in.bits_in.const_data_ptr<uint8_t>() : nullptr,
+                           0,
+                           n};
   const DropoutKernelFn kernel = dropout_kernel();
   // The chunks of WorkItems are multiples of a Philox block (64 elements), so
-  // no block is drawn twice.
+  // no block is drawn twice and each chunk owns whole bytes of a mask array.
   const WorkItems items({n});
   items.parallel_for([&](size_t, const WorkItem& item) {
     DropoutChunk c = whole;
@@ -45,6 +55,8 @@ TORCH_LIBRARY_IMPL(fastopt, CPU, m) {
   m.impl("dropout", &Ops::dropout);
   m.impl("dropout_", &Ops::dropout_);
   m.impl("dropout_add", &Ops::dropout_add);
+  m.impl("dropout_bits", &Ops::dropout_bits);
+  m.impl("dropout_from_bits", &Ops::dropout_from_bits);
 }
 
 }  // namespace fastopt::cpu

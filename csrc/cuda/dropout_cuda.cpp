@@ -18,7 +18,8 @@ namespace {
 void run_dropout(const DropoutInputs& in, const at::Tensor& seed, double p, const at::Tensor& out) {
   if (in.x.numel() == 0) return;
   const c10::cuda::CUDAGuard guard(in.x.device());
-  const at::Tensor words = seed.contiguous();
+  // With a stored mask (bits_in) there is no draw and no seed.
+  const at::Tensor words = in.bits_in.defined() ? at::Tensor() : seed.contiguous();
   const DropoutMaskParams mask = dropout_mask_params(p);
   auto ptr = [](const at::Tensor& t) -> const void* { return t.defined() ? t.const_data_ptr() : nullptr; };
 
@@ -28,10 +29,12 @@ void run_dropout(const DropoutInputs& in, const at::Tensor& seed, double p, cons
   launch.bias = ptr(in.bias);
   launch.residual = ptr(in.residual);
   launch.out = out.mutable_data_ptr();
+  launch.bits_out = in.bits_out.defined() ? in.bits_out.mutable_data_ptr<uint8_t>() : nullptr;
+  launch.bits_in = in.bits_in.defined() ? in.bits_in.const_data_ptr<uint8_t>() : nullptr;
   launch.numel = in.x.numel();
   launch.group = in.group;
   launch.bias_numel = in.bias.defined() ? in.bias.numel() : 0;
-  launch.seed = words.const_data_ptr<int64_t>();
+  launch.seed = words.defined() ? words.const_data_ptr<int64_t>() : nullptr;
   launch.threshold = mask.threshold;
   launch.drop_all = mask.drop_all;
   launch.keep_prob = mask.keep_prob;
@@ -47,6 +50,8 @@ TORCH_LIBRARY_IMPL(fastopt, CUDA, m) {
   m.impl("dropout", &Ops::dropout);
   m.impl("dropout_", &Ops::dropout_);
   m.impl("dropout_add", &Ops::dropout_add);
+  m.impl("dropout_bits", &Ops::dropout_bits);
+  m.impl("dropout_from_bits", &Ops::dropout_from_bits);
 }
 
 }  // namespace fastopt::cuda

@@ -63,3 +63,56 @@ def _dropout_add_backward(ctx: Any, grad: torch.Tensor) -> tuple:
 torch.library.register_autograd(
     "fastopt::dropout_add", _dropout_add_backward, setup_context=_dropout_add_setup_context
 )
+
+
+# --- the 1-bit mask mode -------------------------------------------------------
+# dropout_bits returns the mask as well (8 bytes per 64 elements); backward
+# applies it with dropout_from_bits instead of redrawing it.
+
+
+def _mask_bytes(numel: int) -> int:
+    """Mirrors dropout_mask_bytes in csrc/common/dropout_op.h."""
+    return (numel + 63) // 64 * 8
+
+
+@torch.library.register_fake("fastopt::dropout_bits")
+def _dropout_bits_fake(x: torch.Tensor, seed: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return x.new_empty(x.shape), x.new_empty((_mask_bytes(x.numel()),), dtype=torch.uint8)
+
+
+@torch.library.register_fake("fastopt::dropout_from_bits")
+def _dropout_from_bits_fake(grad: torch.Tensor, bits: torch.Tensor, p: float) -> torch.Tensor:
+    return grad.new_empty(grad.shape)
+
+
+def _dropout_bits_setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+    _, _, ctx.p = inputs
+    _, bits = output
+    ctx.save_for_backward(bits)
+    ctx.mark_non_differentiable(bits)
+
+
+def _dropout_bits_backward(ctx: Any, grad: torch.Tensor, _grad_bits: Any) -> tuple:
+    (bits,) = ctx.saved_tensors
+    return ops.dropout_from_bits(grad, bits, ctx.p), None, None
+
+
+torch.library.register_autograd(
+    "fastopt::dropout_bits", _dropout_bits_backward, setup_context=_dropout_bits_setup_context
+)
+
+
+# Backward of applying a stored mask is applying it again (it is linear in grad).
+def _dropout_from_bits_setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+    _, bits, ctx.p = inputs
+    ctx.save_for_backward(bits)
+
+
+def _dropout_from_bits_backward(ctx: Any, grad: torch.Tensor) -> tuple:
+    (bits,) = ctx.saved_tensors
+    return ops.dropout_from_bits(grad, bits, ctx.p), None, None
+
+
+torch.library.register_autograd(
+    "fastopt::dropout_from_bits", _dropout_from_bits_backward, setup_context=_dropout_from_bits_setup_context
+)

@@ -49,7 +49,20 @@ def _check_p(p: float) -> None:
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
 
 
-def _dropout_impl(input: Tensor, p: float, inplace: bool, group: int, generator: torch.Generator | None) -> Tensor:
+# How backward gets the mask: "recompute" redraws it from the two saved seed
+# words; "bits" saves it bit-packed (1 bit per element) and skips the redraw.
+MASK_MODES = ("recompute", "bits")
+
+
+def check_mask_mode(mask: str) -> str:
+    if mask not in MASK_MODES:
+        raise ValueError(f"mask must be one of {MASK_MODES}, but got {mask!r}")
+    return mask
+
+
+def _dropout_impl(
+    input: Tensor, p: float, inplace: bool, group: int, generator: torch.Generator | None, mask: str = "recompute"
+) -> Tensor:
     """Training-mode dropout with ``group`` consecutive elements per mask entry."""
     if p == 0.0 or input.numel() == 0:
         return input  # as torch: the input itself
@@ -57,6 +70,11 @@ def _dropout_impl(input: Tensor, p: float, inplace: bool, group: int, generator:
         # As torch: a multiplication by zero, which keeps NaNs and signs.
         return input.mul_(0) if inplace else input * 0
     seed = _draw_seed(input, generator)
+    if mask == "bits":
+        # Only element-wise dropout offers it (group == 1): the channel-wise
+        # forms draw one word per channel, which is as cheap to redraw as to store.
+        out, _bits = _ops.ops.dropout_bits(input, seed, p)
+        return input.copy_(out) if inplace else out
     if not inplace:
         return _ops.ops.dropout(input, seed, p, group)
     if torch.is_grad_enabled() and input.requires_grad:
@@ -73,19 +91,26 @@ def dropout(
     training: bool = True,
     inplace: bool = False,
     generator: torch.Generator | None = None,
+    *,
+    mask: str = "recompute",
 ) -> Tensor:
     """Zero each element with probability ``p`` and scale survivors by ``1 / (1 - p)``.
 
     Like :func:`torch.nn.functional.dropout`, plus ``generator``, the
     :class:`torch.Generator` to draw the mask's key from (default: torch's
-    default generator of ``input``'s device). In evaluation (``training=False``)
-    or with ``p=0`` the input itself is returned; with ``p=1`` the result is
-    ``input * 0``. The result is contiguous.
+    default generator of ``input``'s device), and ``mask``, how backward gets
+    the mask: ``"recompute"`` (default) saves two int64 words and redraws it;
+    ``"bits"`` saves it bit-packed, one bit per element (torch saves a byte or
+    four), and backward is then a plain pass over the gradient. Both modes draw
+    the same mask from the same generator state. In evaluation
+    (``training=False``) or with ``p=0`` the input itself is returned; with
+    ``p=1`` the result is ``input * 0``. The result is contiguous.
     """
     _check_p(p)
+    check_mask_mode(mask)
     if not training:
         return input
-    return _dropout_impl(input, p, inplace, 1, generator)
+    return _dropout_impl(input, p, inplace, 1, generator, mask)
 
 
 def _feature_dropout(

@@ -11,15 +11,32 @@ import torch
 from torch import Tensor
 
 from . import functional as F
+from ._dropout_functional import check_mask_mode
 
 __all__ = ["Dropout", "Dropout1d", "Dropout2d", "Dropout3d"]
 
 
 class Dropout(torch.nn.Dropout):
-    """:class:`torch.nn.Dropout` whose mask is regenerated in backward, not saved."""
+    """:class:`torch.nn.Dropout` whose mask is regenerated in backward, not saved.
+
+    Same arguments as torch's module, plus ``mask``: ``"recompute"`` (default)
+    or ``"bits"``, which saves the mask bit-packed for backward instead (see
+    :func:`fastopt.nn.functional.dropout`).
+    """
+
+    # Class-level default, for modules swapped in by fastopt.nn.convert.
+    mask: str = "recompute"
+
+    def __init__(self, p: float = 0.5, inplace: bool = False, *, mask: str = "recompute") -> None:
+        super().__init__(p, inplace)
+        self.mask = check_mask_mode(mask)
 
     def forward(self, input: Tensor) -> Tensor:
-        return F.dropout(input, self.p, self.training, self.inplace)
+        return F.dropout(input, self.p, self.training, self.inplace, mask=self.mask)
+
+    def extra_repr(self) -> str:
+        extra = super().extra_repr()
+        return extra if self.mask == "recompute" else f"{extra}, mask={self.mask!r}"
 
 
 class Dropout1d(torch.nn.Dropout1d):

@@ -106,6 +106,31 @@ void fill_mask(const DropoutKernelConfig& cfg, uint64_t first_block, int64_t nbl
   }
 }
 
+// The 1-bit mask mode. Both functions cover whole Philox blocks, the unit in
+// which the mask arrays are sized, starting at element `first` (a multiple of
+// kDropoutBlock, so of 8): m[j] is the multiplier of element first + j.
+
+// bits <- m[0, 64 * nblocks), each m[j] exactly 0 or 1.
+template <typename opmath_t>
+void pack_mask(const opmath_t* m, int64_t first, int64_t nblocks, uint8_t* bits) {
+  uint8_t* out = bits + first / 8;
+  for (int64_t byte = 0; byte < nblocks * (kDropoutBlock / 8); ++byte, m += 8) {
+    uint32_t v = 0;
+    for (int k = 0; k < 8; ++k) v |= static_cast<uint32_t>(m[k] != opmath_t(0)) << k;
+    out[byte] = static_cast<uint8_t>(v);
+  }
+}
+
+// m[0, 64 * nblocks) <- the stored bits, as 0/1 multipliers.
+template <typename opmath_t>
+void unpack_mask(const uint8_t* bits, int64_t first, int64_t nblocks, opmath_t* m) {
+  const uint8_t* in = bits + first / 8;
+  for (int64_t byte = 0; byte < nblocks * (kDropoutBlock / 8); ++byte, m += 8) {
+    const uint32_t v = in[byte];
+    for (int k = 0; k < 8; ++k) m[k] = static_cast<opmath_t>((v >> k) & 1u);
+  }
+}
+
 // Pointers to the first element of a run of n elements.
 template <typename scalar_t>
 struct Run {
@@ -205,7 +230,12 @@ void dropout_chunk(const DropoutKernelConfig& cfg, const DropoutChunk& c) {
     const int64_t base = tile - tile % kDropoutBlock;  // first index of m
     const int64_t stop = std::min(c.end, base + kTile);
     const int64_t nblocks = (stop - base + kDropoutBlock - 1) / kDropoutBlock;
-    fill_mask(cfg, static_cast<uint64_t>(base / kDropoutBlock), nblocks, m);
+    if (c.bits_in != nullptr) {
+      unpack_mask(c.bits_in, base, nblocks, m);
+    } else {
+      fill_mask(cfg, static_cast<uint64_t>(base / kDropoutBlock), nblocks, m);
+      if (c.bits_out != nullptr) pack_mask(m, base, nblocks, c.bits_out);
+    }
     for_each_bias_run<scalar_t>(cfg, c, tile, stop, [&](int64_t i, const Run<scalar_t>& r) {
       apply_run<false>(r, m + (i - base), q);
     });

@@ -5,6 +5,12 @@
 //
 // with the bias and residual terms present only when their pointers are set.
 // Backward is the same kernel applied to the incoming gradient.
+//
+// The 1-bit mask mode (element-wise dropout only) adds two optional streams:
+// `bits_out` receives keep(i) as bit i % 8 of byte i / 8, and `bits_in`
+// replaces the Philox draw with those stored bits. Both arrays hold whole
+// Philox blocks (dropout_mask_bytes in common/dropout_op.h), so a chunk that
+// starts on a block boundary owns every byte it touches.
 #pragma once
 
 #include <c10/core/ScalarType.h>
@@ -34,6 +40,8 @@ struct DropoutChunk {
   const void* bias;      // nullable
   const void* residual;  // nullable
   void* out;             // may equal x
+  uint8_t* bits_out;       // nullable; group == 1 only
+  const uint8_t* bits_in;  // nullable; group == 1 only; replaces the draw
   int64_t begin;
   int64_t end;
 };

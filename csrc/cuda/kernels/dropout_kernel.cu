@@ -5,7 +5,8 @@
 // (NOTE: [dropout stream]), so each Philox call is used in full and a warp's
 // accesses for one word cover two runs of 16 consecutive elements. The
 // random words never leave registers. Channel-wise dropout (group > 1) runs
-// one thread per element, each computing its channel's word.
+// one thread per element, each computing its channel's word. The 1-bit mask
+// mode writes the mask with warp ballots, or applies a stored one.
 #include "cuda/kernels/dropout_kernel.h"
 
 #include "common/philox.h"
@@ -25,6 +26,8 @@ struct DropoutArgs {
   const T* bias;
   const T* residual;
   T* out;
+  uint8_t* bits_out;
+  const uint8_t* bits_in;
   int64_t numel;
   int64_t group;
   int64_t bias_numel;
@@ -47,13 +50,18 @@ struct DropoutArgs {
   }
 };
 
+// The loop runs warp-uniformly (a warp's 32 lanes start at a multiple of 32
+// and stay together, `valid` marking lanes past the end), so that with
+// bits_out every lane of the warp takes part in the ballot.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) dropout_lanes_kernel(DropoutArgs<T> a) {
   const DropoutKey key = dropout_key(a.seed);
   const int64_t lanes = (a.numel + kDropoutBlock - 1) / kDropoutBlock * kDropoutLanes;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t lane = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; lane < lanes;
-       lane += stride) {
+  const int warp_lane = static_cast<int>(threadIdx.x % 32);
+  for (int64_t lane = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+       lane - warp_lane < lanes; lane += stride) {
+    const bool valid = lane < lanes;
     const uint64_t counter = static_cast<uint64_t>(lane);
     uint32_t c[4] = {static_cast<uint32_t>(counter), static_cast<uint32_t>(counter >> 32), key.o0,
                      key.o1};
@@ -62,8 +70,29 @@ __global__ void __launch_bounds__(kThreads) dropout_lanes_kernel(DropoutArgs<T> 
 #pragma unroll
     for (int w = 0; w < 4; ++w) {
       const int64_t i = first + w * kDropoutLanes;
-      if (i < a.numel) a.apply(i, a.multiplier(c[w]));
+      const opmath_t<T> m = a.multiplier(c[w]);
+      if (valid && i < a.numel) a.apply(i, m);
+      if (a.bits_out != nullptr) {
+        // Each half-warp is one Philox block: its 16 votes for word w are the
+        // mask of the block's elements 16w .. 16w + 15, two bytes.
+        const unsigned votes = __ballot_sync(0xffffffffu, valid && m != opmath_t<T>(0));
+        if (valid && lane % kDropoutLanes == 0) {
+          const int64_t block = lane / kDropoutLanes;
+          reinterpret_cast<uint16_t*>(a.bits_out)[block * 4 + w] =
+              static_cast<uint16_t>(votes >> (warp_lane & 16));
+        }
+      }
     }
+  }
+}
+
+// Applies a stored mask (bits_in): one thread per element, no draw.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) dropout_stored_kernel(DropoutArgs<T> a) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < a.numel;
+       i += stride) {
+    a.apply(i, static_cast<opmath_t<T>>((a.bits_in[i / 8] >> (i % 8)) & 1));
   }
 }
 
@@ -88,6 +117,8 @@ void launch_typed(const DropoutLaunch& l, cudaStream_t stream) {
                          static_cast<const T*>(l.bias),
                          static_cast<const T*>(l.residual),
                          static_cast<T*>(l.out),
+                         l.bits_out,
+                         l.bits_in,
                          l.numel,
                          l.group,
                          l.bias_numel,
@@ -95,7 +126,9 @@ void launch_typed(const DropoutLaunch& l, cudaStream_t stream) {
                          l.threshold,
                          l.drop_all,
                          static_cast<opmath_t<T>>(l.keep_prob)};
-  if (l.group == 1) {
+  if (l.bits_in != nullptr) {
+    dropout_stored_kernel<T><<<blocks_for(l.numel), kThreads, 0, stream>>>(a);
+  } else if (l.group == 1) {
     const int64_t lanes = (l.numel + kDropoutBlock - 1) / kDropoutBlock * kDropoutLanes;
     dropout_lanes_kernel<T><<<blocks_for(lanes), kThreads, 0, stream>>>(a);
   } else {

@@ -21,6 +21,11 @@ struct DropoutLaunch {
   const void* bias;      // nullable
   const void* residual;  // nullable
   void* out;             // may equal x
+  // The 1-bit mask mode (group == 1 only), arrays of 8 bytes per 64 elements:
+  // bits_out receives keep(i) as bit i % 8 of byte i / 8; bits_in, when set,
+  // is applied instead of a draw (seed is then not read and may be null).
+  uint8_t* bits_out;       // nullable
+  const uint8_t* bits_in;  // nullable
   int64_t numel;
   int64_t group;       // >= 1, divides numel
   int64_t bias_numel;  // 0 without bias
