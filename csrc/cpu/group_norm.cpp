@@ -10,10 +10,11 @@
 #include <ATen/OpMathType.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
-#include <ATen/ops/zeros.h>
+#include <ATen/Dispatch.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 #include <tuple>
 
 #include "cpu/kernels/group_norm_kernel.h"
@@ -104,6 +105,28 @@ void for_each_sample(int64_t N, int64_t blocks, const Fn& fn) {
   });
 }
 
+// dgamma[c] and dbeta[c]: the sums over the first `blocks` rows of work's
+// [dgamma | dbeta] partials. A plain loop (parallel only over many channels):
+// at::sum over the strided columns costs a fork-join of the thread pool,
+// which on a busy 2-core machine took milliseconds for a few kilobytes.
+template <typename M>
+void sum_block_partials(const at::Tensor& work, int64_t blocks, int64_t C, at::Tensor& dgamma,
+                        at::Tensor& dbeta) {
+  const M* w = work.const_data_ptr<M>();
+  const int64_t row = work.size(1);
+  M* out[2] = {dgamma.mutable_data_ptr<M>(), dbeta.mutable_data_ptr<M>()};
+  at::parallel_for(0, C, 1 << 15, [&](int64_t begin, int64_t end) {
+    for (int k = 0; k < 2; ++k) {
+      M* o = out[k];
+      std::fill(o + begin, o + end, M(0));
+      for (int64_t blk = 0; blk < blocks; ++blk) {
+        const M* part = w + blk * row + k * C;
+        for (int64_t c = begin; c < end; ++c) o[c] += part[c];
+      }
+    }
+  });
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_fwd_cpu(
     const at::Tensor& input, const c10::optional<at::Tensor>& weight,
     const c10::optional<at::Tensor>& bias, int64_t groups, double eps, int64_t activation) {
@@ -170,8 +193,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_bwd_cpu(
 
   at::Tensor dx = at::empty_like(x);
   const int64_t blocks = std::max<int64_t>(1, std::min(shape.N, kBlocks));
-  // Per block: [dgamma | dbeta] partial sums, then the kernel's scratch.
-  at::Tensor work = at::zeros({blocks, (2 + kGroupNormScratchVectors) * shape.C},
+  // Per block: [dgamma | dbeta] partial sums, then the kernel's scratch. Each
+  // block zeroes its own partials on its first sample, inside the parallel
+  // region: a separate at::zeros would be one more fork-join per call.
+  at::Tensor work = at::empty({blocks, (2 + kGroupNormScratchVectors) * shape.C},
                               x.options().dtype(opmath));
   if (x.numel() > 0) {
     const int64_t sample = shape.C * shape.S, item = x.element_size();
@@ -186,6 +211,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_bwd_cpu(
     const int64_t stat_bytes = shape.G * op_size, row_bytes = work.size(1) * op_size;
     for_each_sample(shape.N, blocks, [&](int64_t blk, int64_t n) {
       char* row = wp + blk * row_bytes;
+      if (n == blk * shape.N / blocks) std::memset(row, 0, 2 * shape.C * op_size);
       kernel(cfg, GroupNormSample{xp + n * sample * item, dyp + n * sample * item,
                                   dxp + n * sample * item, ptr_or_null(gamma), ptr_or_null(beta),
                                   // the backward only reads the statistics
@@ -196,9 +222,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_bwd_cpu(
   }
   const c10::ScalarType param_dtype =
       weight.has_value() && weight->defined() ? weight->scalar_type() : input.scalar_type();
-  // Two separate sums: outputs must not alias one another.
-  return {dx, work.narrow(1, 0, shape.C).sum(0).to(param_dtype),
-          work.narrow(1, shape.C, shape.C).sum(0).to(param_dtype)};
+  // Two separate tensors: outputs must not alias one another.
+  at::Tensor dgamma = at::empty({shape.C}, work.options());
+  at::Tensor dbeta = at::empty({shape.C}, work.options());
+  AT_DISPATCH_FLOATING_TYPES(opmath, "fastopt.group_norm_bwd", [&] {
+    sum_block_partials<scalar_t>(work, x.numel() > 0 ? blocks : 0, shape.C, dgamma, dbeta);
+  });
+  return {dx, dgamma.to(param_dtype), dbeta.to(param_dtype)};
 }
 
 }  // namespace

@@ -430,14 +430,128 @@ void backward(const GroupNormConfig& cfg, const GroupNormSample& s) {
   }
 }
 
+// ---------------------------------------------------------------- rows
+// A sample that is one row of one group (S = 1, G = 1: LayerNorm, and
+// GroupNorm(1) on (N, C) input). Its statistics are two scalars, so the
+// per-channel coefficient arrays of the general path, each a pass over C
+// values per row as long as the row itself, are folded into the element
+// loops: gamma and beta are read directly.
+
+// Calls fn(g, b) with gamma and beta as PerElement views, or as the Uniform
+// 1 and 0 that stand for absent parameters.
+template <typename M, typename Fn>
+inline void with_params(const M* gamma, const M* beta, const Fn& fn) {
+  auto with_beta = [&](const auto& g) {
+    if (beta != nullptr) {
+      fn(g, PerElement<M>{beta});
+    } else {
+      fn(g, Uniform<M>{M(0)});
+    }
+  };
+  if (gamma != nullptr) {
+    with_beta(PerElement<M>{gamma});
+  } else {
+    with_beta(Uniform<M>{M(1)});
+  }
+}
+
+// p[i] += v for a scalar, or for the vector of lanes starting at i.
+template <typename M, typename T>
+inline void add_at(M* p, int64_t i, const T& v) {
+  if constexpr (std::is_same_v<T, M>) {
+    p[i] += v;
+  } else {
+    (T::loadu(p + i) + v).store(p + i);
+  }
+}
+
+template <typename scalar_t, NormActivation ACT>
+void forward_row(const GroupNormConfig& cfg, const GroupNormSample& s) {
+  using M = typename Types<scalar_t>::M;
+  const scalar_t* x = static_cast<const scalar_t*>(s.x);
+  M* mean = static_cast<M*>(s.mean);
+  M* rstd = static_cast<M*>(s.rstd);
+  M m2;
+  run_moments(x, cfg.C, mean[0], m2);
+  rstd[0] = rstd_of(m2, cfg.C, cfg.eps);
+  const M mu = mean[0], r = rstd[0];
+  with_params(static_cast<const M*>(s.gamma), static_cast<const M*>(s.beta),
+              [&](const auto& gamma, const auto& beta) {
+                map_elements<scalar_t>(x, nullptr, static_cast<scalar_t*>(s.out), cfg.C,
+                                       [&](int64_t i, auto v, auto) {
+                                         using T = decltype(v);
+                                         const T z = (v - T(mu)) * (T(r) * gamma.template at<T>(i)) +
+                                                     beta.template at<T>(i);
+                                         return Act<ACT>::fwd(z);
+                                       });
+              });
+}
+
+// The backward of one row, with the general path's formulas at D = C, S = 1:
+// pass 1 sums a = sum dz * gamma and b = sum dz * gamma * (x - mean) and adds
+// the row's dgamma and dbeta; pass 2 writes dx.
+template <typename scalar_t, NormActivation ACT>
+void backward_row(const GroupNormConfig& cfg, const GroupNormSample& s) {
+  using M = typename Types<scalar_t>::M;
+  const scalar_t* x = static_cast<const scalar_t*>(s.x);
+  const scalar_t* dy = static_cast<const scalar_t*>(s.dy);
+  M* dgamma = static_cast<M*>(s.dgamma);
+  M* dbeta = static_cast<M*>(s.dbeta);
+  const M mu = static_cast<const M*>(s.mean)[0], r = static_cast<const M*>(s.rstd)[0];
+  with_params(static_cast<const M*>(s.gamma), static_cast<const M*>(s.beta),
+              [&](const auto& gamma, const auto& beta) {
+    // dz of one element, recomputing z only when there is an activation.
+    auto dz_of = [&](int64_t i, auto v, auto g) {
+      using T = decltype(v);
+      if constexpr (ACT == NormActivation::None) {
+        return g;
+      } else {
+        const T z = (v - T(mu)) * (T(r) * gamma.template at<T>(i)) + beta.template at<T>(i);
+        return Act<ACT>::grad(z, g);
+      }
+    };
+    Accumulator<M> sum_a, sum_b;
+    map_elements<scalar_t>(x, dy, nullptr, cfg.C, [&](int64_t i, auto v, auto g) {
+      using T = decltype(v);
+      const T dz = dz_of(i, v, g);
+      const T centred = v - T(mu);
+      const T dzw = dz * gamma.template at<T>(i);
+      sum_a.add(dzw);
+      sum_b.add(dzw * centred);
+      if (dgamma != nullptr) add_at(dgamma, i, dz * centred * T(r));
+      if (dbeta != nullptr) add_at(dbeta, i, dz);
+      return v;
+    });
+    const M inv_c = M(1) / static_cast<M>(cfg.C);
+    const M q = -r * r * r * inv_c * sum_b.total();
+    const M rr = -r * inv_c * sum_a.total();
+    map_elements<scalar_t>(x, dy, static_cast<scalar_t*>(s.out), cfg.C,
+                           [&](int64_t i, auto v, auto g) {
+                             using T = decltype(v);
+                             const T dz = dz_of(i, v, g);
+                             return dz * (gamma.template at<T>(i) * T(r)) + (v - T(mu)) * T(q) + T(rr);
+                           });
+  });
+}
+
+inline bool is_row(const GroupNormConfig& cfg) {
+  return cfg.S == 1 && cfg.G == 1;
+}
+
 // ---------------------------------------------------------------- dispatch
 template <typename scalar_t, NormActivation ACT>
 struct Forward {
-  static void run(const GroupNormConfig& cfg, const GroupNormSample& s) { forward<scalar_t, ACT>(cfg, s); }
+  static void run(const GroupNormConfig& cfg, const GroupNormSample& s) {
+    if (is_row(cfg)) return forward_row<scalar_t, ACT>(cfg, s);
+    forward<scalar_t, ACT>(cfg, s);
+  }
 };
 template <typename scalar_t, NormActivation ACT>
 struct Backward {
-  static void run(const GroupNormConfig& cfg, const GroupNormSample& s) { backward<scalar_t, ACT>(cfg, s); }
+  static void run(const GroupNormConfig& cfg, const GroupNormSample& s) {
+    if (is_row(cfg)) return backward_row<scalar_t, ACT>(cfg, s);
+    backward<scalar_t, ACT>(cfg, s);
+  }
 };
 
 template <template <typename, NormActivation> class Pass, typename scalar_t>
