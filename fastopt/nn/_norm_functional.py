@@ -19,6 +19,33 @@ from torch import Tensor
 
 # Codes of the op's `activation` argument.
 _ACTIVATIONS = {None: 0, "relu": 1, "silu": 2}
+_TORCH_ACTIVATIONS = {None: lambda t: t, "relu": torch.relu, "silu": torch.nn.functional.silu}
+
+
+def _devices_with_kernels() -> frozenset[str]:
+    """Device types for which this build registered the group-norm kernels.
+
+    Looked up once, at import: the set is fixed by the build, and a Python set
+    membership test is something torch.compile traces without a graph break.
+    """
+    return frozenset(
+        device
+        for device, key in (("cpu", "CPU"), ("cuda", "CUDA"))
+        if torch._C._dispatch_has_kernel_for_dispatch_key("fastopt::group_norm_fwd", key)
+    )
+
+
+_KERNEL_DEVICES = _devices_with_kernels()
+
+
+def has_kernel(input: Tensor) -> bool:
+    """Whether fastopt's fused kernels serve ``input``'s device.
+
+    The GroupNorm family has no CUDA kernels yet; on such devices the modules
+    and functions run torch's implementation instead, so that a model (or one
+    converted by :func:`fastopt.nn.convert`) keeps working when moved there.
+    """
+    return input.device.type in _KERNEL_DEVICES
 
 
 def check_activation(activation: Optional[str]) -> Optional[str]:
@@ -44,6 +71,8 @@ def group_norm(
     input's memory format.
     """
     code = _ACTIVATIONS[check_activation(activation)]
+    if not has_kernel(input):
+        return _TORCH_ACTIVATIONS[activation](torch.nn.functional.group_norm(input, num_groups, weight, bias, eps))
     return torch.ops.fastopt.group_norm_fwd(input, weight, bias, num_groups, eps, code)[0]
 
 
@@ -62,6 +91,8 @@ def layer_norm(
             f"Given normalized_shape={list(shape)}, expected input with shape [*, "
             f"{', '.join(str(s) for s in shape)}], but got input of size {list(input.shape)}"
         )
+    if not has_kernel(input):
+        return torch.nn.functional.layer_norm(input, shape, weight, bias, eps)
     rows = input.reshape(-1, math.prod(shape))
     y = torch.ops.fastopt.group_norm_fwd(rows, weight, bias, 1, eps, 0)[0]
     return y.view(input.shape)

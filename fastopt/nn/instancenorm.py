@@ -11,14 +11,16 @@ import torch
 from torch import Tensor
 
 from . import functional as F
+from ._norm_functional import has_kernel
 
 
 class _FusedInstanceNorm:
     """Mixin that replaces ``_InstanceNorm._apply_instance_norm``."""
 
     def _apply_instance_norm(self, input: Tensor) -> Tensor:
-        if not (self.training or not self.track_running_stats):
-            # Normalizing with the running estimates is a per-channel affine map.
+        if not (self.training or not self.track_running_stats) or not has_kernel(input):
+            # Normalizing with the running estimates is a per-channel affine
+            # map; and where fastopt has no kernel for the device, torch runs.
             return super()._apply_instance_norm(input)
         torch.nn.functional._verify_spatial_size(input.size())  # torch's ValueError
         y, mean, rstd = F.instance_norm(input, self.weight, self.bias, self.eps)
