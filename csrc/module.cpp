@@ -7,6 +7,7 @@
 #include <string>
 
 #include "cpu/isa.h"
+#include "cpu/output_cache.h"
 
 namespace py = pybind11;
 
@@ -49,4 +50,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         fastopt::cpu::set_isa(isa);
       },
       "Select the CPU kernel variant ('default', 'avx2' or 'avx512'); for tests and benchmarks.");
+  m.def("_set_cpu_cache_limit", [](size_t bytes) { fastopt::cpu::set_output_cache_limit(bytes); });
+  m.def("_empty_cpu_cache", [] { fastopt::cpu::empty_output_cache(); });
+  m.def("_cpu_cache_stats", [] {
+    const fastopt::cpu::OutputCacheStats s = fastopt::cpu::output_cache_stats();
+    py::dict d;
+    d["cached_bytes"] = s.cached_bytes;
+    d["limit_bytes"] = s.limit_bytes;
+    d["hits"] = s.hits;
+    d["misses"] = s.misses;
+    return d;
+  });
 }

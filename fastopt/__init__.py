@@ -17,7 +17,20 @@ from . import nn, optim  # noqa: E402
 from .optim import EMA, SGD, Adagrad, Adam, AdamW, RMSprop  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["EMA", "SGD", "Adagrad", "Adam", "AdamW", "RMSprop", "build_info", "nn", "optim"]
+__all__ = [
+    "EMA",
+    "SGD",
+    "Adagrad",
+    "Adam",
+    "AdamW",
+    "RMSprop",
+    "build_info",
+    "cpu_cache_stats",
+    "empty_cpu_cache",
+    "nn",
+    "optim",
+    "set_cpu_cache_limit",
+]
 
 
 def build_info() -> dict[str, Any]:
@@ -29,3 +42,26 @@ def build_info() -> dict[str, Any]:
     extension was compiled against).
     """
     return dict(_C.build_info())
+
+
+# The CPU output cache (csrc/cpu/output_cache.h): large outputs of fastopt's
+# CPU ops (dropout, normalization) reuse freed blocks instead of page-faulting
+# fresh memory every step, as CUDA's caching allocator does for device memory.
+
+
+def set_cpu_cache_limit(megabytes: int) -> None:
+    """Cap the memory the CPU output cache may hold (default 1024 MB, or
+    ``FASTOPT_CPU_CACHE_MB``); 0 disables caching. Trims the cache at once."""
+    if megabytes < 0:
+        raise ValueError(f"megabytes must be >= 0, got {megabytes}")
+    _C._set_cpu_cache_limit(int(megabytes) << 20)
+
+
+def empty_cpu_cache() -> None:
+    """Return every cached CPU block to the system (like ``torch.cuda.empty_cache``)."""
+    _C._empty_cpu_cache()
+
+
+def cpu_cache_stats() -> dict[str, int]:
+    """``cached_bytes``, ``limit_bytes``, and the ``hits`` and ``misses`` of cacheable allocations."""
+    return dict(_C._cpu_cache_stats())

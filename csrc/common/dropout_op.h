@@ -66,12 +66,16 @@ DropoutInputs check_dropout_bits_args(const char* op, const at::Tensor& grad,
 using DropoutRunFn = void (*)(const DropoutInputs&, const at::Tensor& seed, double p,
                               const at::Tensor& out);
 
-template <DropoutRunFn RUN, c10::DeviceType DEVICE>
+// How a backend allocates an output like x (the CPU caches large blocks,
+// see cpu/output_cache.h).
+using DropoutAllocFn = at::Tensor (*)(const at::Tensor& like);
+
+template <DropoutRunFn RUN, DropoutAllocFn EMPTY_LIKE, c10::DeviceType DEVICE>
 struct DropoutOps {
   static at::Tensor dropout(const at::Tensor& x, const at::Tensor& seed, double p, int64_t group) {
     const DropoutInputs in =
         check_dropout_args("fastopt.dropout", x, seed, p, group, nullptr, c10::nullopt, DEVICE);
-    at::Tensor out = at::empty_like(in.x);
+    at::Tensor out = EMPTY_LIKE(in.x);
     RUN(in, seed, p, out);
     return out;
   }
@@ -89,7 +93,7 @@ struct DropoutOps {
                                                          const at::Tensor& seed, double p) {
     DropoutInputs in =
         check_dropout_args("fastopt.dropout_bits", x, seed, p, 1, nullptr, c10::nullopt, DEVICE);
-    at::Tensor out = at::empty_like(in.x);
+    at::Tensor out = EMPTY_LIKE(in.x);
     in.bits_out = at::empty({dropout_mask_bytes(in.x.numel())}, x.options().dtype(at::kByte));
     RUN(in, seed, p, out);
     return {out, in.bits_out};
@@ -99,7 +103,7 @@ struct DropoutOps {
   static at::Tensor dropout_from_bits(const at::Tensor& grad, const at::Tensor& bits, double p) {
     const DropoutInputs in =
         check_dropout_bits_args("fastopt.dropout_from_bits", grad, bits, p, DEVICE);
-    at::Tensor out = at::empty_like(in.x);
+    at::Tensor out = EMPTY_LIKE(in.x);
     RUN(in, at::Tensor(), p, out);
     return out;
   }
@@ -109,7 +113,7 @@ struct DropoutOps {
                                 double p) {
     const DropoutInputs in =
         check_dropout_args("fastopt.dropout_add", x, seed, p, 1, &residual, bias, DEVICE);
-    at::Tensor out = at::empty_like(in.x);
+    at::Tensor out = EMPTY_LIKE(in.x);
     RUN(in, seed, p, out);
     return out;
   }

@@ -7,6 +7,7 @@
 #include "common/philox.h"
 #include "cpu/kernels/dropout_kernel.h"
 #include "cpu/multi_tensor_apply.h"
+#include "cpu/output_cache.h"
 
 namespace fastopt::cpu {
 namespace {
@@ -51,7 +52,7 @@ void run_dropout(const DropoutInputs& in, const at::Tensor& seed, double p, cons
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastopt, CPU, m) {
-  using Ops = DropoutOps<run_dropout, c10::DeviceType::CPU>;
+  using Ops = DropoutOps<run_dropout, &empty_output_like, c10::DeviceType::CPU>;
   m.impl("dropout", &Ops::dropout);
   m.impl("dropout_", &Ops::dropout_);
   m.impl("dropout_add", &Ops::dropout_add);

@@ -18,6 +18,7 @@
 #include <tuple>
 
 #include "cpu/kernels/group_norm_kernel.h"
+#include "cpu/output_cache.h"
 
 namespace fastopt::cpu {
 namespace {
@@ -141,7 +142,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_fwd_cpu(
   const GroupNormConfig cfg{x.scalar_type(), shape.C, shape.S, shape.G, shape.channels_last,
                             activation_of(kOp, activation), eps};
 
-  at::Tensor y = at::empty_like(x);  // keeps x's (dense) strides
+  at::Tensor y = empty_output_like(x);  // keeps x's (dense) strides
   at::Tensor mean = at::empty({shape.N, shape.G}, x.options().dtype(opmath));
   at::Tensor rstd = at::empty({shape.N, shape.G}, x.options().dtype(opmath));
   if (x.numel() == 0) return {y, mean.zero_(), rstd.zero_()};
@@ -179,7 +180,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_bwd_cpu(
   // dy in x's layout: a copy only when autograd hands over another layout.
   at::Tensor dy = grad_out.to(x.scalar_type());
   if (shape.channels_last ? !is_channels_last(dy) : !dy.is_contiguous()) {
-    dy = at::empty_like(x).copy_(dy);
+    dy = empty_output_like(x).copy_(dy);
   }
   const c10::ScalarType opmath = at::toOpMathType(x.scalar_type());
   TORCH_CHECK(mean.numel() == shape.N * shape.G && rstd.numel() == shape.N * shape.G, kOp,
@@ -191,7 +192,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_bwd_cpu(
   const GroupNormConfig cfg{x.scalar_type(), shape.C, shape.S, shape.G, shape.channels_last,
                             activation_of(kOp, activation), 0.0};
 
-  at::Tensor dx = at::empty_like(x);
+  at::Tensor dx = empty_output_like(x);
   const int64_t blocks = std::max<int64_t>(1, std::min(shape.N, kBlocks));
   // Per block: [dgamma | dbeta] partial sums, then the kernel's scratch. Each
   // block zeroes its own partials on its first sample, inside the parallel

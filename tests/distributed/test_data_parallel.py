@@ -7,6 +7,7 @@ one process training on the whole batch with torch.optim.
 
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 import tempfile
@@ -49,7 +50,16 @@ def _train(model: torch.nn.Module, opt: torch.optim.Optimizer, shard: slice) -> 
 
 
 def _worker(rank: int, port: int, mode: str, index: int, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE)
+    # A bounded timeout: should a peer die (or another test run grab the
+    # port between _free_port and here), the survivor fails instead of
+    # waiting out gloo's 30-minute default.
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=WORLD_SIZE,
+        timeout=datetime.timedelta(seconds=120),
+    )
     try:
         fastopt_cls, _, hyper = OPTIMIZERS[index]
         model = DistributedDataParallel(_model())
