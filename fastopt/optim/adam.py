@@ -39,6 +39,10 @@ class Adam(FusedOptimizer, torch.optim.Adam):
         differentiable: bool = False,
         fused: bool | None = None,
         decoupled_weight_decay: bool = False,
+        max_grad_norm: float | None = None,
+        skip_nonfinite: bool = False,
+        master_weights: bool = False,
+        stochastic_rounding: bool = False,
     ) -> None:
         reject_differentiable(type(self).__name__, differentiable)
         # torch's own constructor: its validation, defaults and messages.
@@ -58,11 +62,24 @@ class Adam(FusedOptimizer, torch.optim.Adam):
             decoupled_weight_decay=decoupled_weight_decay,
         )
         self._step_supports_amp_scaling = True
+        self._init_extensions(
+            max_grad_norm=max_grad_norm,
+            skip_nonfinite=skip_nonfinite,
+            master_weights=master_weights,
+            stochastic_rounding=stochastic_rounding,
+        )
 
     def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
         if group["amsgrad"]:
             return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
         return ("exp_avg", "exp_avg_sq")
+
+    def _hparam_row(self, group: dict[str, Any]) -> list[float] | None:
+        beta1, beta2 = group["betas"]
+        return [float(group["lr"]), float(beta1), float(beta2), float(group["weight_decay"]), float(group["eps"])]
+
+    def _layout_keys(self, group: dict[str, Any]) -> tuple[Any, ...]:
+        return (bool(group["amsgrad"]), bool(group["maximize"]), bool(group["decoupled_weight_decay"]))
 
     def _update(
         self,
@@ -93,6 +110,7 @@ class Adam(FusedOptimizer, torch.optim.Adam):
             grad_scale=grad_scale,
             found_inf=found_inf,
             update_norms=update_norms,
+            **bucket.extra_args(),
         )
 
 
@@ -116,6 +134,10 @@ class AdamW(Adam, torch.optim.AdamW):
         capturable: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
+        max_grad_norm: float | None = None,
+        skip_nonfinite: bool = False,
+        master_weights: bool = False,
+        stochastic_rounding: bool = False,
     ) -> None:
         super().__init__(
             params,
@@ -130,4 +152,8 @@ class AdamW(Adam, torch.optim.AdamW):
             differentiable=differentiable,
             fused=fused,
             decoupled_weight_decay=True,
+            max_grad_norm=max_grad_norm,
+            skip_nonfinite=skip_nonfinite,
+            master_weights=master_weights,
+            stochastic_rounding=stochastic_rounding,
         )

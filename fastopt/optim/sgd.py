@@ -49,6 +49,10 @@ class SGD(FusedOptimizer, torch.optim.SGD):
         foreach: bool | None = None,
         differentiable: bool = False,
         fused: bool | None = None,
+        max_grad_norm: float | None = None,
+        skip_nonfinite: bool = False,
+        master_weights: bool = False,
+        stochastic_rounding: bool = False,
     ) -> None:
         reject_differentiable(type(self).__name__, differentiable)
         # torch's own constructor: its validation, defaults and messages.
@@ -66,9 +70,22 @@ class SGD(FusedOptimizer, torch.optim.SGD):
             fused=fused,
         )
         self._step_supports_amp_scaling = True
+        self._init_extensions(
+            max_grad_norm=max_grad_norm,
+            skip_nonfinite=skip_nonfinite,
+            master_weights=master_weights,
+            stochastic_rounding=stochastic_rounding,
+        )
 
     def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
         return ("momentum_buffer",) if group["momentum"] != 0 else ()
+
+    def _hparam_row(self, group: dict[str, Any]) -> list[float] | None:
+        return [float(group["lr"]), float(group["momentum"]), float(group["dampening"]), float(group["weight_decay"])]
+
+    def _layout_keys(self, group: dict[str, Any]) -> tuple[Any, ...]:
+        # momentum == 0 means no buffers at all: a different list layout.
+        return (group["momentum"] != 0, bool(group["nesterov"]), bool(group["maximize"]))
 
     def _update(
         self,
@@ -94,4 +111,5 @@ class SGD(FusedOptimizer, torch.optim.SGD):
             grad_scale=grad_scale,
             found_inf=found_inf,
             update_norms=update_norms,
+            **bucket.extra_args(),
         )
