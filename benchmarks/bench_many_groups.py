@@ -10,7 +10,7 @@ groups, interleaved in one run, with the usual figures: median time, achieved
 GB/s of the minimal traffic (param, exp_avg, exp_avg_sq read and written,
 grad read: 7 arrays) and its fraction of an in-place triad timed alongside.
 
-Run: ``PYTHONPATH=. python benchmarks/bench_many_groups.py [--device cpu|cuda]``.
+Run: ``PYTHONPATH=. python benchmarks/bench_many_groups.py [--quick] [--device cpu|cuda]``.
 """
 
 from __future__ import annotations
@@ -65,9 +65,18 @@ def make_groups(shapes: list[tuple[int, ...]], device: torch.device) -> list[dic
 OptimizerFactory = Callable[[list[dict]], torch.optim.Optimizer]
 
 
+class PerGroupAdam(fastopt.optim.Adam):
+    """fastopt's Adam with one op call per param group, as before the
+    hyperparameter table: isolates what merging the groups buys."""
+
+    def _hparam_row(self, group: dict) -> None:
+        return None
+
+
 def contenders(device: torch.device) -> dict[str, OptimizerFactory]:
     out: dict[str, OptimizerFactory] = {
         "fastopt": lambda g: fastopt.optim.Adam(g, weight_decay=0.01),
+        "fastopt, call per group": lambda g: PerGroupAdam(g, weight_decay=0.01),
         "torch fused": lambda g: torch.optim.Adam(g, weight_decay=0.01, fused=True),
         "torch foreach": lambda g: torch.optim.Adam(g, weight_decay=0.01, foreach=True),
         "torch for-loop": lambda g: torch.optim.Adam(g, weight_decay=0.01, foreach=False),
@@ -122,19 +131,28 @@ def run_layout(name: str, shapes, triad: Triad, device: torch.device, reps: int,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--reps", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument("--reps", type=int, default=None, help="timed steps per contender")
+    parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--layouts", nargs="*", default=list(LAYOUTS))
+    # On a loaded machine, every parallel region waits for a busy core, which
+    # taxes a per-group loop of calls far more than one call; --threads 1
+    # shows the per-call overhead without that noise.
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results"))
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    reps = args.reps if args.reps is not None else (5 if args.quick else 20)
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
 
     triad = Triad(device)
     bandwidth = measure_bandwidth(triad, device, reps=10)
     print(f"{environment(device)}\ntriad {bandwidth.triad_gbps:.1f} GB/s")
     records = []
     for name in args.layouts:
-        records += run_layout(name, LAYOUTS[name], triad, device, args.reps, args.warmup)
+        records += run_layout(name, LAYOUTS[name], triad, device, reps, warmup)
     rows = [
         [
             r["layout"],
@@ -153,7 +171,13 @@ def main() -> None:
             rows,
         )
     )
-    payload = {"environment": environment(device), "bandwidth": bandwidth, "results": records}
+    payload = {
+        "environment": environment(device),
+        "bandwidth": bandwidth,
+        "reps": reps,
+        "quick": args.quick,
+        "results": records,
+    }
     print("wrote", write_json(Path(args.out), "many-groups", device, payload))
 
 

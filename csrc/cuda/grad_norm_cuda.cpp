@@ -57,7 +57,7 @@ std::tuple<at::Tensor, at::Tensor> grad_norm_cuda(at::TensorList grads, double n
     launch_grad_norm(launch, stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  launch_grad_norm_finish(kind, norm_type, acc.const_data_ptr<double>(), norm.data_ptr(),
+  launch_grad_norm_finish(kind, norm_type, acc.const_data_ptr<double>(), norm.mutable_data_ptr(),
                           out_dtype == at::kDouble, nonfinite.mutable_data_ptr<float>(), stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {norm, nonfinite};

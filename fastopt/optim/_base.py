@@ -53,16 +53,6 @@ class Bucket:
     # whose hyperparameters are the op's scalar arguments.
     hparams: Tensor | None = None
 
-    def extend(self, other: Bucket) -> None:
-        """Append ``other``'s tensors (another group's, of the same layout)."""
-        self.sources += other.sources
-        self.params += other.params
-        self.grads += other.grads
-        self.steps += other.steps
-        self.copies += other.copies
-        for k, v in other.state.items():
-            self.state[k] += v
-
     def extra_args(self) -> dict[str, Any]:
         """The op arguments every optimizer op shares beyond its own."""
         args: dict[str, Any] = {"param_copies": self.copies or None, "rounding_seed": self.rounding_seed}
@@ -270,53 +260,92 @@ class FusedOptimizer(torch.optim.Optimizer):
         """
         raise NotImplementedError
 
-    def _buckets(self, group: dict[str, Any]) -> dict[tuple[Any, ...], Bucket]:
-        keys = self._state_keys(group)
+    def _buckets(self) -> list[tuple[dict[str, Any], Bucket]]:
+        """The tensors with gradients, in buckets of one op call each.
+
+        A bucket holds the tensors of one (device, dtype, master weights, new
+        state) layout. On the CPU, the tensors of every param group whose
+        _layout_keys agree share one bucket, with a per-tensor hyperparameter
+        table (NOTE: [hyperparameter table]): hundreds of param groups (a
+        learning rate per layer) then cost one op call, not hundreds. CUDA
+        buckets stay per group, as the CUDA kernels read hyperparameters from
+        kernel arguments. Each bucket comes with the group whose options the
+        op call reads. State is initialised here, lazily.
+        """
         # torch never touches self.state for a parameter without state (SGD
         # without momentum), so its state_dict stays empty; so does ours.
-        has_state = bool(keys) or self._has_step_counter or getattr(self, "master_weights", False)
-        buckets: dict[tuple[Any, ...], Bucket] = {}
+        masters_on = getattr(self, "master_weights", False)
         has_step = self._has_step_counter
-        for p in group["params"]:
-            grad = p.grad
-            if grad is None:
-                continue
-            if grad.is_sparse:
-                raise RuntimeError(
-                    f"{type(self).__name__} does not support sparse gradients"
+        new_state_in_op = self._new_state_in_op
+        buckets: dict[tuple[Any, ...], tuple[dict[str, Any], Bucket]] = {}
+        rows: dict[tuple[Any, ...], list[list[float]]] = {}
+        for group in self.param_groups:
+            keys = self._state_keys(group)
+            has_state = bool(keys) or has_step or masters_on
+            row: list[float] | None = None
+            layout: tuple[Any, ...] | None = None
+            for p in group["params"]:
+                grad = p.grad
+                if grad is None:
+                    continue
+                if grad.is_sparse:
+                    raise RuntimeError(
+                        f"{type(self).__name__} does not support sparse gradients"
+                    )
+                state = self.state[p] if has_state else {}
+                new_state = has_state and len(state) == 0
+                if new_state:
+                    self._init_state(group, p, state)
+                master = masters_on and p.dtype in LOW_PRECISION
+                if master:
+                    self._ensure_master_state(group, p, state)
+                # This loop runs for every parameter on every step, so it asks
+                # is_complex once rather than per tensor (see _as_real).
+                as_real = torch.view_as_real if p.is_complex() else _identity
+                real = as_real(p)
+                device = p.device
+                merge = device.type == "cpu"
+                if merge and layout is None:
+                    row = self._hparam_row(group)
+                    layout = self._layout_keys(group)
+                merge = merge and row is not None
+                key = (
+                    device,
+                    real.dtype,
+                    master,
+                    new_state and new_state_in_op,
+                    layout if merge else id(group),
                 )
-            state = self.state[p] if has_state else {}
-            new_state = has_state and len(state) == 0
-            if new_state:
-                self._init_state(group, p, state)
-            master = self._uses_master(p)
-            if master:
-                self._ensure_master_state(group, p, state)
-            # This loop runs for every parameter on every step, so it asks
-            # is_complex once rather than per tensor (see _as_real).
-            as_real = torch.view_as_real if p.is_complex() else _identity
-            real = as_real(p)
-            key = (p.device, real.dtype, master, new_state and self._new_state_in_op)
-            bucket = buckets.get(key)
-            if bucket is None:
-                bucket = buckets[key] = Bucket(state={k: [] for k in keys}, new_state=key[3])
-            bucket.sources.append(p)
-            if master:
-                bucket.params.append(state["master_param"])
-                bucket.copies.append(p)
-            else:
-                bucket.params.append(real)
-            bucket.grads.append(as_real(grad))
-            if has_step:
-                step = state["step"]
-                if step.is_cpu != p.is_cpu:
-                    # A torch checkpoint keeps CUDA step counters on the CPU;
-                    # fastopt's CUDA update reads them on the device.
-                    step = state["step"] = step.to(device=p.device, dtype=torch.float32)
-                bucket.steps.append(step)
-            for k in keys:
-                bucket.state[k].append(as_real(state[k]))
-        return buckets
+                entry = buckets.get(key)
+                if entry is None:
+                    entry = buckets[key] = (group, Bucket(state={k: [] for k in keys}, new_state=key[3]))
+                    if merge:
+                        rows[key] = []
+                bucket = entry[1]
+                if merge:
+                    rows[key].append(row)
+                bucket.sources.append(p)
+                if master:
+                    bucket.params.append(state["master_param"])
+                    bucket.copies.append(p)
+                else:
+                    bucket.params.append(real)
+                bucket.grads.append(as_real(grad))
+                if has_step:
+                    step = state["step"]
+                    if step.is_cpu != p.is_cpu:
+                        # A torch checkpoint keeps CUDA step counters on the CPU;
+                        # fastopt's CUDA update reads them on the device.
+                        step = state["step"] = step.to(device=device, dtype=torch.float32)
+                    bucket.steps.append(step)
+                for k in keys:
+                    bucket.state[k].append(as_real(state[k]))
+        for key, bucket_rows in rows.items():
+            first = bucket_rows[0]
+            # One group's tensors (or groups that agree) keep the scalar arguments.
+            if any(r is not first and r != first for r in bucket_rows):
+                buckets[key][1].hparams = torch.tensor(bucket_rows, dtype=torch.float64)
+        return list(buckets.values())
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -334,9 +363,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         found_inf: Tensor | None = getattr(self, "found_inf", None)
         # Every bucket of every group first: the global gradient norm (for
         # clipping and skipping) must be known before any update.
-        work = self._merge_groups(
-            [(group, key, bucket) for group in self.param_groups for key, bucket in self._buckets(group).items()]
-        )
+        work = self._buckets()
         if work:
             grad_scale, found_inf = self._clip_and_skip(work, grad_scale, found_inf)
         on_device: dict[tuple[int, torch.device], Tensor] = {}
@@ -384,41 +411,6 @@ class FusedOptimizer(torch.optim.Optimizer):
         other hyperparameter goes into the per-tensor table.
         """
         return ()
-
-    def _merge_groups(
-        self, work: list[tuple[dict[str, Any], tuple[Any, ...], Bucket]]
-    ) -> list[tuple[dict[str, Any], Bucket]]:
-        """One bucket per (layout, device, dtype) across all param groups.
-
-        With hundreds of param groups (a learning rate per layer), one op call
-        per group would make the step cost hundreds of calls; instead each
-        merged bucket carries a table of per-tensor hyperparameters. CUDA
-        buckets keep one call per group: the CUDA kernels read their
-        hyperparameters from kernel arguments, not from a table (yet).
-        """
-        if type(self)._hparam_row is FusedOptimizer._hparam_row:
-            return [(group, bucket) for group, _, bucket in work]
-        merged: dict[tuple[Any, ...], tuple[dict[str, Any], Bucket, list[list[float]]]] = {}
-        out: list[tuple[dict[str, Any], Bucket]] = []
-        for group, key, bucket in work:
-            if key[0].type != "cpu":
-                out.append((group, bucket))
-                continue
-            row = self._hparam_row(group)
-            rows = [row] * len(bucket.params)
-            mkey = (key, self._layout_keys(group))
-            entry = merged.get(mkey)
-            if entry is None:
-                merged[mkey] = (group, bucket, rows)
-            else:
-                entry[1].extend(bucket)
-                entry[2].extend(rows)
-        for group, bucket, rows in merged.values():
-            # A bucket of one group keeps the scalar arguments: no table needed.
-            if any(r is not rows[0] and r != rows[0] for r in rows):
-                bucket.hparams = torch.tensor(rows, dtype=torch.float64)
-            out.append((group, bucket))
-        return out
 
     def _clip_and_skip(
         self,

@@ -18,10 +18,16 @@ class Adam(FusedOptimizer, torch.optim.Adam):
     A drop-in for :class:`torch.optim.Adam` (and an instance of it): the same
     arguments, defaults, validation errors and ``state_dict`` layout, so a
     checkpoint loads in either direction. Every step is one op call per
-    (device, dtype) group of parameters. ``foreach`` and ``fused`` are accepted
+    (device, dtype) group of parameters; on the CPU one call also spans all
+    param groups that share amsgrad/maximize/AdamW. ``foreach`` and ``fused`` are accepted
     for compatibility and do not change the result; ``differentiable=True``
     is refused. Works with AMP's GradScaler: a step skipped for inf/NaN
     gradients leaves parameters and state, step counters included, unchanged.
+
+    Beyond torch's arguments it takes ``max_grad_norm``, ``skip_nonfinite``,
+    ``master_weights`` and ``stochastic_rounding`` (keyword-only, off by
+    default); see :meth:`FusedOptimizer._init_extensions` and
+    docs/mixed_precision.md.
     """
 
     def __init__(

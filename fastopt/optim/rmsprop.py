@@ -25,6 +25,11 @@ class RMSprop(FusedOptimizer, torch.optim.RMSprop):
     the result; ``differentiable=True`` is refused. Works with AMP's
     GradScaler: a step skipped for inf/NaN gradients leaves parameters and
     state, step counters included, unchanged.
+
+    Beyond torch's arguments it takes ``max_grad_norm``, ``skip_nonfinite``,
+    ``master_weights`` and ``stochastic_rounding`` (keyword-only, off by
+    default); see :meth:`FusedOptimizer._init_extensions` and
+    docs/mixed_precision.md.
     """
 
     def __init__(

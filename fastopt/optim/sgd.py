@@ -20,7 +20,7 @@ class SGD(FusedOptimizer, torch.optim.SGD):
     ``momentum_buffer`` per parameter when ``momentum != 0``, no state at all
     otherwise, and no step counter), so a checkpoint loads in either
     direction. Every step is one op call per (device, dtype) group of
-    parameters. ``foreach`` and ``fused`` are accepted for compatibility and do
+    parameters (on the CPU, across param groups). ``foreach`` and ``fused`` are accepted for compatibility and do
     not change the result; ``differentiable=True`` is refused.
 
     Works with AMP's GradScaler: a skipped step leaves parameters and buffers
@@ -31,6 +31,11 @@ class SGD(FusedOptimizer, torch.optim.SGD):
     the zeroed buffer as history (``buf = (1 - dampening) * grad``), where
     torch would start it at ``grad``; with ``dampening=0`` (the default) the
     two agree exactly.
+
+    Beyond torch's arguments it takes ``max_grad_norm``, ``skip_nonfinite``,
+    ``master_weights`` and ``stochastic_rounding`` (keyword-only, off by
+    default); see :meth:`FusedOptimizer._init_extensions` and
+    docs/mixed_precision.md.
     """
 
     _has_step_counter = False
