@@ -560,3 +560,35 @@ def test_opcheck_master_weights_and_rounding(device):
              is_first_step=False, rounding_seed=seed),  # fmt: skip
     )
 
+
+
+def test_stochastic_rounding_same_stream_on_every_kernel_variant():
+    """The baseline kernel rounds element by element, the SIMD ones in blocks of
+    Philox lanes: both must read the same word per element (NOTE: [rounding
+    stream]), so a run does not depend on the CPU it ran on."""
+    variants = ["default", "avx2", "avx512"]
+    best = variants.index(fastopt.build_info()["cpu_capability_best"])
+    previous = fastopt.build_info()["cpu_capability"]
+    results = []
+    try:
+        for isa in variants[: best + 1]:
+            fastopt._C._set_cpu_capability(isa)
+            torch.manual_seed(3)
+            # a tail, several chunks, and a master-weights copy as well
+            p = torch.nn.Parameter(torch.randn(70001, dtype=torch.bfloat16))
+            q = torch.nn.Parameter(torch.randn(333, dtype=torch.bfloat16))
+            # plain SGD: its float update rounds alike in every variant, so any
+            # difference would come from the rounding stream
+            opt = SGD([p], lr=1e-3, stochastic_rounding=True)
+            opt_m = SGD([q], lr=1e-3, stochastic_rounding=True, master_weights=True)
+            for _ in range(2):
+                p.grad = torch.randn_like(p)
+                q.grad = torch.randn_like(q)
+                opt.step()
+                opt_m.step()
+            results.append((p.detach().clone(), q.detach().clone()))
+    finally:
+        fastopt._C._set_cpu_capability(previous)
+    for other in results[1:]:
+        assert torch.equal(other[0], results[0][0])
+        assert torch.equal(other[1], results[0][1])
