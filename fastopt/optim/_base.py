@@ -187,9 +187,10 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     @staticmethod
     def _new_master(param: Tensor) -> Tensor:
-        return param.detach().to(torch.float32, memory_format=torch.preserve_format).clone(
-            memory_format=torch.preserve_format
-        )
+        # A dtype change always copies; preserve_format keeps a dense layout
+        # (channels_last, transposed) so that the op walks master and
+        # parameter as one flat array each, without temporaries.
+        return param.detach().to(torch.float32, memory_format=torch.preserve_format)
 
     def _ensure_master_state(self, group: dict[str, Any], param: Tensor, state: dict[str, Any]) -> None:
         """Masters for state that was loaded (e.g. from torch) or created without them."""
