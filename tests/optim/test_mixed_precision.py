@@ -39,6 +39,12 @@ OPTIMIZERS = [
 OPT_IDS = [o[0].__name__ for o in OPTIMIZERS]
 
 
+def cpu_only(device: str) -> None:
+    """Master weights and stochastic rounding have CPU kernels only so far."""
+    if device != "cpu":
+        pytest.skip("master weights and stochastic rounding are not implemented for CUDA yet")
+
+
 # --------------------------------------------------------------------------- grad_norm op
 
 
@@ -312,6 +318,7 @@ def _regression_run(dtype: torch.dtype, steps: int, device: str, **opt_kwargs):
 
 
 def test_master_weights_track_float32(device):
+    cpu_only(device)
     ref, _ = _regression_run(torch.float32, 100, device)
     plain, _ = _regression_run(torch.bfloat16, 100, device)
     mixed, opt = _regression_run(torch.bfloat16, 100, device, master_weights=True)
@@ -339,6 +346,7 @@ def test_master_weights_track_float32(device):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_master_weights_equal_float32_run(opt, dtype, device):
     """With the same gradients, the masters follow a float32 run exactly."""
+    cpu_only(device)
     ours_cls, ref_cls, config = opt
     names = ["scalar", "non_aligned", "transposed", "strided", "channels_last", "bias"]
     ref_params = make_params(device, torch.float32, names)
@@ -371,6 +379,7 @@ def test_master_weights_equal_float32_run(opt, dtype, device):
 
 
 def test_master_weights_leave_float32_params_alone(device):
+    cpu_only(device)
     p32 = torch.nn.Parameter(torch.randn(10, device=device))
     p16 = torch.nn.Parameter(torch.randn(10, device=device, dtype=torch.bfloat16))
     opt = Adam([p32, p16], master_weights=True)
@@ -381,6 +390,7 @@ def test_master_weights_leave_float32_params_alone(device):
 
 
 def test_master_weights_survive_save_and_load(device):
+    cpu_only(device)
     params = make_params(device, torch.bfloat16, ["non_aligned", "bias", "channels_last"])
     other = clone_params(params)
     grads = random_grads(params, 8)
@@ -411,6 +421,7 @@ def test_master_weights_survive_save_and_load(device):
 
 
 def test_torch_state_dict_creates_masters(device):
+    cpu_only(device)
     params = make_params(device, torch.bfloat16, ["non_aligned", "bias"])
     torch_opt = torch.optim.Adam(params, lr=1e-3, fused=True)
     for step_grads in random_grads(params, 2):
@@ -450,6 +461,7 @@ def test_master_weights_op_errors(device):
 
 def test_stochastic_rounding_is_unbiased(device):
     """Updates of a quarter bf16 ulp: round to nearest loses them all, SR keeps them on average."""
+    cpu_only(device)
     n = 1 << 18
     ulp = 2.0**-7  # bf16 spacing in [1, 2)
     lr = 0.25 * ulp
@@ -476,6 +488,7 @@ def test_stochastic_rounding_is_unbiased(device):
 
 def test_stochastic_rounding_single_step_probability(device):
     """One step of 0.3 ulp rounds up in 30% of elements, within 5 sigma, in every chunk position."""
+    cpu_only(device)
     n = 1_000_003  # a SIMD tail and several 64K chunks
     ulp = 2.0**-7
     p = torch.nn.Parameter(torch.ones(n, device=device, dtype=torch.bfloat16))
@@ -492,6 +505,7 @@ def test_stochastic_rounding_single_step_probability(device):
 
 
 def test_stochastic_rounding_reproducible(device):
+    cpu_only(device)
     def run():
         torch.manual_seed(5)
         p = torch.nn.Parameter(torch.randn(5000, device=device, dtype=torch.bfloat16))
@@ -506,6 +520,7 @@ def test_stochastic_rounding_reproducible(device):
 
 def test_stochastic_rounding_with_master_weights(device):
     """SR applies to the rounded copy; the master stays exact."""
+    cpu_only(device)
     p = torch.nn.Parameter(torch.ones(1 << 16, device=device, dtype=torch.bfloat16))
     opt = SGD([p], lr=0.25 * 2.0**-7, master_weights=True, stochastic_rounding=True)
     p.grad = -torch.ones_like(p)
@@ -522,6 +537,7 @@ def test_stochastic_rounding_rejects_float16():
 
 
 def test_stochastic_rounding_keeps_nan_and_inf(device):
+    cpu_only(device)
     p = torch.nn.Parameter(torch.tensor([math.nan, math.inf, -math.inf, 1.0] * 20, device=device, dtype=torch.bfloat16))
     opt = SGD([p], lr=0.001, stochastic_rounding=True)
     p.grad = torch.ones_like(p)
