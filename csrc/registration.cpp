@@ -4,6 +4,21 @@
 //
 // Mutating multi-tensor ops follow ATen's convention: a trailing underscore,
 // Tensor(x!)[] for every list the op writes, and no return value.
+//
+// Every optimizer op also takes param_copies and rounding_seed. With
+// param_copies (master weights), params are float32 masters, the state is
+// float32, grads have the copies' 16-bit dtype, and each updated master is
+// also written, rounded, to its copy in the same pass. rounding_seed (two
+// int64 Philox words) makes bfloat16 stores of the parameter (the copy, or the
+// param itself) round stochastically; see NOTE: [rounding stream].
+//
+// NOTE: [hyperparameter table]
+// hparams, when given, is a float64 CPU tensor with one row of
+// hyperparameters per tensor, which then replace the scalar arguments (lr,
+// betas, weight_decay, ...; each op lists its columns in common/*_op.h). It
+// lets one call update the tensors of many param groups, e.g. a learning rate
+// per layer, instead of one call per group. The boolean arguments (amsgrad,
+// maximize, nesterov, ...) still hold for the whole call. CPU only so far.
 #include <torch/library.h>
 
 TORCH_LIBRARY(fastopt, m) {
@@ -17,13 +32,17 @@ TORCH_LIBRARY(fastopt, m) {
       "Tensor(d!)[] exp_avg_sqs, Tensor(e!)[] max_exp_avg_sqs, Tensor(f!)[] state_steps, *, "
       "float lr, float beta1, float beta2, float weight_decay, float eps, bool amsgrad, "
       "bool maximize, bool decoupled_weight_decay, Tensor? grad_scale=None, "
-      "Tensor? found_inf=None, Tensor(g!)? update_norms=None) -> ()");
+      "Tensor? found_inf=None, Tensor(g!)? update_norms=None, "
+      "Tensor(h!)[]? param_copies=None, Tensor? rounding_seed=None, "
+      "Tensor? hparams=None) -> ()");
   m.def(
       "adam_.tensor_lr(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, "
       "Tensor(d!)[] exp_avg_sqs, Tensor(e!)[] max_exp_avg_sqs, Tensor(f!)[] state_steps, *, "
       "Tensor lr, float beta1, float beta2, float weight_decay, float eps, bool amsgrad, "
       "bool maximize, bool decoupled_weight_decay, Tensor? grad_scale=None, "
-      "Tensor? found_inf=None, Tensor(g!)? update_norms=None) -> ()");
+      "Tensor? found_inf=None, Tensor(g!)? update_norms=None, "
+      "Tensor(h!)[]? param_copies=None, Tensor? rounding_seed=None, "
+      "Tensor? hparams=None) -> ()");
 
   // RMSprop, plain, centered and/or with momentum, as torch.optim.RMSprop.
   // grad_avgs is empty unless centered, momentum_buffers empty unless
@@ -34,13 +53,17 @@ TORCH_LIBRARY(fastopt, m) {
       "Tensor(d!)[] grad_avgs, Tensor(e!)[] momentum_buffers, Tensor(f!)[] state_steps, *, "
       "float lr, float alpha, float eps, float weight_decay, float momentum, bool centered, "
       "bool maximize, Tensor? grad_scale=None, Tensor? found_inf=None, "
-      "Tensor(g!)? update_norms=None) -> ()");
+      "Tensor(g!)? update_norms=None, "
+      "Tensor(h!)[]? param_copies=None, Tensor? rounding_seed=None, "
+      "Tensor? hparams=None) -> ()");
   m.def(
       "rmsprop_.tensor_lr(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] square_avgs, "
       "Tensor(d!)[] grad_avgs, Tensor(e!)[] momentum_buffers, Tensor(f!)[] state_steps, *, "
       "Tensor lr, float alpha, float eps, float weight_decay, float momentum, bool centered, "
       "bool maximize, Tensor? grad_scale=None, Tensor? found_inf=None, "
-      "Tensor(g!)? update_norms=None) -> ()");
+      "Tensor(g!)? update_norms=None, "
+      "Tensor(h!)[]? param_copies=None, Tensor? rounding_seed=None, "
+      "Tensor? hparams=None) -> ()");
   // Exponential moving average of parameters (Polyak averaging):
   // shadow[i] = lerp(shadow[i], params[i], 1 - decay), rounded as
   // torch._foreach_lerp_(shadow, params, 1 - decay).
@@ -84,22 +107,36 @@ TORCH_LIBRARY(fastopt, m) {
       "sgd_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] momentum_buffers, *, "
       "float lr, float momentum, float dampening, float weight_decay, bool nesterov, "
       "bool maximize, bool is_first_step, Tensor? grad_scale=None, Tensor? found_inf=None, "
-      "Tensor(d!)? update_norms=None) -> ()");
+      "Tensor(d!)? update_norms=None, "
+      "Tensor(e!)[]? param_copies=None, Tensor? rounding_seed=None, "
+      "Tensor? hparams=None) -> ()");
   m.def(
       "sgd_.tensor_lr(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] momentum_buffers, *, "
       "Tensor lr, float momentum, float dampening, float weight_decay, bool nesterov, "
       "bool maximize, bool is_first_step, Tensor? grad_scale=None, Tensor? found_inf=None, "
-      "Tensor(d!)? update_norms=None) -> ()");
+      "Tensor(d!)? update_norms=None, "
+      "Tensor(e!)[]? param_copies=None, Tensor? rounding_seed=None, "
+      "Tensor? hparams=None) -> ()");
   // Adagrad. Increments each step counter by one, unless found_inf is set;
   // grad_scale and update_norms are as for adam_.
   m.def(
       "adagrad_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] state_sums, "
       "Tensor(d!)[] state_steps, *, float lr, float lr_decay, float weight_decay, float eps, "
       "bool maximize, Tensor? grad_scale=None, Tensor? found_inf=None, "
-      "Tensor(e!)? update_norms=None) -> ()");
+      "Tensor(e!)? update_norms=None, "
+      "Tensor(f!)[]? param_copies=None, Tensor? rounding_seed=None, "
+      "Tensor? hparams=None) -> ()");
   m.def(
       "adagrad_.tensor_lr(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] state_sums, "
       "Tensor(d!)[] state_steps, *, Tensor lr, float lr_decay, float weight_decay, float eps, "
       "bool maximize, Tensor? grad_scale=None, Tensor? found_inf=None, "
-      "Tensor(e!)? update_norms=None) -> ()");
+      "Tensor(e!)? update_norms=None, "
+      "Tensor(f!)[]? param_copies=None, Tensor? rounding_seed=None, "
+      "Tensor? hparams=None) -> ()");
+  // The p-norm of all gradients together, as torch.nn.utils.clip_grad_norm_
+  // computes it (the norm of the per-tensor norms), in float32 (float64 when
+  // any gradient is float64), and a float32 flag: 1 when any element of any
+  // gradient is inf or NaN, else 0. Both are 0-dim tensors on the grads'
+  // device; nothing is read back to the host. An empty list has norm 0.
+  m.def("grad_norm(Tensor[] grads, float norm_type=2.0) -> (Tensor total_norm, Tensor nonfinite)");
 }

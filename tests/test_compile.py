@@ -57,6 +57,8 @@ def test_compiled_training_step_matches_eager(device):
     "cls,config",
     [
         (AdamW, {}),
+        # global clipping and the inf/NaN skip trace too (norm op, device scalars)
+        (AdamW, {"max_grad_norm": 0.1, "skip_nonfinite": True}),
         (RMSprop, {}),
         (RMSprop, {"centered": True, "momentum": 0.9, "weight_decay": 0.1}),
         (SGD, {"momentum": 0.9, "nesterov": True}),

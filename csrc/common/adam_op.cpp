@@ -7,7 +7,7 @@ namespace fastopt {
 void check_adam_args(const AdamArgs& a, c10::DeviceType device) {
   constexpr const char* op = "fastopt.adam_";
   check_tensor_lists(op, {{"params", a.params, true},
-                          {"grads", a.grads, true},
+                          {"grads", a.grads, true, !a.param_copies.empty()},
                           {"exp_avgs", a.exp_avgs, true},
                           {"exp_avg_sqs", a.exp_avg_sqs, true},
                           {"max_exp_avg_sqs", a.max_exp_avg_sqs, true}});
@@ -22,6 +22,8 @@ void check_adam_args(const AdamArgs& a, c10::DeviceType device) {
 
   check_optimizer_args(op, a.params, a.state_steps, device, a.lr_tensor, a.grad_scale,
                        a.found_inf);
+  check_param_storage(op, a.params, a.grads, a.param_copies, a.rounding_seed);
+  check_hparams(op, a.hparams, a.params.size(), 5);
 }
 
 }  // namespace fastopt

@@ -5,6 +5,8 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Optional.h>
 
+#include "common/tensor_lists.h"
+
 namespace fastopt {
 
 struct AdamArgs {
@@ -28,6 +30,17 @@ struct AdamArgs {
   // [num_tensors, 2] float64 output: per tensor, the sum of squared updates
   // and of squared params before the step (see FusedOptimizer.update_ratios).
   const c10::optional<at::Tensor>& update_norms;
+  // Master weights: the 16-bit parameters that receive the rounded update
+  // (params are then their float32 masters, and grads keep the 16-bit
+  // dtype); empty otherwise.
+  at::TensorList param_copies;
+  // Two int64 Philox words (NOTE: [rounding stream]) when bfloat16 stores
+  // round stochastically; otherwise they round to nearest.
+  const c10::optional<at::Tensor>& rounding_seed;
+  // Per-tensor hyperparameters, float64 [num_tensors, 5] with columns
+  // (lr, beta1, beta2, weight_decay, eps); when given they replace the scalar arguments
+  // (NOTE: [hyperparameter table]).
+  const c10::optional<at::Tensor>& hparams;
 };
 
 // Adapts a backend's `void impl(const AdamArgs&)` to the two op overloads
@@ -40,10 +53,14 @@ struct AdamOverloads {
                         double weight_decay, double eps, bool amsgrad, bool maximize,
                         bool decoupled_weight_decay, const c10::optional<at::Tensor>& grad_scale,
                         const c10::optional<at::Tensor>& found_inf,
-                        const c10::optional<at::Tensor>& update_norms) {
+                        const c10::optional<at::Tensor>& update_norms,
+                        std::optional<at::TensorList> param_copies,
+                        const c10::optional<at::Tensor>& rounding_seed,
+                        const c10::optional<at::Tensor>& hparams) {
     impl(AdamArgs{params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, nullptr,
                   beta1, beta2, weight_decay, eps, amsgrad, maximize, decoupled_weight_decay,
-                  grad_scale, found_inf, update_norms});
+                  grad_scale, found_inf, update_norms,
+                 list_or_empty(param_copies), rounding_seed, hparams});
   }
 
   static void tensor_lr(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
@@ -53,10 +70,14 @@ struct AdamOverloads {
                         bool maximize, bool decoupled_weight_decay,
                         const c10::optional<at::Tensor>& grad_scale,
                         const c10::optional<at::Tensor>& found_inf,
-                        const c10::optional<at::Tensor>& update_norms) {
+                        const c10::optional<at::Tensor>& update_norms,
+                        std::optional<at::TensorList> param_copies,
+                        const c10::optional<at::Tensor>& rounding_seed,
+                        const c10::optional<at::Tensor>& hparams) {
     impl(AdamArgs{params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, 0.0, &lr,
                   beta1, beta2, weight_decay, eps, amsgrad, maximize, decoupled_weight_decay,
-                  grad_scale, found_inf, update_norms});
+                  grad_scale, found_inf, update_norms,
+                 list_or_empty(param_copies), rounding_seed, hparams});
   }
 };
 

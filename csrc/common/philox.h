@@ -96,4 +96,35 @@ FASTOPT_HOST_DEVICE FASTOPT_INLINE uint32_t dropout_word(const DropoutKey& key, 
   return c[word];
 }
 
+// NOTE: [rounding stream]
+// Stochastic rounding of an optimizer step draws the same two int64 words as
+// dropout (key, offset; see dropout_key). Element j of tensor t of the op call
+// reads word j % 4 of
+//
+//   counter = (j / 4 as 64 bits, offset_lo + t, offset_hi)
+//
+// so every (step, tensor, element) gets its own word, whatever the thread
+// count, chunking or backend, and a CUDA thread that owns 4 consecutive
+// elements needs one Philox call.
+FASTOPT_HOST_DEVICE FASTOPT_INLINE void rounding_words(const DropoutKey& key, uint32_t tensor,
+                                                       uint64_t quad, uint32_t (&out)[4]) {
+  out[0] = static_cast<uint32_t>(quad);
+  out[1] = static_cast<uint32_t>(quad >> 32);
+  out[2] = key.o0 + tensor;
+  out[3] = key.o1;
+  philox4x32_10(out, key.k0, key.k1);
+}
+
+// float -> bfloat16 bits, rounded stochastically: the 16 bits that truncation
+// drops are added to a uniform 16-bit word first, so the result rounds away
+// from zero with probability (dropped bits) / 2^16 and the expected value is
+// the float itself. NaN stays NaN; values within one bf16 step of the largest
+// finite bf16 may round up to inf, as they should.
+FASTOPT_HOST_DEVICE FASTOPT_INLINE uint16_t bf16_bits_stochastic(uint32_t bits, uint32_t word) {
+  if ((bits & 0x7F800000u) == 0x7F800000u && (bits & 0x007FFFFFu) != 0u) {
+    return static_cast<uint16_t>((bits >> 16) | 0x0040u);  // a quiet NaN
+  }
+  return static_cast<uint16_t>((bits + (word & 0xFFFFu)) >> 16);
+}
+
 }  // namespace fastopt

@@ -7,7 +7,7 @@ namespace fastopt {
 void check_rmsprop_args(const RMSpropArgs& a, c10::DeviceType device) {
   constexpr const char* op = "fastopt.rmsprop_";
   check_tensor_lists(op, {{"params", a.params, true},
-                          {"grads", a.grads, true},
+                          {"grads", a.grads, true, !a.param_copies.empty()},
                           {"square_avgs", a.square_avgs, true},
                           {"grad_avgs", a.grad_avgs, true},
                           {"momentum_buffers", a.momentum_buffers, true}});
@@ -27,6 +27,8 @@ void check_rmsprop_args(const RMSpropArgs& a, c10::DeviceType device) {
   if (n == 0) return;
   check_optimizer_args(op, a.params, a.state_steps, device, a.lr_tensor, a.grad_scale,
                        a.found_inf);
+  check_param_storage(op, a.params, a.grads, a.param_copies, a.rounding_seed);
+  check_hparams(op, a.hparams, a.params.size(), 5);
 }
 
 }  // namespace fastopt

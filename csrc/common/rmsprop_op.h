@@ -5,6 +5,8 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Optional.h>
 
+#include "common/tensor_lists.h"
+
 namespace fastopt {
 
 struct RMSpropArgs {
@@ -26,6 +28,17 @@ struct RMSpropArgs {
   const c10::optional<at::Tensor>& found_inf;
   // [num_tensors, 2] float64 output, as for adam_ (see FusedOptimizer.update_ratios).
   const c10::optional<at::Tensor>& update_norms;
+  // Master weights: the 16-bit parameters that receive the rounded update
+  // (params are then their float32 masters, and grads keep the 16-bit
+  // dtype); empty otherwise.
+  at::TensorList param_copies;
+  // Two int64 Philox words (NOTE: [rounding stream]) when bfloat16 stores
+  // round stochastically; otherwise they round to nearest.
+  const c10::optional<at::Tensor>& rounding_seed;
+  // Per-tensor hyperparameters, float64 [num_tensors, 5] with columns
+  // (lr, alpha, eps, weight_decay, momentum); when given they replace the scalar arguments
+  // (NOTE: [hyperparameter table]).
+  const c10::optional<at::Tensor>& hparams;
 
   bool has_momentum() const { return momentum > 0.0; }
 };
@@ -40,10 +53,14 @@ struct RMSpropOverloads {
                         double weight_decay, double momentum, bool centered, bool maximize,
                         const c10::optional<at::Tensor>& grad_scale,
                         const c10::optional<at::Tensor>& found_inf,
-                        const c10::optional<at::Tensor>& update_norms) {
+                        const c10::optional<at::Tensor>& update_norms,
+                        std::optional<at::TensorList> param_copies,
+                        const c10::optional<at::Tensor>& rounding_seed,
+                        const c10::optional<at::Tensor>& hparams) {
     impl(RMSpropArgs{params, grads, square_avgs, grad_avgs, momentum_buffers, state_steps, lr,
                      nullptr, alpha, eps, weight_decay, momentum, centered, maximize, grad_scale,
-                     found_inf, update_norms});
+                     found_inf, update_norms,
+                 list_or_empty(param_copies), rounding_seed, hparams});
   }
 
   static void tensor_lr(at::TensorList params, at::TensorList grads, at::TensorList square_avgs,
@@ -52,10 +69,14 @@ struct RMSpropOverloads {
                         double eps, double weight_decay, double momentum, bool centered,
                         bool maximize, const c10::optional<at::Tensor>& grad_scale,
                         const c10::optional<at::Tensor>& found_inf,
-                        const c10::optional<at::Tensor>& update_norms) {
+                        const c10::optional<at::Tensor>& update_norms,
+                        std::optional<at::TensorList> param_copies,
+                        const c10::optional<at::Tensor>& rounding_seed,
+                        const c10::optional<at::Tensor>& hparams) {
     impl(RMSpropArgs{params, grads, square_avgs, grad_avgs, momentum_buffers, state_steps, 0.0,
                      &lr, alpha, eps, weight_decay, momentum, centered, maximize, grad_scale,
-                     found_inf, update_norms});
+                     found_inf, update_norms,
+                 list_or_empty(param_copies), rounding_seed, hparams});
   }
 };
 

@@ -5,6 +5,8 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Optional.h>
 
+#include "common/tensor_lists.h"
+
 namespace fastopt {
 
 struct SgdArgs {
@@ -21,7 +23,18 @@ struct SgdArgs {
   bool is_first_step;  // every buffer is new: it is set to the gradient
   const c10::optional<at::Tensor>& grad_scale;
   const c10::optional<at::Tensor>& found_inf;
-  const c10::optional<at::Tensor>& update_norms;  // see AdamArgs::update_norms
+  const c10::optional<at::Tensor>& update_norms;
+  // Master weights: the 16-bit parameters that receive the rounded update
+  // (params are then their float32 masters, and grads keep the 16-bit
+  // dtype); empty otherwise.
+  at::TensorList param_copies;
+  // Two int64 Philox words (NOTE: [rounding stream]) when bfloat16 stores
+  // round stochastically; otherwise they round to nearest.
+  const c10::optional<at::Tensor>& rounding_seed;
+  // Per-tensor hyperparameters, float64 [num_tensors, 4] with columns
+  // (lr, momentum, dampening, weight_decay); when given they replace the scalar arguments
+  // (NOTE: [hyperparameter table]).
+  const c10::optional<at::Tensor>& hparams;  // see AdamArgs::update_norms
 };
 
 // Adapts a backend's `void impl(const SgdArgs&)` to the two op overloads
@@ -33,9 +46,13 @@ struct SgdOverloads {
                         double dampening, double weight_decay, bool nesterov, bool maximize,
                         bool is_first_step, const c10::optional<at::Tensor>& grad_scale,
                         const c10::optional<at::Tensor>& found_inf,
-                        const c10::optional<at::Tensor>& update_norms) {
+                        const c10::optional<at::Tensor>& update_norms,
+                        std::optional<at::TensorList> param_copies,
+                        const c10::optional<at::Tensor>& rounding_seed,
+                        const c10::optional<at::Tensor>& hparams) {
     impl(SgdArgs{params, grads, momentum_buffers, lr, nullptr, momentum, dampening, weight_decay,
-                 nesterov, maximize, is_first_step, grad_scale, found_inf, update_norms});
+                 nesterov, maximize, is_first_step, grad_scale, found_inf, update_norms,
+                 list_or_empty(param_copies), rounding_seed, hparams});
   }
 
   static void tensor_lr(at::TensorList params, at::TensorList grads,
@@ -43,9 +60,13 @@ struct SgdOverloads {
                         double dampening, double weight_decay, bool nesterov, bool maximize,
                         bool is_first_step, const c10::optional<at::Tensor>& grad_scale,
                         const c10::optional<at::Tensor>& found_inf,
-                        const c10::optional<at::Tensor>& update_norms) {
+                        const c10::optional<at::Tensor>& update_norms,
+                        std::optional<at::TensorList> param_copies,
+                        const c10::optional<at::Tensor>& rounding_seed,
+                        const c10::optional<at::Tensor>& hparams) {
     impl(SgdArgs{params, grads, momentum_buffers, 0.0, &lr, momentum, dampening, weight_decay,
-                 nesterov, maximize, is_first_step, grad_scale, found_inf, update_norms});
+                 nesterov, maximize, is_first_step, grad_scale, found_inf, update_norms,
+                 list_or_empty(param_copies), rounding_seed, hparams});
   }
 };
 

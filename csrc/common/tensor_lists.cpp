@@ -25,9 +25,11 @@ void check_tensor_lists(const char* op, const std::vector<NamedList>& lists) {
       TORCH_CHECK(t.device() == ref.device(),
                   op, ": all tensors must be on one device, but ", list.name, "[", i, "] is on ",
                   t.device(), " and ", lists[0].name, "[0] is on ", ref.device());
-      TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), op,
+      const at::Tensor& dtype_ref = list.own_dtype ? list.tensors[0] : ref;
+      TORCH_CHECK_TYPE(t.scalar_type() == dtype_ref.scalar_type(), op,
                        ": all tensors must have one dtype, but ", list.name, "[", i, "] is ",
-                       t.scalar_type(), " and ", lists[0].name, "[0] is ", ref.scalar_type());
+                       t.scalar_type(), " and ", list.own_dtype ? list.name : lists[0].name,
+                       "[0] is ", dtype_ref.scalar_type());
       TORCH_CHECK(t.sizes() == first[i].sizes(), op, ": ", list.name, "[", i, "] has shape ",
                   t.sizes(), " but ", lists[0].name, "[", i, "] has shape ", first[i].sizes());
     }
@@ -72,6 +74,48 @@ void check_optimizer_args(const char* op, at::TensorList params,
   }
 }
 
+void check_param_storage(const char* op, at::TensorList params, at::TensorList grads,
+                         at::TensorList param_copies,
+                         const c10::optional<at::Tensor>& rounding_seed) {
+  if (!param_copies.empty()) {
+    check_tensor_lists(op, {{"params", params, true}, {"param_copies", param_copies, true, true}});
+    TORCH_CHECK(param_copies.size() == params.size(), op, ": param_copies has ",
+                param_copies.size(), " tensors but params has ", params.size());
+    TORCH_CHECK_TYPE(params[0].scalar_type() == at::kFloat, op,
+                     ": with param_copies (master weights), params must be float32 masters, got ",
+                     params[0].scalar_type());
+    const c10::ScalarType copy_dtype = param_copies[0].scalar_type();
+    TORCH_CHECK_TYPE(copy_dtype == at::kBFloat16 || copy_dtype == at::kHalf, op,
+                     ": param_copies must be bfloat16 or float16, got ", copy_dtype);
+    TORCH_CHECK_TYPE(grads.empty() || grads[0].scalar_type() == copy_dtype, op,
+                     ": with param_copies, grads must have the copies' dtype (", copy_dtype,
+                     "), got ", grads.empty() ? copy_dtype : grads[0].scalar_type());
+  }
+  if (rounding_seed.has_value()) {
+    const at::Tensor& seed = *rounding_seed;
+    TORCH_CHECK(seed.numel() == 2 && seed.scalar_type() == at::kLong, op,
+                ": rounding_seed must hold two int64 words, got ", seed.numel(), " ",
+                seed.scalar_type(), " elements");
+    const c10::ScalarType stored =
+        param_copies.empty() ? params[0].scalar_type() : param_copies[0].scalar_type();
+    TORCH_CHECK_TYPE(stored == at::kBFloat16, op,
+                     ": stochastic rounding (rounding_seed) needs bfloat16 parameters, got ",
+                     stored);
+  }
+}
+
+void check_hparams(const char* op, const c10::optional<at::Tensor>& hparams, size_t num_tensors,
+                   int64_t columns) {
+  if (!hparams.has_value()) return;
+  const at::Tensor& t = *hparams;
+  TORCH_CHECK(t.device().is_cpu(), op, ": hparams must be a CPU tensor, got one on ", t.device());
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kDouble, op, ": hparams must be float64, got ",
+                   t.scalar_type());
+  TORCH_CHECK(t.dim() == 2 && t.size(0) == static_cast<int64_t>(num_tensors) &&
+                  t.size(1) == columns,
+              op, ": hparams must have shape [", num_tensors, ", ", columns, "], got ", t.sizes());
+}
+
 namespace {
 
 bool same_dense_layout(const at::Tensor& t, const at::Tensor& ref) {
@@ -98,7 +142,9 @@ FlatTensorLists::FlatTensorLists(const std::vector<NamedList>& lists) : lists_(l
       } else {
         // A layout the kernels cannot walk as one flat array alongside the
         // others: compute on a copy in the reference layout instead.
-        at::Tensor tmp = p_dense ? at::empty_like(p) : at::empty_like(t, at::MemoryFormat::Contiguous);
+        // In t's own dtype: the grads of float32 masters are 16-bit.
+        at::Tensor tmp = p_dense ? at::empty_like(p, p.options().dtype(t.scalar_type()))
+                                 : at::empty_like(t, at::MemoryFormat::Contiguous);
         tmp.copy_(t);
         views_[l].push_back(std::move(tmp));
         temporaries_.emplace_back(l, i);

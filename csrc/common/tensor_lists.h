@@ -6,6 +6,7 @@
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/ArrayRef.h>
+#include <optional>
 
 #include <string>
 #include <vector>
@@ -17,6 +18,9 @@ struct NamedList {
   const char* name;
   at::TensorList tensors;
   bool written;  // the op writes this list, so a temporary must be copied back
+  // The list's tensors may have a dtype of their own (one for the whole list)
+  // instead of lists[0]'s: the 16-bit grads of float32 masters.
+  bool own_dtype = false;
 };
 
 // Checks a multi-tensor call: every list has the length of lists[0] (empty
@@ -43,6 +47,24 @@ void check_optimizer_args(const char* op, at::TensorList params,
                           const c10::optional<at::Tensor>& grad_scale,
                           const c10::optional<at::Tensor>& found_inf);
 
+// An optional tensor list argument (Tensor[]?) as a list, empty when absent.
+inline at::TensorList list_or_empty(const std::optional<at::TensorList>& list) {
+  return list.has_value() ? *list : at::TensorList();
+}
+
+// Checks the arguments that say how the params are stored. With param_copies
+// (master weights), params must be float32, and copies and grads one 16-bit
+// dtype, one copy per param with its shape, on its device. rounding_seed,
+// when given, holds two int64 words and needs bfloat16 params or copies.
+void check_param_storage(const char* op, at::TensorList params, at::TensorList grads,
+                         at::TensorList param_copies,
+                         const c10::optional<at::Tensor>& rounding_seed);
+
+// Checks a per-tensor hyperparameter table: a float64 CPU tensor of shape
+// [num_tensors, columns] (see NOTE: [hyperparameter table]).
+void check_hparams(const char* op, const c10::optional<at::Tensor>& hparams, size_t num_tensors,
+                   int64_t columns);
+
 // Gives kernels flat pointers. Each tensor index is viewed through one
 // layout: the tensors' own when they are all non-overlapping and dense with
 // equal strides (contiguous, channels_last, transposed, ...), otherwise a
@@ -63,6 +85,7 @@ class FlatTensorLists {
   // Whether list `l` was given (optional state lists may be empty).
   bool has_list(size_t l) const { return !views_[l].empty(); }
   int64_t numel(size_t i) const { return views_[0][i].numel(); }
+  size_t num_lists() const { return views_.size(); }
   size_t size() const { return views_[0].size(); }
 
   // Copies every temporary of a written list back into the caller's tensor.

@@ -22,23 +22,28 @@ void adagrad_cpu(const AdagradArgs& a) {
   check_supported_dtype("fastopt.adagrad_", dtype);
   const double lr = a.lr_tensor != nullptr ? read_scalar("lr", *a.lr_tensor) : a.lr;
   const bool unscale = a.grad_scale.has_value();
-  const AdagradKernelConfig cfg{dtype, a.maximize, a.weight_decay != 0.0, unscale,
+  enum Column : int { kLr = 0, kLrDecay, kWeightDecay, kEps };
+  const Hyperparams h(a.hparams, {lr, a.lr_decay, a.weight_decay, a.eps});
+  const AdagradKernelConfig cfg{dtype, a.maximize, h.any_nonzero(kWeightDecay, a.params.size()),
+                                unscale,
                                 unscale ? read_scalar("grad_scale", *a.grad_scale) : 1.0};
 
+  const ParamStorage storage = param_storage(a.grads, a.param_copies, a.rounding_seed);
   FlatTensorLists flat({{"params", a.params, true},
                         {"grads", a.grads, unscale},
-                        {"state_sums", a.state_sums, true}});
+                        {"state_sums", a.state_sums, true},
+                        {"param_copies", a.param_copies, true}});
   // Tensors lag behind each other when some got no gradient on some steps,
   // so every tensor has its own step and decayed lr.
   std::vector<AdagradCoeffs<double>> coeffs(a.params.size());
   for (size_t i = 0; i < coeffs.size(); ++i) {
     const double step = increment_step(a.state_steps[i]);
-    coeffs[i] = make_adagrad_coeffs(lr, a.lr_decay, a.weight_decay, a.eps, step);
+    coeffs[i] = make_adagrad_coeffs(h(i, kLr), h(i, kLrDecay), h(i, kWeightDecay), h(i, kEps), step);
   }
   const AdagradKernelFn kernel = adagrad_kernel();
   run_fused_step<3>(flat, a.update_norms, [&](size_t tensor, const AdagradChunk& chunk) {
     kernel(cfg, coeffs[tensor], chunk);
-  });
+  }, &storage);
 }
 
 }  // namespace

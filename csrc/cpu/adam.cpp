@@ -20,29 +20,35 @@ void adam_cpu(const AdamArgs& a) {
   check_supported_dtype("fastopt.adam_", dtype);
   const double lr = a.lr_tensor != nullptr ? read_scalar("lr", *a.lr_tensor) : a.lr;
   const bool unscale = a.grad_scale.has_value();
+  const size_t n = a.params.size();
+  enum Column : int { kLr = 0, kBeta1, kBeta2, kWeightDecay, kEps };
+  const Hyperparams h(a.hparams, {lr, a.beta1, a.beta2, a.weight_decay, a.eps});
   const AdamKernelConfig cfg{dtype,
                              a.decoupled_weight_decay,
                              a.maximize,
-                             a.weight_decay != 0.0,
+                             h.any_nonzero(kWeightDecay, n),
                              a.amsgrad,
                              unscale,
                              unscale ? read_scalar("grad_scale", *a.grad_scale) : 1.0};
 
+  const ParamStorage storage = param_storage(a.grads, a.param_copies, a.rounding_seed);
   FlatTensorLists flat({{"params", a.params, true},
                         {"grads", a.grads, unscale},
                         {"exp_avgs", a.exp_avgs, true},
                         {"exp_avg_sqs", a.exp_avg_sqs, true},
-                        {"max_exp_avg_sqs", a.max_exp_avg_sqs, true}});
+                        {"max_exp_avg_sqs", a.max_exp_avg_sqs, true},
+                        {"param_copies", a.param_copies, true}});
 
   std::vector<AdamScalars<double>> scalars(a.params.size());
   for (size_t i = 0; i < scalars.size(); ++i) {
     const double step = increment_step(a.state_steps[i]);
-    scalars[i] = make_adam_scalars<double>(lr, a.beta1, a.beta2, a.weight_decay, a.eps, step);
+    scalars[i] = make_adam_scalars<double>(h(i, kLr), h(i, kBeta1), h(i, kBeta2),
+                                           h(i, kWeightDecay), h(i, kEps), step);
   }
   const AdamKernelFn kernel = adam_kernel();
   run_fused_step<5>(flat, a.update_norms, [&](size_t tensor, const AdamChunk& chunk) {
     kernel(cfg, scalars[tensor], chunk);
-  });
+  }, &storage);
 }
 
 }  // namespace

@@ -22,20 +22,32 @@ void sgd_cpu(const SgdArgs& a) {
   check_supported_dtype("fastopt.sgd_", dtype);
   const double lr = a.lr_tensor != nullptr ? read_scalar("lr", *a.lr_tensor) : a.lr;
   const bool unscale = a.grad_scale.has_value();
+  const size_t n = a.params.size();
+  enum Column : int { kLr = 0, kMomentum, kDampening, kWeightDecay };
+  const Hyperparams h(a.hparams, {lr, a.momentum, a.dampening, a.weight_decay});
   const SgdKernelConfig cfg{dtype,
                             !a.momentum_buffers.empty(),
-                            SgdOptions{a.maximize, a.weight_decay != 0.0, a.nesterov,
+                            SgdOptions{a.maximize, h.any_nonzero(kWeightDecay, n), a.nesterov,
                                        a.is_first_step},
                             unscale,
                             unscale ? read_scalar("grad_scale", *a.grad_scale) : 1.0};
-  const SgdCoeffs<double> coeffs = make_sgd_coeffs(lr, a.momentum, a.dampening, a.weight_decay);
+  // SGD's coefficients do not depend on a step: one set per call, or per
+  // tensor with a hyperparameter table.
+  std::vector<SgdCoeffs<double>> coeffs(a.hparams.has_value() ? n : 1);
+  for (size_t i = 0; i < coeffs.size(); ++i) {
+    coeffs[i] = make_sgd_coeffs(h(i, kLr), h(i, kMomentum), h(i, kDampening), h(i, kWeightDecay));
+  }
 
+  const ParamStorage storage = param_storage(a.grads, a.param_copies, a.rounding_seed);
   FlatTensorLists flat({{"params", a.params, true},
                         {"grads", a.grads, unscale},
-                        {"momentum_buffers", a.momentum_buffers, true}});
+                        {"momentum_buffers", a.momentum_buffers, true},
+                        {"param_copies", a.param_copies, true}});
   const SgdKernelFn kernel = sgd_kernel();
   run_fused_step<3>(flat, a.update_norms,
-                    [&](size_t, const SgdChunk& chunk) { kernel(cfg, coeffs, chunk); });
+                    [&](size_t tensor, const SgdChunk& chunk) {
+                      kernel(cfg, coeffs[coeffs.size() == 1 ? 0 : tensor], chunk);
+                    }, &storage);
 }
 
 }  // namespace

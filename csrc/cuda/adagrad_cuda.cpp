@@ -20,6 +20,7 @@ constexpr const char* kOp = "fastopt.adagrad_";
 void adagrad_cuda(const AdagradArgs& a) {
   // Also checks that the step counters are on the params' device.
   check_adagrad_args(a, c10::DeviceType::CUDA);
+  reject_param_storage(kOp, a.param_copies, a.rounding_seed, a.hparams);
   if (a.params.empty()) return;
 
   const c10::Device device = a.params[0].device();

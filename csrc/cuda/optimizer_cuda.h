@@ -14,6 +14,21 @@
 
 namespace fastopt::cuda {
 
+// Master weights (param_copies), stochastic rounding (rounding_seed) and the
+// per-tensor hparams table have CPU kernels only so far; a CUDA call with
+// them fails loudly rather than, say, updating masters without writing the
+// parameters back.
+inline void reject_param_storage(const char* op, at::TensorList param_copies,
+                                 const c10::optional<at::Tensor>& rounding_seed,
+                                 const c10::optional<at::Tensor>& hparams) {
+  TORCH_CHECK_NOT_IMPLEMENTED(param_copies.empty() && !rounding_seed.has_value(), op,
+                              ": master_weights and stochastic_rounding are not implemented "
+                              "for CUDA tensors yet");
+  // fastopt.optim never passes a table for CUDA params (see _merge_groups).
+  TORCH_CHECK_NOT_IMPLEMENTED(!hparams.has_value(), op,
+                              ": a per-tensor hparams table is not implemented for CUDA yet");
+}
+
 // Device pointers to the float32 step counters, which increment_steps
 // advances on the device (see NOTE: [step counters]).
 inline std::vector<float*> step_pointers(const char* op, at::TensorList steps) {

@@ -17,6 +17,7 @@ constexpr const char* kOp = "fastopt.sgd_";
 
 void sgd_cuda(const SgdArgs& a) {
   check_sgd_args(a, c10::DeviceType::CUDA);
+  reject_param_storage(kOp, a.param_copies, a.rounding_seed, a.hparams);
   if (a.params.empty()) return;
 
   const c10::Device device = a.params[0].device();

@@ -27,3 +27,13 @@ def _in_place_fake(*args: Any, **kwargs: Any) -> None:
 
 for _name in IN_PLACE_OPS:
     torch.library.register_fake(_name)(_in_place_fake)
+
+
+@torch.library.register_fake("fastopt::grad_norm")
+def _grad_norm_fake(grads: list[torch.Tensor], norm_type: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
+    device = grads[0].device if grads else torch.device("cpu")
+    dtype = torch.float64 if any(g.dtype == torch.float64 for g in grads) else torch.float32
+    return (
+        torch.empty((), dtype=dtype, device=device),
+        torch.empty((), dtype=torch.float32, device=device),
+    )

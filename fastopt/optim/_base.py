@@ -5,6 +5,13 @@ devices) and replaces the update with one fused op call per (device, dtype)
 bucket of a param group. Subclasses say which state they keep and which op
 they call; this class finds the parameters with gradients, initialises state
 lazily, buckets the tensors and hands AMP's grad_scale / found_inf to the op.
+
+It also adds what every fastopt optimizer offers beyond torch (see
+:meth:`FusedOptimizer._init_extensions`): global gradient clipping applied
+inside the update (``max_grad_norm``), skipping of steps with inf/NaN
+gradients (``skip_nonfinite``), float32 master weights for 16-bit parameters
+(``master_weights``) and stochastic rounding of bfloat16 parameters
+(``stochastic_rounding``).
 """
 
 from __future__ import annotations
@@ -15,6 +22,12 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from ..nn._dropout_functional import _draw_seed as draw_seed
+from .clip import check_max_grad_norm, clip_coefficient, grad_norm
+
+# Parameter dtypes that get a float32 master copy with master_weights=True.
+LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
 @dataclass
@@ -29,6 +42,23 @@ class Bucket:
     # Whether these tensors' state was created by this step; only set for
     # optimizers whose op initialises new state itself (see _new_state_in_op).
     new_state: bool = False
+    # With master weights, `params` are the float32 masters and `copies` the
+    # 16-bit parameters the op writes the rounded result to; empty otherwise.
+    copies: list[Tensor] = field(default_factory=list)
+    # Philox (key, offset) of this step's stochastic rounding; None when the
+    # op rounds to nearest.
+    rounding_seed: Tensor | None = None
+    # Per-tensor hyperparameters (float64 [len(params), k]) when the bucket
+    # holds tensors of several param groups; None for one group's tensors,
+    # whose hyperparameters are the op's scalar arguments.
+    hparams: Tensor | None = None
+
+    def extra_args(self) -> dict[str, Any]:
+        """The op arguments every optimizer op shares beyond its own."""
+        args: dict[str, Any] = {"param_copies": self.copies or None, "rounding_seed": self.rounding_seed}
+        if self.hparams is not None:
+            args["hparams"] = self.hparams
+        return args
 
 
 def _identity(t: Tensor) -> Tensor:
@@ -107,6 +137,94 @@ class FusedOptimizer(torch.optim.Optimizer):
             ratios.update(zip(params, values.unbind()))
         return ratios
 
+    def _init_extensions(
+        self,
+        *,
+        max_grad_norm: float | None,
+        skip_nonfinite: bool,
+        master_weights: bool,
+        stochastic_rounding: bool,
+    ) -> None:
+        """Set up fastopt's options beyond torch's; every constructor calls this.
+
+        ``max_grad_norm``: clip the gradients of all parameters to this global
+        2-norm, as :func:`torch.nn.utils.clip_grad_norm_` followed by the step
+        would, with the clip factor applied inside the update and read from
+        device memory (no host synchronisation). The clipped gradients are
+        left in ``.grad``, as torch's clipping leaves them.
+        ``skip_nonfinite``: a step whose gradients hold any inf or NaN changes
+        nothing (parameters, state, step counters); ``skipped_steps`` counts
+        such steps on the device.
+        ``master_weights``: bfloat16/float16 parameters get a float32 copy in
+        ``state["master_param"]`` and float32 moments; the update runs on the
+        master and writes it, rounded, back to the parameter in the same pass.
+        ``stochastic_rounding``: bfloat16 parameters (or, with master
+        weights, their rounded copies) are rounded stochastically, so that
+        small updates survive in expectation.
+        """
+        self.max_grad_norm = check_max_grad_norm(max_grad_norm)
+        self.skip_nonfinite = bool(skip_nonfinite)
+        self.master_weights = bool(master_weights)
+        self.stochastic_rounding = bool(stochastic_rounding)
+        if self.stochastic_rounding:
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.dtype == torch.float16:
+                        raise ValueError(
+                            f"{type(self).__name__}: stochastic_rounding supports bfloat16 "
+                            "parameters only, got a float16 parameter; use master_weights=True"
+                        )
+        # Steps that changed nothing because of inf/NaN gradients (AMP's
+        # found_inf or skip_nonfinite), counted on the parameters' device.
+        device = next((p.device for g in self.param_groups for p in g["params"]), None)
+        self.skipped_steps = torch.zeros((), dtype=torch.int64, device=device)
+        # The global gradient norm of the last step, when clipping or skipping
+        # computed it (a device tensor, so that logging it costs no sync).
+        self.last_grad_norm: Tensor | None = None
+
+    def _uses_master(self, param: Tensor) -> bool:
+        return getattr(self, "master_weights", False) and param.dtype in LOW_PRECISION
+
+    @staticmethod
+    def _new_master(param: Tensor) -> Tensor:
+        # A dtype change always copies; preserve_format keeps a dense layout
+        # (channels_last, transposed) so that the op walks master and
+        # parameter as one flat array each, without temporaries.
+        return param.detach().to(torch.float32, memory_format=torch.preserve_format)
+
+    def _ensure_master_state(self, group: dict[str, Any], param: Tensor, state: dict[str, Any]) -> None:
+        """Masters for state that was loaded (e.g. from torch) or created without them."""
+        if "master_param" not in state:
+            state["master_param"] = self._new_master(param)
+        for key in self._state_keys(group):
+            if state[key].dtype != torch.float32:
+                state[key] = state[key].to(torch.float32)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a fastopt or torch ``state_dict``.
+
+        torch's loader casts every floating-point state tensor to its
+        parameter's dtype, which would round float32 masters and moments of
+        16-bit parameters; with ``master_weights`` those keep their float32
+        values here. A torch ``state_dict`` has no masters: they are created
+        from the parameters at the next step.
+        """
+        kept: dict[Any, dict[str, Tensor]] = {}
+        if getattr(self, "master_weights", False):
+            for pid, st in state_dict["state"].items():
+                kept[pid] = {
+                    k: v
+                    for k, v in st.items()
+                    if k != "step" and isinstance(v, Tensor) and v.dtype == torch.float32
+                }
+        saved_ids = [pid for g in state_dict["param_groups"] for pid in g["params"]]
+        super().load_state_dict(state_dict)
+        params = [p for g in self.param_groups for p in g["params"]]
+        for pid, p in zip(saved_ids, params):
+            if pid in kept and self._uses_master(p):
+                for k, v in kept[pid].items():
+                    self.state[p][k] = v.to(p.device, copy=True)
+
     def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
         """Names of the per-parameter state tensors the op updates, in op order."""
         raise NotImplementedError
@@ -122,8 +240,12 @@ class FusedOptimizer(torch.optim.Optimizer):
         """
         if self._has_step_counter:
             state["step"] = new_step_counter(param)
+        # With master weights, moments are float32 like the master they update.
+        dtype = torch.float32 if self._uses_master(param) else param.dtype
         for key in self._state_keys(group):
-            state[key] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            state[key] = torch.zeros_like(param, dtype=dtype, memory_format=torch.preserve_format)
+        if self._uses_master(param):
+            state["master_param"] = self._new_master(param)
 
     def _update(
         self,
@@ -139,46 +261,92 @@ class FusedOptimizer(torch.optim.Optimizer):
         """
         raise NotImplementedError
 
-    def _buckets(self, group: dict[str, Any]) -> dict[tuple[Any, ...], Bucket]:
-        keys = self._state_keys(group)
+    def _buckets(self) -> list[tuple[dict[str, Any], Bucket]]:
+        """The tensors with gradients, in buckets of one op call each.
+
+        A bucket holds the tensors of one (device, dtype, master weights, new
+        state) layout. On the CPU, the tensors of every param group whose
+        _layout_keys agree share one bucket, with a per-tensor hyperparameter
+        table (NOTE: [hyperparameter table]): hundreds of param groups (a
+        learning rate per layer) then cost one op call, not hundreds. CUDA
+        buckets stay per group, as the CUDA kernels read hyperparameters from
+        kernel arguments. Each bucket comes with the group whose options the
+        op call reads. State is initialised here, lazily.
+        """
         # torch never touches self.state for a parameter without state (SGD
         # without momentum), so its state_dict stays empty; so does ours.
-        has_state = bool(keys) or self._has_step_counter
-        buckets: dict[tuple[Any, ...], Bucket] = {}
+        masters_on = getattr(self, "master_weights", False)
         has_step = self._has_step_counter
-        for p in group["params"]:
-            grad = p.grad
-            if grad is None:
-                continue
-            if grad.is_sparse:
-                raise RuntimeError(
-                    f"{type(self).__name__} does not support sparse gradients"
+        new_state_in_op = self._new_state_in_op
+        buckets: dict[tuple[Any, ...], tuple[dict[str, Any], Bucket]] = {}
+        rows: dict[tuple[Any, ...], list[list[float]]] = {}
+        for group in self.param_groups:
+            keys = self._state_keys(group)
+            has_state = bool(keys) or has_step or masters_on
+            row: list[float] | None = None
+            layout: tuple[Any, ...] | None = None
+            for p in group["params"]:
+                grad = p.grad
+                if grad is None:
+                    continue
+                if grad.is_sparse:
+                    raise RuntimeError(
+                        f"{type(self).__name__} does not support sparse gradients"
+                    )
+                state = self.state[p] if has_state else {}
+                new_state = has_state and len(state) == 0
+                if new_state:
+                    self._init_state(group, p, state)
+                master = masters_on and p.dtype in LOW_PRECISION
+                if master:
+                    self._ensure_master_state(group, p, state)
+                # This loop runs for every parameter on every step, so it asks
+                # is_complex once rather than per tensor (see _as_real).
+                as_real = torch.view_as_real if p.is_complex() else _identity
+                real = as_real(p)
+                device = p.device
+                merge = device.type == "cpu"
+                if merge and layout is None:
+                    row = self._hparam_row(group)
+                    layout = self._layout_keys(group)
+                merge = merge and row is not None
+                key = (
+                    device,
+                    real.dtype,
+                    master,
+                    new_state and new_state_in_op,
+                    layout if merge else id(group),
                 )
-            state = self.state[p] if has_state else {}
-            new_state = has_state and len(state) == 0
-            if new_state:
-                self._init_state(group, p, state)
-            # This loop runs for every parameter on every step, so it asks
-            # is_complex once rather than per tensor (see _as_real).
-            as_real = torch.view_as_real if p.is_complex() else _identity
-            real = as_real(p)
-            key = (p.device, real.dtype, new_state and self._new_state_in_op)
-            bucket = buckets.get(key)
-            if bucket is None:
-                bucket = buckets[key] = Bucket(state={k: [] for k in keys}, new_state=key[2])
-            bucket.sources.append(p)
-            bucket.params.append(real)
-            bucket.grads.append(as_real(grad))
-            if has_step:
-                step = state["step"]
-                if step.is_cpu != p.is_cpu:
-                    # A torch checkpoint keeps CUDA step counters on the CPU;
-                    # fastopt's CUDA update reads them on the device.
-                    step = state["step"] = step.to(device=p.device, dtype=torch.float32)
-                bucket.steps.append(step)
-            for k in keys:
-                bucket.state[k].append(as_real(state[k]))
-        return buckets
+                entry = buckets.get(key)
+                if entry is None:
+                    entry = buckets[key] = (group, Bucket(state={k: [] for k in keys}, new_state=key[3]))
+                    if merge:
+                        rows[key] = []
+                bucket = entry[1]
+                if merge:
+                    rows[key].append(row)
+                bucket.sources.append(p)
+                if master:
+                    bucket.params.append(state["master_param"])
+                    bucket.copies.append(p)
+                else:
+                    bucket.params.append(real)
+                bucket.grads.append(as_real(grad))
+                if has_step:
+                    step = state["step"]
+                    if step.is_cpu != p.is_cpu:
+                        # A torch checkpoint keeps CUDA step counters on the CPU;
+                        # fastopt's CUDA update reads them on the device.
+                        step = state["step"] = step.to(device=device, dtype=torch.float32)
+                    bucket.steps.append(step)
+                for k in keys:
+                    bucket.state[k].append(as_real(state[k]))
+        for key, bucket_rows in rows.items():
+            first = bucket_rows[0]
+            # One group's tensors (or groups that agree) keep the scalar arguments.
+            if any(r is not first and r != first for r in bucket_rows):
+                buckets[key][1].hparams = torch.tensor(bucket_rows, dtype=torch.float64)
+        return list(buckets.values())
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -194,6 +362,11 @@ class FusedOptimizer(torch.optim.Optimizer):
 
         grad_scale: Tensor | None = getattr(self, "grad_scale", None)
         found_inf: Tensor | None = getattr(self, "found_inf", None)
+        # Every bucket of every group first: the global gradient norm (for
+        # clipping and skipping) must be known before any update.
+        work = self._buckets()
+        if work:
+            grad_scale, found_inf = self._clip_and_skip(work, grad_scale, found_inf)
         on_device: dict[tuple[int, torch.device], Tensor] = {}
 
         def to_device(t: Tensor | None, device: torch.device) -> Tensor | None:
@@ -208,13 +381,68 @@ class FusedOptimizer(torch.optim.Optimizer):
         track = getattr(self, "_track_ratios", False)
         if track:
             self._last_norms = []
-        for group in self.param_groups:
-            for (device, *_), bucket in self._buckets(group).items():
-                norms = None
-                if track:
-                    norms = torch.empty(len(bucket.params), 2, dtype=torch.float64, device=device)
-                    self._last_norms.append((bucket.sources, norms))
-                self._update(
-                    group, bucket, to_device(grad_scale, device), to_device(found_inf, device), norms
-                )
+        stochastic = getattr(self, "stochastic_rounding", False)
+        for group, bucket in work:
+            device = bucket.params[0].device
+            norms = None
+            if track:
+                norms = torch.empty(len(bucket.params), 2, dtype=torch.float64, device=device)
+                self._last_norms.append((bucket.sources, norms))
+            if stochastic and bucket.sources[0].dtype == torch.bfloat16:
+                # Fresh Philox words per step, drawn as dropout draws them.
+                bucket.rounding_seed = draw_seed(bucket.params[0], None)
+            self._update(
+                group, bucket, to_device(grad_scale, device), to_device(found_inf, device), norms
+            )
         return loss
+
+    def _hparam_row(self, group: dict[str, Any]) -> list[float] | None:
+        """The group's hyperparameters as one row of the op's hparams table.
+
+        In the table's column order (see NOTE: [hyperparameter table] in
+        csrc/registration.cpp). None for an optimizer whose op has no table:
+        each group then gets op calls of its own.
+        """
+        return None
+
+    def _layout_keys(self, group: dict[str, Any]) -> tuple[Any, ...]:
+        """The group options that pick the kernel variant or the state lists.
+
+        Buckets of different groups share one op call when these agree; every
+        other hyperparameter goes into the per-tensor table.
+        """
+        return ()
+
+    def _clip_and_skip(
+        self,
+        work: list[tuple[dict[str, Any], Bucket]],
+        grad_scale: Tensor | None,
+        found_inf: Tensor | None,
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """Fold clipping and non-finite skipping into the ops' grad_scale / found_inf.
+
+        Both stay on the device: the clip factor becomes part of the scale the
+        kernels divide gradients by (``grad_scale / clip``), and the
+        non-finite flag of the norm op joins AMP's ``found_inf``, which
+        already makes a step change nothing, step counters included.
+        """
+        max_norm = getattr(self, "max_grad_norm", None)
+        skip = getattr(self, "skip_nonfinite", False)
+        if max_norm is not None or skip:
+            total_norm, nonfinite = grad_norm([g for _, b in work for g in b.grads])
+            if grad_scale is not None:
+                # The gradients are still scaled by AMP: so is their norm.
+                total_norm = total_norm / grad_scale.to(total_norm.device)
+            self.last_grad_norm = total_norm
+            if skip:
+                found_inf = (
+                    nonfinite if found_inf is None else found_inf + nonfinite.to(found_inf.device)
+                )
+            if max_norm is not None:
+                clip = clip_coefficient(total_norm, max_norm)
+                grad_scale = clip.reciprocal() if grad_scale is None else grad_scale.to(clip.device) / clip
+        skipped = getattr(self, "skipped_steps", None)
+        if found_inf is not None and skipped is not None:
+            skipped.add_(found_inf.to(skipped.device).ne(0))
+        return grad_scale, found_inf
+

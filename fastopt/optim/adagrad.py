@@ -24,6 +24,11 @@ class Adagrad(FusedOptimizer, torch.optim.Adagrad):
     ``differentiable=True`` is refused. Works with AMP's GradScaler: a step
     skipped for inf/NaN gradients leaves parameters and state, step counters
     included, unchanged.
+
+    Beyond torch's arguments it takes ``max_grad_norm``, ``skip_nonfinite``,
+    ``master_weights`` and ``stochastic_rounding`` (keyword-only, off by
+    default); see :meth:`FusedOptimizer._init_extensions` and
+    docs/mixed_precision.md.
     """
 
     def __init__(
@@ -39,6 +44,10 @@ class Adagrad(FusedOptimizer, torch.optim.Adagrad):
         maximize: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
+        max_grad_norm: float | None = None,
+        skip_nonfinite: bool = False,
+        master_weights: bool = False,
+        stochastic_rounding: bool = False,
     ) -> None:
         reject_differentiable(type(self).__name__, differentiable)
         # torch's own constructor: its validation, defaults and messages, and
@@ -57,6 +66,12 @@ class Adagrad(FusedOptimizer, torch.optim.Adagrad):
             fused=fused,
         )
         self._step_supports_amp_scaling = True
+        self._init_extensions(
+            max_grad_norm=max_grad_norm,
+            skip_nonfinite=skip_nonfinite,
+            master_weights=master_weights,
+            stochastic_rounding=stochastic_rounding,
+        )
 
     def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
         return ("sum",)
@@ -68,6 +83,12 @@ class Adagrad(FusedOptimizer, torch.optim.Adagrad):
         super()._init_state(group, param, state)
         value = self.defaults["initial_accumulator_value"]
         state["sum"].fill_(complex(value, value) if param.is_complex() else value)
+
+    def _hparam_row(self, group: dict[str, Any]) -> list[float] | None:
+        return [float(group["lr"]), float(group["lr_decay"]), float(group["weight_decay"]), float(group["eps"])]
+
+    def _layout_keys(self, group: dict[str, Any]) -> tuple[Any, ...]:
+        return (bool(group["maximize"]),)
 
     def _update(
         self,
@@ -92,4 +113,5 @@ class Adagrad(FusedOptimizer, torch.optim.Adagrad):
             grad_scale=grad_scale,
             found_inf=found_inf,
             update_norms=update_norms,
+            **bucket.extra_args(),
         )

@@ -18,10 +18,16 @@ class Adam(FusedOptimizer, torch.optim.Adam):
     A drop-in for :class:`torch.optim.Adam` (and an instance of it): the same
     arguments, defaults, validation errors and ``state_dict`` layout, so a
     checkpoint loads in either direction. Every step is one op call per
-    (device, dtype) group of parameters. ``foreach`` and ``fused`` are accepted
+    (device, dtype) group of parameters; on the CPU one call also spans all
+    param groups that share amsgrad/maximize/AdamW. ``foreach`` and ``fused`` are accepted
     for compatibility and do not change the result; ``differentiable=True``
     is refused. Works with AMP's GradScaler: a step skipped for inf/NaN
     gradients leaves parameters and state, step counters included, unchanged.
+
+    Beyond torch's arguments it takes ``max_grad_norm``, ``skip_nonfinite``,
+    ``master_weights`` and ``stochastic_rounding`` (keyword-only, off by
+    default); see :meth:`FusedOptimizer._init_extensions` and
+    docs/mixed_precision.md.
     """
 
     def __init__(
@@ -39,6 +45,10 @@ class Adam(FusedOptimizer, torch.optim.Adam):
         differentiable: bool = False,
         fused: bool | None = None,
         decoupled_weight_decay: bool = False,
+        max_grad_norm: float | None = None,
+        skip_nonfinite: bool = False,
+        master_weights: bool = False,
+        stochastic_rounding: bool = False,
     ) -> None:
         reject_differentiable(type(self).__name__, differentiable)
         # torch's own constructor: its validation, defaults and messages.
@@ -58,11 +68,24 @@ class Adam(FusedOptimizer, torch.optim.Adam):
             decoupled_weight_decay=decoupled_weight_decay,
         )
         self._step_supports_amp_scaling = True
+        self._init_extensions(
+            max_grad_norm=max_grad_norm,
+            skip_nonfinite=skip_nonfinite,
+            master_weights=master_weights,
+            stochastic_rounding=stochastic_rounding,
+        )
 
     def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
         if group["amsgrad"]:
             return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
         return ("exp_avg", "exp_avg_sq")
+
+    def _hparam_row(self, group: dict[str, Any]) -> list[float] | None:
+        beta1, beta2 = group["betas"]
+        return [float(group["lr"]), float(beta1), float(beta2), float(group["weight_decay"]), float(group["eps"])]
+
+    def _layout_keys(self, group: dict[str, Any]) -> tuple[Any, ...]:
+        return (bool(group["amsgrad"]), bool(group["maximize"]), bool(group["decoupled_weight_decay"]))
 
     def _update(
         self,
@@ -93,6 +116,7 @@ class Adam(FusedOptimizer, torch.optim.Adam):
             grad_scale=grad_scale,
             found_inf=found_inf,
             update_norms=update_norms,
+            **bucket.extra_args(),
         )
 
 
@@ -116,6 +140,10 @@ class AdamW(Adam, torch.optim.AdamW):
         capturable: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
+        max_grad_norm: float | None = None,
+        skip_nonfinite: bool = False,
+        master_weights: bool = False,
+        stochastic_rounding: bool = False,
     ) -> None:
         super().__init__(
             params,
@@ -130,4 +158,8 @@ class AdamW(Adam, torch.optim.AdamW):
             differentiable=differentiable,
             fused=fused,
             decoupled_weight_decay=True,
+            max_grad_norm=max_grad_norm,
+            skip_nonfinite=skip_nonfinite,
+            master_weights=master_weights,
+            stochastic_rounding=stochastic_rounding,
         )

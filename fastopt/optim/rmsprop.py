@@ -25,6 +25,11 @@ class RMSprop(FusedOptimizer, torch.optim.RMSprop):
     the result; ``differentiable=True`` is refused. Works with AMP's
     GradScaler: a step skipped for inf/NaN gradients leaves parameters and
     state, step counters included, unchanged.
+
+    Beyond torch's arguments it takes ``max_grad_norm``, ``skip_nonfinite``,
+    ``master_weights`` and ``stochastic_rounding`` (keyword-only, off by
+    default); see :meth:`FusedOptimizer._init_extensions` and
+    docs/mixed_precision.md.
     """
 
     def __init__(
@@ -40,6 +45,11 @@ class RMSprop(FusedOptimizer, torch.optim.RMSprop):
         foreach: bool | None = None,
         maximize: bool = False,
         differentiable: bool = False,
+        *,
+        max_grad_norm: float | None = None,
+        skip_nonfinite: bool = False,
+        master_weights: bool = False,
+        stochastic_rounding: bool = False,
     ) -> None:
         reject_differentiable(type(self).__name__, differentiable)
         # torch's own constructor: its validation, defaults and messages.
@@ -57,6 +67,12 @@ class RMSprop(FusedOptimizer, torch.optim.RMSprop):
             maximize=maximize,
             differentiable=differentiable,
         )
+        self._init_extensions(
+            max_grad_norm=max_grad_norm,
+            skip_nonfinite=skip_nonfinite,
+            master_weights=master_weights,
+            stochastic_rounding=stochastic_rounding,
+        )
 
     def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
         keys = ("square_avg",)
@@ -65,6 +81,12 @@ class RMSprop(FusedOptimizer, torch.optim.RMSprop):
         if group["centered"]:
             keys += ("grad_avg",)
         return keys
+
+    def _hparam_row(self, group: dict[str, Any]) -> list[float] | None:
+        return [float(group["lr"]), float(group["alpha"]), float(group["eps"]), float(group["weight_decay"]), float(group["momentum"])]
+
+    def _layout_keys(self, group: dict[str, Any]) -> tuple[Any, ...]:
+        return (group["momentum"] > 0, bool(group["centered"]), bool(group["maximize"]))
 
     def _update(
         self,
@@ -93,4 +115,5 @@ class RMSprop(FusedOptimizer, torch.optim.RMSprop):
             grad_scale=grad_scale,
             found_inf=found_inf,
             update_norms=update_norms,
+            **bucket.extra_args(),
         )

@@ -20,7 +20,7 @@ class SGD(FusedOptimizer, torch.optim.SGD):
     ``momentum_buffer`` per parameter when ``momentum != 0``, no state at all
     otherwise, and no step counter), so a checkpoint loads in either
     direction. Every step is one op call per (device, dtype) group of
-    parameters. ``foreach`` and ``fused`` are accepted for compatibility and do
+    parameters (on the CPU, across param groups). ``foreach`` and ``fused`` are accepted for compatibility and do
     not change the result; ``differentiable=True`` is refused.
 
     Works with AMP's GradScaler: a skipped step leaves parameters and buffers
@@ -31,6 +31,11 @@ class SGD(FusedOptimizer, torch.optim.SGD):
     the zeroed buffer as history (``buf = (1 - dampening) * grad``), where
     torch would start it at ``grad``; with ``dampening=0`` (the default) the
     two agree exactly.
+
+    Beyond torch's arguments it takes ``max_grad_norm``, ``skip_nonfinite``,
+    ``master_weights`` and ``stochastic_rounding`` (keyword-only, off by
+    default); see :meth:`FusedOptimizer._init_extensions` and
+    docs/mixed_precision.md.
     """
 
     _has_step_counter = False
@@ -49,6 +54,10 @@ class SGD(FusedOptimizer, torch.optim.SGD):
         foreach: bool | None = None,
         differentiable: bool = False,
         fused: bool | None = None,
+        max_grad_norm: float | None = None,
+        skip_nonfinite: bool = False,
+        master_weights: bool = False,
+        stochastic_rounding: bool = False,
     ) -> None:
         reject_differentiable(type(self).__name__, differentiable)
         # torch's own constructor: its validation, defaults and messages.
@@ -66,9 +75,22 @@ class SGD(FusedOptimizer, torch.optim.SGD):
             fused=fused,
         )
         self._step_supports_amp_scaling = True
+        self._init_extensions(
+            max_grad_norm=max_grad_norm,
+            skip_nonfinite=skip_nonfinite,
+            master_weights=master_weights,
+            stochastic_rounding=stochastic_rounding,
+        )
 
     def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
         return ("momentum_buffer",) if group["momentum"] != 0 else ()
+
+    def _hparam_row(self, group: dict[str, Any]) -> list[float] | None:
+        return [float(group["lr"]), float(group["momentum"]), float(group["dampening"]), float(group["weight_decay"])]
+
+    def _layout_keys(self, group: dict[str, Any]) -> tuple[Any, ...]:
+        # momentum == 0 means no buffers at all: a different list layout.
+        return (group["momentum"] != 0, bool(group["nesterov"]), bool(group["maximize"]))
 
     def _update(
         self,
@@ -94,4 +116,5 @@ class SGD(FusedOptimizer, torch.optim.SGD):
             grad_scale=grad_scale,
             found_inf=found_inf,
             update_norms=update_norms,
+            **bucket.extra_args(),
         )

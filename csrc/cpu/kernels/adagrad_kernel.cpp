@@ -31,7 +31,7 @@ struct AdagradOp {
 template <typename scalar_t>
 void adagrad_chunk(const AdagradKernelConfig& cfg, const AdagradCoeffs<double>& s,
                    const AdagradChunk& c) {
-  using opmath_t = at::opmath_type<scalar_t>;
+  using opmath_t = opmath_of<scalar_t>;
   const AdagradOp<opmath_t> op{Broadcast<AdagradCoeffs, opmath_t>(s),
                                static_cast<opmath_t>(cfg.grad_scale), cfg.unscale_grad,
                                cfg.maximize, cfg.has_weight_decay};
@@ -41,7 +41,7 @@ void adagrad_chunk(const AdagradKernelConfig& cfg, const AdagradCoeffs<double>& 
 
 void adagrad_kernel_impl(const AdagradKernelConfig& cfg, const AdagradCoeffs<double>& s,
                          const AdagradChunk& c) {
-  dispatch_storage_type(cfg.dtype, [&](auto storage) {
+  dispatch_param_storage(cfg.dtype, c.storage, [&](auto storage) {
     adagrad_chunk<typename decltype(storage)::type>(cfg, s, c);
   });
 }

@@ -32,7 +32,7 @@ struct AdamOp {
 
 template <typename scalar_t, AdamMode MODE, bool AMSGRAD>
 void adam_chunk(const AdamKernelConfig& cfg, const AdamScalars<double>& s, const AdamChunk& c) {
-  using opmath_t = at::opmath_type<scalar_t>;
+  using opmath_t = opmath_of<scalar_t>;
   constexpr int kDepth = AMSGRAD ? 5 : 4;
   const AdamOp<opmath_t, MODE, AMSGRAD> op{
       Broadcast<AdamCoeffs, opmath_t>(cast_scalars<opmath_t>(s)),
@@ -58,7 +58,7 @@ void adam_chunk_for_variant(const AdamKernelConfig& cfg, const AdamScalars<doubl
 
 void adam_kernel_impl(const AdamKernelConfig& cfg, const AdamScalars<double>& s,
                       const AdamChunk& c) {
-  dispatch_storage_type(cfg.dtype, [&](auto storage) {
+  dispatch_param_storage(cfg.dtype, c.storage, [&](auto storage) {
     adam_chunk_for_variant<typename decltype(storage)::type>(cfg, s, c);
   });
 }

@@ -49,28 +49,30 @@ struct RMSpropOp {
 
 template <typename scalar_t, bool CENTERED, bool MOMENTUM>
 void rmsprop_chunk(const RMSpropKernelConfig& cfg, const RMSpropChunk& c) {
-  using opmath_t = at::opmath_type<scalar_t>;
+  using opmath_t = opmath_of<scalar_t>;
   using L = RMSpropLists<CENTERED, MOMENTUM>;
   const RMSpropOp<opmath_t, CENTERED, MOMENTUM> op{
       Broadcast<RMSpropCoeffs, opmath_t>(make_rmsprop_scalars<opmath_t>(
           cfg.lr, cfg.alpha, cfg.eps, cfg.weight_decay, cfg.momentum)),
       static_cast<opmath_t>(cfg.grad_scale), cfg.unscale_grad, cfg.maximize,
       cfg.has_weight_decay};
-  scalar_t* ptrs[L::kDepth];
-  ptrs[L::kParam] = static_cast<scalar_t*>(c.lists[0]);
-  ptrs[L::kGrad] = static_cast<scalar_t*>(c.lists[1]);
-  ptrs[L::kSquareAvg] = static_cast<scalar_t*>(c.lists[2]);
+  // The chunk's lists in the loop's order (param and grad first, as it requires).
+  void* ptrs[L::kDepth];
+  ptrs[L::kParam] = c.lists[0];
+  ptrs[L::kGrad] = c.lists[1];
+  ptrs[L::kSquareAvg] = c.lists[2];
   uint32_t written = (1u << L::kParam) | (1u << L::kSquareAvg) |
                      (cfg.unscale_grad ? 1u << L::kGrad : 0u);
   if constexpr (CENTERED) {
-    ptrs[L::kGradAvg] = static_cast<scalar_t*>(c.lists[3]);
+    ptrs[L::kGradAvg] = c.lists[3];
     written |= 1u << L::kGradAvg;
   }
   if constexpr (MOMENTUM) {
-    ptrs[L::kMomentum] = static_cast<scalar_t*>(c.lists[4]);
+    ptrs[L::kMomentum] = c.lists[4];
     written |= 1u << L::kMomentum;
   }
-  for_each_element(ptrs, c.numel, written, op, c.norms);
+  for_each_element<scalar_t>(ptrs, c.numel, written, op, c.norms,
+                             RunStore{c.copy, c.storage, c.tensor, c.first});
 }
 
 template <typename scalar_t>
@@ -85,15 +87,9 @@ void rmsprop_chunk_for_variant(const RMSpropKernelConfig& cfg, const RMSpropChun
 }
 
 void rmsprop_kernel_impl(const RMSpropKernelConfig& cfg, const RMSpropChunk& c) {
-  switch (cfg.dtype) {
-    case c10::ScalarType::Float: return rmsprop_chunk_for_variant<float>(cfg, c);
-    case c10::ScalarType::Double: return rmsprop_chunk_for_variant<double>(cfg, c);
-    case c10::ScalarType::BFloat16: return rmsprop_chunk_for_variant<c10::BFloat16>(cfg, c);
-    case c10::ScalarType::Half: return rmsprop_chunk_for_variant<c10::Half>(cfg, c);
-    // The op validates dtypes before it picks a kernel. Nothing here throws, so
-    // that this ISA-specific TU emits no shared (weak) c10 error symbols.
-    default: return;
-  }
+  dispatch_param_storage(cfg.dtype, c.storage, [&](auto storage) {
+    rmsprop_chunk_for_variant<typename decltype(storage)::type>(cfg, c);
+  });
 }
 
 }  // namespace

@@ -30,7 +30,7 @@ struct SgdOp {
 
 template <typename scalar_t, bool MOMENTUM>
 void sgd_chunk(const SgdKernelConfig& cfg, const SgdCoeffs<double>& s, const SgdChunk& c) {
-  using opmath_t = at::opmath_type<scalar_t>;
+  using opmath_t = opmath_of<scalar_t>;
   const SgdOp<opmath_t, MOMENTUM> op{Broadcast<SgdCoeffs, opmath_t>(s), cfg.options,
                                      static_cast<opmath_t>(cfg.grad_scale), cfg.unscale_grad};
   const uint32_t written = (1u << kParam) | (MOMENTUM ? 1u << kMomentumBuffer : 0u) |
@@ -39,7 +39,7 @@ void sgd_chunk(const SgdKernelConfig& cfg, const SgdCoeffs<double>& s, const Sgd
 }
 
 void sgd_kernel_impl(const SgdKernelConfig& cfg, const SgdCoeffs<double>& s, const SgdChunk& c) {
-  dispatch_storage_type(cfg.dtype, [&](auto storage) {
+  dispatch_param_storage(cfg.dtype, c.storage, [&](auto storage) {
     using scalar_t = typename decltype(storage)::type;
     cfg.momentum ? sgd_chunk<scalar_t, true>(cfg, s, c) : sgd_chunk<scalar_t, false>(cfg, s, c);
   });
