@@ -9,6 +9,7 @@ the bandwidth that triad reached in the same round-robin.
 from __future__ import annotations
 
 import datetime
+import os
 import random
 import statistics
 import subprocess
@@ -211,10 +212,21 @@ def environment(device: torch.device) -> dict[str, object]:
         "git_commit": git_commit(),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        # Other work on the machine shifts every figure; this says how busy it was.
+        "loadavg_1min": load_average(),
     }
     if device.type == "cuda":
         info["gpu_name"] = torch.cuda.get_device_name(device)
     return info
+
+
+def load_average() -> float | None:
+    """The 1-minute load average, or None where the OS has none (Windows)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
 
 
 def hardware_name(env: Mapping[str, object]) -> str:

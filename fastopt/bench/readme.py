@@ -45,6 +45,16 @@ def section(payload: Payload, json_rel: str, chart_rel: str | None) -> str:
         f"`make bench` {kind} ({payload['elapsed_s'] / 60:.1f} min). "
         f"Memory bandwidth at the start of the run: in-place triad {bw['triad_gbps']:.1f} GB/s, "
         f"copy {bw['copy_gbps']:.1f} GB/s.",
+    ]
+    if env.get("loadavg_1min") is not None:
+        lines[-1] += (
+            f" The 1-minute load average was {env['loadavg_1min']:.1f} at the start and "
+            f"{payload.get('loadavg_1min_end') or 0:.1f} at the end, on {env.get('cpu_count')} cores: "
+            "other work shared the machine. Interleaving spreads its effect over all contenders of a case, "
+            "but absolute times and GB/s are worse than on a quiet machine."
+            if env["loadavg_1min"] > 0.5 * (env.get("cpu_count") or 1) else ""
+        )
+    lines += [
         "",
         "Speed-up is the fastest torch path's median time over fastopt's; GB/s and % of triad are "
         "fastopt's, against the triad timed in the same round-robin as the case. "

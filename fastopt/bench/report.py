@@ -91,7 +91,8 @@ def header_lines(payload: Payload) -> list[str]:
     env, bw = payload["environment"], payload["bandwidth"]
     return [
         f"device: {env['device']} ({hardware_name(env)}), threads: {env['threads']}, "
-        f"torch {env['torch_version']}, fastopt {env['fastopt_version']} @ {(env['git_commit'] or 'unknown')[:10]}",
+        f"torch {env['torch_version']}, fastopt {env['fastopt_version']} @ {(env['git_commit'] or 'unknown')[:10]}, "
+        f"1-min load average {env.get('loadavg_1min')} at start, {payload.get('loadavg_1min_end')} at end",
         f"bandwidth at start ({bw['numel'] // 2**20}M float32): triad {bw['triad_gbps']:.1f} GB/s "
         f"[{bw['triad_op']}, 3 arrays], copy {bw['copy_gbps']:.1f} GB/s [{bw['copy_op']}, 2 arrays]",
         "GB/s and % of triad are fastopt's, against the triad timed within each case (bandwidth drifts);",
@@ -150,6 +151,10 @@ def write_chart(payload: Payload, path: Path) -> str | None:
     ax.barh([y - bar / 2 for y in ys], fast, height=bar, color="#1f77b4", label="fastopt")
     ax.barh([y + bar / 2 for y in ys], torch_best, height=bar, color="#ff7f0e", label="best torch path")
     ax.scatter(triad, ys, marker="|", s=120, color="black", zorder=3, label="triad, timed within the case")
+    for i, peer in enumerate(_peer_names(payload)):
+        points = [(c["contenders"][peer]["gbps"], y) for c, y in zip(cases, ys) if peer in c["contenders"]]
+        ax.scatter([p[0] for p in points], [p[1] for p in points], marker="x", s=30, zorder=3,
+                   color=("#2ca02c", "#d62728", "#9467bd")[i % 3], label=peer)  # fmt: skip
     ax.axvline(bw["triad_gbps"], color="black", linestyle="--", linewidth=1,
                label=f"triad at start ({bw['triad_gbps']:.0f} GB/s)")
     ax.axvline(bw["copy_gbps"], color="gray", linestyle=":", linewidth=1,

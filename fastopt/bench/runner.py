@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .harness import Stats, Triad, environment, gb_per_s, measure_bandwidth, run_interleaved
+from .harness import Stats, Triad, environment, load_average, gb_per_s, measure_bandwidth, run_interleaved
 from .report import SCHEMA, Progress
 from .suite import FASTOPT, REFERENCE, TORCH, Case, Context, Suite
 from .suites import REGISTRY, load
@@ -90,6 +90,7 @@ def run(ctx: Context, suite_names: Sequence[str] | None = None, progress: bool =
     no report.
     """
     started = time.monotonic()
+    env = environment(ctx.device)  # taken first: its date and load average are the run's start
     names = list(suite_names or REGISTRY)
     unknown = [n for n in names if n not in REGISTRY]
     if unknown:
@@ -108,12 +109,17 @@ def run(ctx: Context, suite_names: Sequence[str] | None = None, progress: bool =
     records: list[dict[str, Any]] = []
     for suite, case, reps, warmup in plan:
         bar.set_label(f"{suite.name}: {case.name}")
+        case_started = time.monotonic()
         try:
             contenders = case.setup()
+            setup_s = time.monotonic() - case_started
             contenders[TRIAD] = triad
             stats = run_interleaved(contenders, ctx.device, reps, warmup, on_round=bar.advance)
             del contenders
             records.append(case_record(suite, case, stats, triad, reps, warmup))
+            # Where a run's minutes go: input setup versus timed rounds.
+            records[-1]["setup_s"] = setup_s
+            records[-1]["elapsed_s"] = time.monotonic() - case_started
         except Exception as exc:  # noqa: BLE001 -- recorded in the report, see the docstring
             records.append({"suite": suite.name, "case": case.name, "params": case.params,
                             "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()})  # fmt: skip
@@ -130,7 +136,8 @@ def run(ctx: Context, suite_names: Sequence[str] | None = None, progress: bool =
     bar.close()
     return {
         "schema": SCHEMA,
-        "environment": environment(ctx.device),
+        "environment": env,
+        "loadavg_1min_end": load_average(),
         "settings": {"quick": ctx.quick, "smoke": ctx.smoke, "peers": ctx.peers, "suites": names,
                      "bandwidth_reps": bandwidth_reps,
                      "bytes": "minimal traffic: each input read once, each output written once",

@@ -15,7 +15,7 @@ import torch
 import fastopt.nn
 
 from ..harness import Call
-from ..suite import FASTOPT, TORCH, Case, Context, Reps, Suite
+from ..suite import FASTOPT, TORCH, Case, Context, Suite
 
 TENSORS_MOVED = 5
 
@@ -72,4 +72,4 @@ def cases(ctx: Context) -> list[Case]:
     return result
 
 
-SUITE = Suite(name="norm", title="normalization forward+backward", cases=cases, reps=Reps(full=(30, 3)))
+SUITE = Suite(name="norm", title="normalization forward+backward", cases=cases)

@@ -127,19 +127,28 @@ def layouts(ctx: Context) -> dict[str, tuple[Shape, ...]]:
     return {f"flat{flat_m}M": ((flat_m * 2**20,),), "resnet50ish": resnet50ish_shapes()}
 
 
-def setup_params(shapes: tuple[Shape, ...], dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
-    """Fresh parameters with fixed random gradients.
+@functools.lru_cache(maxsize=1)
+def _master(shapes: tuple[Shape, ...], dtype: torch.dtype, device: torch.device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Seeded parameters and small fixed gradients, drawn once per case.
 
-    Seeded, so every contender gets an identical but independent copy.
-    Gradients are small so that repeated steps keep parameters well-scaled.
+    Every contender then clones them: drawing normals costs several times a
+    copy, and a case has up to six contenders. Only the newest case's
+    tensors are kept.
     """
     gen = torch.Generator(device=device).manual_seed(0)
+    params = [torch.randn(s, generator=gen, device=device, dtype=dtype) for s in shapes]
+    # Small gradients keep parameters well-scaled however many steps run.
+    grads = [torch.randn(s, generator=gen, device=device, dtype=dtype).mul_(1e-2) for s in shapes]
+    return params, grads
+
+
+def setup_params(shapes: tuple[Shape, ...], dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
+    """Fresh parameters with fixed gradients: identical values, independent storage per contender."""
     params = []
-    for shape in shapes:
-        p = torch.randn(shape, generator=gen, device=device, dtype=dtype)
-        p.grad = torch.randn(shape, generator=gen, device=device, dtype=dtype)
-        p.grad.mul_(1e-2)
-        params.append(p.requires_grad_())
+    for p0, g0 in zip(*_master(shapes, dtype, device)):
+        p = p0.clone().requires_grad_()
+        p.grad = g0.clone()
+        params.append(p)
     return params
 
 
@@ -210,7 +219,9 @@ def cases(ctx: Context) -> list[Case]:
             for layout, shapes in layouts(ctx).items():
 
                 def setup(shapes=shapes, dtype=dtype, factories=factories) -> dict[str, Call]:
-                    return {name: make(setup_params(shapes, dtype, ctx.device)).step for name, make in factories.items()}
+                    steps = {name: make(setup_params(shapes, dtype, ctx.device)).step for name, make in factories.items()}
+                    _master.cache_clear()  # the contenders hold their own copies now
+                    return steps
 
                 numel = sum(math.prod(s) for s in shapes)
                 result.append(
