@@ -48,7 +48,7 @@ def run(benchmark, case: Case, contender: str, rounds: int = 15) -> None:
     by a synchronize, since pytest-benchmark's clock is the host's.
     """
     fn = case.setup()[contender]
-    if case.params.get("device", context().device.type) == "cuda":
+    if context().device.type == "cuda":
         inner = fn
 
         def fn() -> None:

@@ -38,6 +38,8 @@ def section(payload: Payload, json_rel: str, chart_rel: str | None) -> str:
     """The Markdown between the markers: where and when, the table, the chart."""
     env, bw, settings = payload["environment"], payload["bandwidth"], payload["settings"]
     kind = "--quick run" if settings.get("quick") else "full run"
+    if settings.get("peers"):
+        kind += " with --peers"
     commit = (env.get("git_commit") or "unknown")[:10]
     lines = [
         f"Measured on {hardware_name(env)} ({env['device']}, {env['threads']} threads) on "

@@ -86,13 +86,17 @@ def detail_table(payload: Payload) -> str:
     return format_table(headers, rows)
 
 
+def _load(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.1f}"
+
+
 def header_lines(payload: Payload) -> list[str]:
     """The facts printed above the table: device, versions, bandwidth references."""
     env, bw = payload["environment"], payload["bandwidth"]
     return [
         f"device: {env['device']} ({hardware_name(env)}), threads: {env['threads']}, "
         f"torch {env['torch_version']}, fastopt {env['fastopt_version']} @ {(env['git_commit'] or 'unknown')[:10]}, "
-        f"1-min load average {env.get('loadavg_1min')} at start, {payload.get('loadavg_1min_end')} at end",
+        f"1-min load average {_load(env.get('loadavg_1min'))} at start, {_load(payload.get('loadavg_1min_end'))} at end",
         f"bandwidth at start ({bw['numel'] // 2**20}M float32): triad {bw['triad_gbps']:.1f} GB/s "
         f"[{bw['triad_op']}, 3 arrays], copy {bw['copy_gbps']:.1f} GB/s [{bw['copy_op']}, 2 arrays]",
         "GB/s and % of triad are fastopt's, against the triad timed within each case (bandwidth drifts);",
