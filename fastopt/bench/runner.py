@@ -115,7 +115,6 @@ def run(ctx: Context, suite_names: Sequence[str] | None = None, progress: bool =
             setup_s = time.monotonic() - case_started
             contenders[TRIAD] = triad
             stats = run_interleaved(contenders, ctx.device, reps, warmup, on_round=bar.advance)
-            del contenders
             records.append(case_record(suite, case, stats, triad, reps, warmup))
             # Where a run's minutes go: input setup versus timed rounds.
             records[-1]["setup_s"] = setup_s
@@ -124,6 +123,7 @@ def run(ctx: Context, suite_names: Sequence[str] | None = None, progress: bool =
             records.append({"suite": suite.name, "case": case.name, "params": case.params,
                             "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()})  # fmt: skip
             bar.done = min(bar.total, bar.done + reps + warmup)  # count the rounds it would have taken
+        contenders = {}  # drop this case's inputs (a failed one's too) before the next case allocates
         _free(ctx.device)
 
     notes: dict[str, dict[str, object]] = {}
