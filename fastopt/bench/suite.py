@@ -51,7 +51,7 @@ class Reps:
     The defaults are sized for the 2-core dev machine: the optimizer suite's
     32 cases run up to six contenders each, and torch's for-loop paths take
     a few hundred ms a step there. Measured there while other builds ran: a
-    full run took 18.7 min at load 6-8 (a quarter of the quiet bandwidth), and
+    full run took 8.7 min at load 2-3 and 18.7 min at load 6-8, and
     --quick with 5+1 rounds 145 s at load 3; --quick has 4+1 so that a quiet
     machine finishes it well under 2 minutes.
     """
