@@ -52,8 +52,7 @@ class Reps:
     32 cases run up to six contenders each, and torch's for-loop paths take
     a few hundred ms a step there. Measured there while other builds ran: a
     full run took 8.7 min at load 2-3 and 18.7 min at load 6-8, and
-    --quick with 5+1 rounds 145 s at load 3; --quick has 4+1 so that a quiet
-    machine finishes it well under 2 minutes.
+    --quick took 145 s with 5+1 rounds at load 3, and 47 s with 4+1 at load 1.
     """
 
     full: tuple[int, int] = (30, 3)
