@@ -1,6 +1,6 @@
 # fastopt developer commands.
 #
-# `make test` and `make bench` set themselves up. They use the interpreter's
+# `make test`, `make bench` and `make example` set themselves up. They use the interpreter's
 # own torch when it has one (the GPU machine has a CUDA torch and no network);
 # otherwise they create .venv with the CPU wheel of torch 2.13.0. The
 # extension is rebuilt (incrementally, with ninja) whenever a source changes.
@@ -22,19 +22,43 @@ endif
 SOURCES := setup.py pyproject.toml $(shell find csrc fastopt -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' 2>/dev/null)
 BUILT := build/.built-$(subst /,_,$(PY))
 
-# `make bench BENCH_ARGS=--quick` for a short run.
+# `make bench BENCH_ARGS=--quick` for a short run; see `python -m fastopt.bench -h`.
 BENCH_ARGS ?=
+EXAMPLE_ARGS ?=
 
-.PHONY: test bench build cuda-check clean
+# Optional packages are installed when missing and a registry answers; without
+# one (the GPU machine has no network) the step says so and the target goes
+# on: the report then skips only its PNG chart.
+PIP_TRY := $(PY) -m pip install --quiet --retries 0 --timeout 15
 
+.PHONY: test bench bench-quick bench-readme bench-compare example build cuda-check clean
+
+# Only tests/: the pytest-benchmark files in benchmarks/ are not tests.
 test: $(BUILT)
 	$(PY) -m pytest tests
 
 bench: $(BUILT)
-	$(PY) benchmarks/bench_optim.py $(BENCH_ARGS)
-	$(PY) benchmarks/bench_ema.py $(BENCH_ARGS)
-	$(PY) benchmarks/bench_norm.py $(BENCH_ARGS)
-	$(PY) benchmarks/bench_dropout.py $(BENCH_ARGS)
+	@$(PY) -c "import matplotlib" 2>/dev/null || $(PIP_TRY) matplotlib \
+		|| echo "matplotlib could not be installed: the report will skip its chart"
+	$(PY) -m fastopt.bench $(BENCH_ARGS)
+
+bench-quick:
+	$(MAKE) bench BENCH_ARGS="--quick $(BENCH_ARGS)"
+
+# Rewrite README.md's results section from the newest report in benchmarks/results/.
+bench-readme: $(BUILT)
+	$(PY) -m fastopt.bench.readme
+
+# pytest-benchmark: the first run saves a baseline, later runs compare with the newest saved one.
+bench-compare: $(BUILT)
+	@$(PY) -c "import pytest_benchmark" 2>/dev/null || $(PY) -m pip install --quiet pytest-benchmark
+	$(PY) -m pytest benchmarks/ --benchmark-autosave --benchmark-compare --benchmark-columns=median,iqr,rounds
+
+example: $(BUILT)
+	@$(PY) -c "import sklearn" 2>/dev/null || $(PY) -m pip install --quiet scikit-learn
+	@$(PY) -c "import matplotlib" 2>/dev/null || $(PIP_TRY) matplotlib \
+		|| echo "matplotlib could not be installed: the example will skip its chart"
+	$(PY) examples/train_cnn.py $(EXAMPLE_ARGS)
 
 build: $(BUILT)
 

@@ -1,20 +1,20 @@
-"""Shared benchmark machinery: timing, interleaving, bandwidth, tables, JSON.
+"""Timing machinery: interleaved repetitions, bandwidth references, run facts.
 
-Every benchmark in this directory follows the same recipe (see
-ARCHITECTURE.md, "Benchmarks"): time all contenders on identical inputs,
-interleaved in one run, and express each result as achieved GB/s and as a
-fraction of the memory bandwidth measured in that same run.
+Every case follows one recipe (ARCHITECTURE.md, "Benchmarks"): time all
+contenders on identical inputs, interleaved in one run together with an
+in-place triad, and express each result as achieved GB/s and as a fraction of
+the bandwidth that triad reached in the same round-robin.
 """
 
 from __future__ import annotations
 
 import datetime
-import json
+import os
 import random
 import statistics
 import subprocess
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -25,7 +25,11 @@ import torch
 # measure DRAM/HBM rather than cache.
 BANDWIDTH_NUMEL = 64 * 2**20
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+# The repository checkout this package lives in, when it lives in one (an
+# editable install or PYTHONPATH); a wheel install has no benchmarks/ beside it.
+PACKAGE_PARENT = Path(__file__).resolve().parent.parent.parent
+
+Call = Callable[[], object]
 
 
 @dataclass
@@ -39,13 +43,16 @@ class Stats:
 
 
 def summarize(samples_ms: Sequence[float]) -> Stats:
-    """Median and 20th/80th percentiles of ``samples_ms`` (at least 2 samples)."""
+    """Median and 20th/80th percentiles of ``samples_ms``."""
+    if len(samples_ms) < 2:
+        only = float(samples_ms[0])
+        return Stats(only, only, only, [only])
     # Quintile cut points are exactly p20, p40, p60, p80.
     p20, _, _, p80 = statistics.quantiles(samples_ms, n=5, method="inclusive")
     return Stats(statistics.median(samples_ms), p20, p80, list(samples_ms))
 
 
-def time_call_ms(fn: Callable[[], object], device: torch.device) -> float:
+def time_call_ms(fn: Call, device: torch.device) -> float:
     """Wall time of one ``fn()`` call in milliseconds.
 
     On CUDA, kernels run asynchronously, so host timers would measure the
@@ -67,29 +74,35 @@ def time_call_ms(fn: Callable[[], object], device: torch.device) -> float:
 
 
 def run_interleaved(
-    contenders: Mapping[str, Callable[[], object]],
+    contenders: Mapping[str, Call],
     device: torch.device,
     reps: int,
     warmup: int,
+    on_round: Callable[[], None] | None = None,
 ) -> dict[str, Stats]:
-    """Time every contender ``reps`` times, round-robin, after ``warmup`` calls each.
+    """Time every contender ``reps`` times, round-robin, after ``warmup`` rounds.
 
     Each repetition runs every contender once, so slow drifts of the machine
     (frequency, other tenants) hit all contenders alike. The order within a
     repetition is shuffled (seeded, so runs are repeatable): neither the
     position in the round nor the predecessor, whose traffic may have left
     caches and TLBs in some state, is then systematic for any contender.
+    ``on_round`` is called after every warm-up and timed round (progress).
     """
     names = list(contenders)
-    for name in names:
-        for _ in range(warmup):
+    for _ in range(warmup):
+        for name in names:
             contenders[name]()
+        if on_round is not None:
+            on_round()
     samples: dict[str, list[float]] = {name: [] for name in names}
     order = random.Random(0)
     for _ in range(reps):
         order.shuffle(names)
         for name in names:
             samples[name].append(time_call_ms(contenders[name], device))
+        if on_round is not None:
+            on_round()
     return {name: summarize(s) for name, s in samples.items()}
 
 
@@ -124,7 +137,7 @@ class Triad:
 
 @dataclass
 class Bandwidth:
-    """Memory bandwidth reference figures, in GB/s."""
+    """Memory bandwidth reference figures of one run, in GB/s."""
 
     triad_gbps: float
     copy_gbps: float
@@ -136,9 +149,11 @@ class Bandwidth:
 def measure_bandwidth(triad: Triad, device: torch.device, reps: int) -> Bandwidth:
     """Triad and copy bandwidth on ``triad``'s arrays, interleaved.
 
-    A copy into another array also reads each destination line before writing
-    it (write-allocate) on CPUs. The minimal byte count (read a, write b) does
-    not see that read, so copy reports lower GB/s than the in-place triad there.
+    The copy is ``b.copy_(a)`` between two arrays of the same device: on CUDA
+    a device-to-device copy, on a CPU a memcpy. On CPUs a copy into another
+    array also reads each destination line before writing it (write-allocate);
+    the minimal byte count (read a, write b) does not see that read, so copy
+    reports lower GB/s than the in-place triad there.
     """
     a, b = triad.a, triad.b
 
@@ -146,12 +161,13 @@ def measure_bandwidth(triad: Triad, device: torch.device, reps: int) -> Bandwidt
         b.copy_(a)
 
     stats = run_interleaved({"triad": triad, "copy": copy}, device, reps, warmup=2)
+    kind = "device-to-device" if device.type == "cuda" else "host memory"
     return Bandwidth(
         triad_gbps=gb_per_s(triad.nbytes, stats["triad"].median),
         copy_gbps=gb_per_s(2 * a.numel() * a.element_size(), stats["copy"].median),
         numel=triad.numel,
         triad_op=Triad.op,
-        copy_op="b.copy_(a)",
+        copy_op=f"b.copy_(a) ({kind})",
     )
 
 
@@ -168,11 +184,11 @@ def cpu_model() -> str:
 
 
 def git_commit() -> str | None:
-    """HEAD of the repository, or None outside a git checkout/without commits."""
+    """HEAD of the checkout fastopt was imported from, or None (wheel install, no git)."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"],
-            cwd=REPO_ROOT,
+            cwd=PACKAGE_PARENT,
             capture_output=True,
             text=True,
             check=True,
@@ -184,49 +200,35 @@ def git_commit() -> str | None:
 
 def environment(device: torch.device) -> dict[str, object]:
     """Facts needed to interpret a result file later."""
+    import fastopt
+
     info: dict[str, object] = {
         "device": device.type,
         "cpu_model": cpu_model(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_version": torch.__version__,
+        "fastopt_version": fastopt.__version__,
+        "fastopt_build_info": fastopt.build_info(),
         "git_commit": git_commit(),
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(
-            timespec="seconds"
-        ),
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        # Other work on the machine shifts every figure; this says how busy it was.
+        "loadavg_1min": load_average(),
     }
     if device.type == "cuda":
         info["gpu_name"] = torch.cuda.get_device_name(device)
     return info
 
 
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A Markdown table with columns padded to equal width."""
-    widths = [
-        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-        for i, h in enumerate(headers)
-    ]
-
-    def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
-
-    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(headers), rule, *(line(r) for r in rows)])
+def load_average() -> float | None:
+    """The 1-minute load average, or None where the OS has none (Windows)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
 
 
-def write_json(out_dir: Path, stem: str, device: torch.device, payload: dict) -> Path:
-    """Write ``payload`` to ``out_dir/<stem>-<device>-<UTC timestamp>.json``."""
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{stem}-{device.type}-{stamp}.json"
-    path.write_text(json.dumps(payload, indent=2, default=_to_json) + "\n")
-    return path
-
-
-def _to_json(obj: object) -> object:
-    """json.dumps fallback: dataclasses as dicts, anything else (e.g. a
-    torch.device inside build_info) as its string form, so that an unexpected
-    value costs a lossy field rather than the whole result file."""
-    if isinstance(obj, (Stats, Bandwidth)):
-        return asdict(obj)
-    return str(obj)
+def hardware_name(env: Mapping[str, object]) -> str:
+    """The GPU name on CUDA, otherwise the CPU model."""
+    return str(env.get("gpu_name") or env["cpu_model"])

@@ -1,0 +1,114 @@
+"""The interface between the runner and a benchmark family ("suite").
+
+A suite is one module under ``fastopt/bench/suites/`` that defines
+``SUITE = Suite(...)``, plus one line in ``suites/__init__.py``'s registry.
+Its ``cases(ctx)`` lists the cases; each case names its contenders only when
+the runner calls ``setup()``, so listing all cases allocates nothing and a
+case's inputs are freed before the next case builds its own. The runner does
+everything else: the interleaved timing with the triad, GB/s, the fraction of
+bandwidth, the speed-up against the best torch path, the table, the JSON, the
+chart and the progress bar.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .harness import Call
+
+# Contender roles. The table compares the fastopt contender with the fastest
+# torch contender; peers (other libraries) and extras (fastopt variants,
+# reference copies) are timed in the same round-robin and kept in the JSON.
+FASTOPT = "fastopt"
+TORCH = "torch"
+PEER = "peer"
+EXTRA = "extra"
+REFERENCE = "reference"
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a suite may depend on when it lists its cases.
+
+    ``smoke`` asks for tiny inputs (the CI check of the report: it proves the
+    plumbing, never speed); ``quick`` keeps the real sizes with fewer
+    repetitions; ``peers`` asks for other libraries' contenders where installed.
+    """
+
+    device: torch.device
+    quick: bool = False
+    smoke: bool = False
+    peers: bool = False
+
+
+@dataclass(frozen=True)
+class Reps:
+    """Timed rounds and warm-up rounds per case, for full and --quick runs.
+
+    The defaults are sized for the 2-core dev machine: the optimizer suite's
+    32 cases run up to six contenders each, and torch's for-loop paths take
+    a few hundred ms a step there. Measured there while other builds ran: a
+    full run took 8.7 min at load 2-3 and 18.7 min at load 6-8, and
+    --quick took 145 s with 5+1 rounds at load 3, and 47 s with 4+1 at load 1.
+    """
+
+    full: tuple[int, int] = (30, 3)
+    quick: tuple[int, int] = (4, 1)
+
+    def pick(self, ctx: Context) -> tuple[int, int]:
+        if ctx.smoke:
+            return (3, 1)
+        return self.quick if ctx.quick else self.full
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmarked configuration: the same work done by several contenders.
+
+    ``setup()`` builds the inputs and returns one zero-argument callable per
+    contender, each doing the case's work once on its own copy of identical
+    inputs. ``roles`` maps each contender name to FASTOPT (exactly one),
+    TORCH, PEER, EXTRA or REFERENCE. ``nbytes`` is the minimal traffic of one
+    call (each input read once, each output written once); ``nbytes_of``
+    overrides it for contenders that do different work (a reference copy).
+    ``params`` are facts recorded in the JSON (dtype, shapes, hyperparameters).
+    """
+
+    name: str
+    nbytes: int
+    setup: Callable[[], dict[str, Call]]
+    roles: dict[str, str]
+    params: dict[str, object] = field(default_factory=dict)
+    nbytes_of: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def fastopt(self) -> str:
+        return next(n for n, r in self.roles.items() if r == FASTOPT)
+
+    @property
+    def torch_paths(self) -> list[str]:
+        return [n for n, r in self.roles.items() if r == TORCH]
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A family of cases; see the module docstring.
+
+    ``notes(ctx)``, when given, returns facts that are not timings (for
+    example the bytes autograd saves per element); they go into the JSON and
+    are printed under the table.
+    """
+
+    name: str
+    title: str
+    cases: Callable[[Context], list[Case]]
+    reps: Reps = Reps()
+    notes: Callable[[Context], dict[str, object]] | None = None
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """'float32' for torch.float32."""
+    return str(dtype).removeprefix("torch.")

@@ -1,0 +1,106 @@
+"""Dropout (p = 0.5, one flat float32 tensor): fastopt against torch's dropout paths.
+
+Two cases, forward and forward + backward. Forward reads x and writes y;
+backward reads dy and writes dx (fastopt regenerates the mask from its seed;
+torch also reads its saved mask, which is not counted). A copy into a
+preallocated tensor runs alongside as the read-x, write-y floor of forward.
+The notes give the bytes per element that autograd keeps for backward.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+import fastopt.nn.functional as FF
+
+from ..harness import Call
+from ..suite import EXTRA, FASTOPT, REFERENCE, TORCH, Case, Context, Reps, Suite
+
+P = 0.5
+COPY = "copy y.copy_(x) (reference)"
+FASTOPT_INPLACE = "fastopt dropout (inplace)"
+TORCH_F = "torch F.dropout"
+NATIVE = "torch.native_dropout"
+
+Dropout = Callable[[torch.Tensor], torch.Tensor]
+
+# Forward functions of each contender that has autograd.
+DROPOUTS: dict[str, Dropout] = {
+    "fastopt": lambda x: FF.dropout(x, P),
+    TORCH_F: lambda x: torch.nn.functional.dropout(x, P),
+    NATIVE: lambda x: torch.native_dropout(x, P, True)[0],
+}
+ROLES = {"fastopt": FASTOPT, TORCH_F: TORCH, NATIVE: TORCH}
+
+
+def numel(ctx: Context) -> int:
+    if ctx.smoke:
+        return 2**16
+    return (16 if ctx.device.type == "cpu" else 256) * 2**20
+
+
+def _inputs(ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator(device=ctx.device).manual_seed(0)
+    n = numel(ctx)
+    return torch.randn(n, generator=gen, device=ctx.device), torch.randn(n, generator=gen, device=ctx.device)
+
+
+def _forward(ctx: Context) -> dict[str, Call]:
+    x, _ = _inputs(ctx)
+    scratch = x.clone()
+    fns: dict[str, Call] = {name: (lambda f=f: f(x)) for name, f in DROPOUTS.items()}
+    # In place on a scratch copy: a value-preserving scale would be better, but
+    # repeated dropout only zeroes more elements, which costs the same.
+    fns[FASTOPT_INPLACE] = lambda: FF.dropout(scratch, P, inplace=True)
+    fns[COPY] = lambda: scratch.copy_(x)
+    return fns
+
+
+def _backward(ctx: Context) -> dict[str, Call]:
+    x, grad = _inputs(ctx)
+    leaf = x.requires_grad_()
+
+    def step(f: Dropout) -> Call:
+        def run() -> None:
+            leaf.grad = None
+            f(leaf).backward(grad)
+
+        return run
+
+    return {name: step(f) for name, f in DROPOUTS.items()}
+
+
+def cases(ctx: Context) -> list[Case]:
+    n = numel(ctx)
+    params = {"numel": n, "p": P, "dtype": "float32"}
+    return [
+        Case("dropout forward", 2 * n * 4, lambda: _forward(ctx),
+             roles={**ROLES, FASTOPT_INPLACE: EXTRA, COPY: REFERENCE}, params={**params, "work": "forward"}),
+        Case("dropout forward+backward", 4 * n * 4, lambda: _backward(ctx),
+             roles=dict(ROLES), params={**params, "work": "forward + backward"}),
+    ]  # fmt: skip
+
+
+def saved_bytes_per_element(fn: Dropout, x: torch.Tensor) -> float:
+    """Bytes autograd saves for backward per element of x, x itself excluded."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.untyped_storage().data_ptr() != x.untyped_storage().data_ptr():
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(x)
+    return sum(seen.values()) / x.numel()
+
+
+def notes(ctx: Context) -> dict[str, object]:
+    x = torch.randn(2**16, device=ctx.device, requires_grad=True)
+    return {"saved_bytes_per_element": {name: saved_bytes_per_element(f, x) for name, f in DROPOUTS.items()}}
+
+
+# torch's CPU dropout takes about 0.25 s per 16M-element call, so few rounds.
+SUITE = Suite(name="dropout", title="dropout", cases=cases, reps=Reps(full=(9, 2), quick=(3, 1)), notes=notes)

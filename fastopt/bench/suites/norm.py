@@ -1,0 +1,75 @@
+"""GroupNorm, LayerNorm and InstanceNorm forward+backward: fastopt against torch.
+
+Each case times one forward and one backward of the module on identical
+inputs. The minimal traffic is x read and y written in the forward, and x and
+dy read and dx written in the backward: 5 tensors of x's size (the per-channel
+parameters are negligible).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+import fastopt.nn
+
+from ..harness import Call
+from ..suite import FASTOPT, TORCH, Case, Context, Suite
+
+TENSORS_MOVED = 5
+
+ModulePair = tuple[Callable[[], torch.nn.Module], Callable[[], torch.nn.Module]]
+
+
+def _step(module: torch.nn.Module, x: torch.Tensor, dy: torch.Tensor) -> Call:
+    x = x.clone().requires_grad_()
+
+    def step() -> None:
+        x.grad = None
+        module(x).backward(dy)
+
+    return step
+
+
+def _case(name: str, shape: tuple[int, ...], fmt: torch.memory_format, modules: ModulePair, ctx: Context) -> Case:
+    def setup() -> dict[str, Call]:
+        gen = torch.Generator(device=ctx.device).manual_seed(0)
+        x = torch.randn(shape, generator=gen, device=ctx.device).to(memory_format=fmt)
+        dy = torch.randn(shape, generator=gen, device=ctx.device).to(memory_format=fmt)
+        ours, ref = (make().to(ctx.device) for make in modules)
+        return {"fastopt": _step(ours, x, dy), "torch": _step(ref, x, dy)}
+
+    numel = 1
+    for n in shape:
+        numel *= n
+    layout = "NHWC" if fmt == torch.channels_last else ("NCHW" if len(shape) == 4 else "")
+    return Case(
+        name=f"{name} {tuple(shape)} {layout}".rstrip(),
+        nbytes=TENSORS_MOVED * numel * 4,
+        setup=setup,
+        roles={"fastopt": FASTOPT, "torch": TORCH},
+        params={"shape": list(shape), "memory_format": layout or "contiguous", "dtype": "float32",
+                "work": "forward + backward"},
+    )  # fmt: skip
+
+
+def cases(ctx: Context) -> list[Case]:
+    # (N, C, H, W): a ResNet early stage and a late one.
+    shapes = [(2, 64, 8, 8)] if ctx.smoke else [(32, 64, 56, 56), (64, 256, 14, 14)]
+    result = []
+    for shape in shapes:
+        c = shape[1]
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            pair = (lambda c=c: fastopt.nn.GroupNorm(32, c), lambda c=c: torch.nn.GroupNorm(32, c))
+            result.append(_case("GroupNorm(32)", shape, fmt, pair, ctx))
+    first = shapes[0]
+    pair = (lambda: fastopt.nn.InstanceNorm2d(first[1], affine=True), lambda: torch.nn.InstanceNorm2d(first[1], affine=True))
+    result.append(_case("InstanceNorm2d(affine)", first, torch.contiguous_format, pair, ctx))
+    rows, hidden = (16, 64) if ctx.smoke else (4096, 768)
+    pair = (lambda: fastopt.nn.LayerNorm(hidden), lambda: torch.nn.LayerNorm(hidden))
+    result.append(_case(f"LayerNorm({hidden})", (rows, hidden), torch.contiguous_format, pair, ctx))
+    return result
+
+
+SUITE = Suite(name="norm", title="normalization forward+backward", cases=cases)

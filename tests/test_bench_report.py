@@ -1,0 +1,171 @@
+"""The benchmark report (`make bench`) is produced and well-formed.
+
+A tiny in-process run (--smoke: small inputs, a few rounds) of every
+registered suite. These tests check structure and consistency only, never
+speed: CI machines are shared and timing thresholds would be flaky.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastopt.bench import readme, report, runner
+from fastopt.bench.__main__ import main
+from fastopt.bench.suite import FASTOPT, TORCH, Case, Context, Suite
+from fastopt.bench.suites import REGISTRY
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str, Path]:
+    """One --smoke run of all suites: (payload, printed stdout, output folder)."""
+    out = tmp_path_factory.mktemp("bench")
+    captured = io.StringIO()
+    import contextlib
+
+    # One thread: the run only proves the plumbing, and on a loaded 2-core
+    # machine OpenMP barriers between two threads cost more than the work.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with contextlib.redirect_stdout(captured):
+            rc = main(["--smoke", "--device", "cpu", "--out", str(out), "--no-progress"])
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == 0
+    files = list(out.glob("bench-cpu-*.json"))
+    assert len(files) == 1, files
+    return json.loads(files[0].read_text()), captured.getvalue(), files[0]
+
+
+def _finite_positive(x: object) -> bool:
+    return isinstance(x, float) and math.isfinite(x) and x > 0
+
+
+def test_json_has_run_facts(smoke_run: tuple[dict, str, Path]) -> None:
+    payload, _, _ = smoke_run
+    assert payload["schema"] == report.SCHEMA
+    env = payload["environment"]
+    for key in ("device", "cpu_model", "torch_version", "date_utc", "threads", "fastopt_build_info", "git_commit"):
+        assert key in env, key
+    assert env["device"] == "cpu"
+    assert env["torch_version"] == torch.__version__
+    bw = payload["bandwidth"]
+    assert _finite_positive(bw["triad_gbps"]) and _finite_positive(bw["copy_gbps"])
+    assert payload["settings"]["smoke"] is True
+    assert set(payload["suites"]) == set(REGISTRY)
+
+
+def test_every_case_is_measured_and_consistent(smoke_run: tuple[dict, str, Path]) -> None:
+    payload, _, _ = smoke_run
+    cases = payload["cases"]
+    assert {c["suite"] for c in cases} == set(REGISTRY)
+    for case in cases:
+        assert "error" not in case, (case["case"], case.get("error"))
+        contenders = case["contenders"]
+        roles = [c["role"] for c in contenders.values()]
+        assert roles.count(FASTOPT) == 1 and TORCH in roles, case["case"]
+        assert runner.TRIAD in contenders
+        for name, c in contenders.items():
+            assert len(c["samples_ms"]) == case["reps"], (case["case"], name)
+            assert c["p20_ms"] <= c["median_ms"] <= c["p80_ms"], (case["case"], name)
+            assert _finite_positive(c["gbps"]), (case["case"], name)
+            # GB/s is the contender's byte count over its median time.
+            assert c["gbps"] == pytest.approx(c["nbytes"] / (c["median_ms"] * 1e-3) / 1e9)
+        s = case["summary"]
+        torch_ms = {n: c["median_ms"] for n, c in contenders.items() if c["role"] == TORCH}
+        assert s["best_torch"] == min(torch_ms, key=torch_ms.get)
+        assert s["speedup"] == pytest.approx(s["best_torch_ms"] / s["fastopt_ms"])
+        assert s["fraction_of_triad"] == pytest.approx(s["gbps"] / contenders[runner.TRIAD]["gbps"])
+
+
+def test_table_is_printed(smoke_run: tuple[dict, str, Path]) -> None:
+    payload, out, json_path = smoke_run
+    assert "| suite" in out and "fastopt ms" in out and "best torch ms" in out and "% of triad" in out
+    for case in payload["cases"]:
+        assert f"| {case['case']}" in out, case["case"]
+    assert f"wrote {json_path}" in out
+    assert payload["notes"]["dropout"]["saved_bytes_per_element"]["fastopt"] < 1
+
+
+def test_chart_is_written_or_skipped_with_a_reason(smoke_run: tuple[dict, str, Path]) -> None:
+    _, out, json_path = smoke_run
+    png = json_path.with_suffix(".png")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "chart skipped: matplotlib is not installed" in out
+        assert not png.exists()
+    else:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_readme_section_is_generated(smoke_run: tuple[dict, str, Path], tmp_path: Path) -> None:
+    payload, _, json_path = smoke_run
+    doc = tmp_path / "README.md"
+    doc.write_text(f"# title\n\nbefore\n\n{readme.BEGIN}\nstale\n{readme.END}\n\nafter\n")
+    assert readme.main(["--json", str(json_path), "--readme", str(doc)]) == 0
+    text = doc.read_text()
+    assert "stale" not in text and text.startswith("# title\n\nbefore\n") and text.endswith("after\n")
+    assert payload["environment"]["date_utc"][:10] in text
+    assert payload["cases"][0]["case"] in text
+    # Rewriting is idempotent: the markers survive.
+    assert readme.main(["--json", str(json_path), "--readme", str(doc)]) == 0
+    assert doc.read_text() == text
+
+
+def test_readme_without_markers_is_refused(smoke_run: tuple[dict, str, Path], tmp_path: Path) -> None:
+    _, _, json_path = smoke_run
+    doc = tmp_path / "README.md"
+    doc.write_text("# no markers\n")
+    with pytest.raises(ValueError, match="marker"):
+        readme.main(["--json", str(json_path), "--readme", str(doc)])
+
+
+def test_failing_case_is_reported_and_the_run_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A suite written to the documented interface; one case raises (as a family without CUDA kernels would)."""
+    work = torch.ones(1024)
+
+    def broken() -> dict:
+        raise NotImplementedError("no kernel for this device")
+
+    def fine() -> dict:
+        return {"fastopt": lambda: work.mul_(1.0), "torch": lambda: work.add_(0.0)}
+
+    roles = {"fastopt": FASTOPT, "torch": TORCH}
+    suite = Suite(
+        name="toy",
+        title="toy",
+        cases=lambda ctx: [Case("broken", 8192, broken, roles), Case("fine", 8192, fine, roles)],
+    )
+    monkeypatch.setitem(REGISTRY, "toy", "unused")
+    monkeypatch.setattr(runner, "load", lambda name: suite)
+    payload = runner.run(Context(device=torch.device("cpu"), smoke=True), ["toy"], progress=False)
+    broken_case, fine_case = payload["cases"]
+    assert broken_case["error"] == "NotImplementedError: no kernel for this device"
+    assert fine_case["summary"]["speedup"] > 0
+    assert "error: NotImplementedError" in report.summary_table(payload)
+
+
+def test_unknown_suite_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown suite"):
+        runner.run(Context(device=torch.device("cpu"), smoke=True), ["nope"], progress=False)
+
+
+def test_progress_bar_on_a_pipe_prints_tenths() -> None:
+    stream = io.StringIO()
+    bar = report.Progress(20, stream=stream)
+    bar.set_label("case a")
+    for _ in range(20):
+        bar.advance()
+    bar.close()
+    lines = stream.getvalue().splitlines()
+    # One line per tenth reached (0%..100%), never one per round.
+    assert len(lines) == 11
+    assert lines[-1].startswith("[" + "#" * 30 + "] 100%")
+    assert all("case a" in line for line in lines)
