@@ -14,6 +14,7 @@ from ..suite import Suite
 # In run order; the order also sets the rows of the table and the chart.
 REGISTRY: dict[str, str] = {
     "optim": "fastopt.bench.suites.optim",
+    "many_groups": "fastopt.bench.suites.many_groups",
     "ema": "fastopt.bench.suites.ema",
     "norm": "fastopt.bench.suites.norm",
     "dropout": "fastopt.bench.suites.dropout",
