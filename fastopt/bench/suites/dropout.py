@@ -2,7 +2,8 @@
 
 Two cases, forward and forward + backward. Forward reads x and writes y;
 backward reads dy and writes dx (fastopt regenerates the mask from its seed;
-torch also reads its saved mask, which is not counted). A copy into a
+torch also reads its saved mask, which is not counted; so does fastopt's
+1-bit mask mode, an extra contender). A copy into a
 preallocated tensor runs alongside as the read-x, write-y floor of forward.
 The notes give the bytes per element that autograd keeps for backward.
 """
@@ -21,6 +22,7 @@ from ..suite import EXTRA, FASTOPT, REFERENCE, TORCH, Case, Context, Reps, Suite
 P = 0.5
 COPY = "copy y.copy_(x) (reference)"
 FASTOPT_INPLACE = "fastopt dropout (inplace)"
+FASTOPT_BITS = 'fastopt mask="bits"'
 TORCH_F = "torch F.dropout"
 NATIVE = "torch.native_dropout"
 
@@ -33,6 +35,9 @@ DROPOUTS: dict[str, Dropout] = {
     NATIVE: lambda x: torch.native_dropout(x, P, True)[0],
 }
 ROLES = {"fastopt": FASTOPT, TORCH_F: TORCH, NATIVE: TORCH}
+# The 1-bit saved-mask mode: forward also writes n/8 bytes of mask, backward
+# reads them instead of redrawing the mask.
+VARIANTS: dict[str, Dropout] = {FASTOPT_BITS: lambda x: FF.dropout(x, P, mask="bits")}
 
 
 def numel(ctx: Context) -> int:
@@ -50,7 +55,7 @@ def _inputs(ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
 def _forward(ctx: Context) -> dict[str, Call]:
     x, _ = _inputs(ctx)
     scratch = x.clone()
-    fns: dict[str, Call] = {name: (lambda f=f: f(x)) for name, f in DROPOUTS.items()}
+    fns: dict[str, Call] = {name: (lambda f=f: f(x)) for name, f in {**DROPOUTS, **VARIANTS}.items()}
     # In place on a scratch copy: a value-preserving scale would be better, but
     # repeated dropout only zeroes more elements, which costs the same.
     fns[FASTOPT_INPLACE] = lambda: FF.dropout(scratch, P, inplace=True)
@@ -69,7 +74,7 @@ def _backward(ctx: Context) -> dict[str, Call]:
 
         return run
 
-    return {name: step(f) for name, f in DROPOUTS.items()}
+    return {name: step(f) for name, f in {**DROPOUTS, **VARIANTS}.items()}
 
 
 def cases(ctx: Context) -> list[Case]:
@@ -77,9 +82,10 @@ def cases(ctx: Context) -> list[Case]:
     params = {"numel": n, "p": P, "dtype": "float32"}
     return [
         Case("dropout forward", 2 * n * 4, lambda: _forward(ctx),
-             roles={**ROLES, FASTOPT_INPLACE: EXTRA, COPY: REFERENCE}, params={**params, "work": "forward"}),
+             roles={**ROLES, FASTOPT_INPLACE: EXTRA, FASTOPT_BITS: EXTRA, COPY: REFERENCE},
+             params={**params, "work": "forward"}),
         Case("dropout forward+backward", 4 * n * 4, lambda: _backward(ctx),
-             roles=dict(ROLES), params={**params, "work": "forward + backward"}),
+             roles={**ROLES, FASTOPT_BITS: EXTRA}, params={**params, "work": "forward + backward"}),
     ]  # fmt: skip
 
 
@@ -99,7 +105,8 @@ def saved_bytes_per_element(fn: Dropout, x: torch.Tensor) -> float:
 
 def notes(ctx: Context) -> dict[str, object]:
     x = torch.randn(2**16, device=ctx.device, requires_grad=True)
-    return {"saved_bytes_per_element": {name: saved_bytes_per_element(f, x) for name, f in DROPOUTS.items()}}
+    fns = {**DROPOUTS, **VARIANTS}
+    return {"saved_bytes_per_element": {name: saved_bytes_per_element(f, x) for name, f in fns.items()}}
 
 
 # torch's CPU dropout takes about 0.25 s per 16M-element call, so few rounds.
