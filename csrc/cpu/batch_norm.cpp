@@ -35,6 +35,10 @@ using namespace ::fastopt::norm;
 constexpr int64_t kBlocks = 64;
 // Elements per parallel task of the elementwise pass.
 constexpr int64_t kGrainElements = 32768;
+// Outputs at least this large are written with non-temporal stores: they
+// cannot stay in the caches (1 MB L2 per core, a shared L3) until the next
+// layer reads them, and ordinary stores would first read every line.
+constexpr int64_t kStreamBytes = int64_t{8} << 20;
 
 // x and its view as the kernels see it.
 struct Input {
@@ -117,23 +121,38 @@ at::Tensor channel_sums(const Input& in, BatchNormSums sums, const at::Tensor& d
   return out;
 }
 
-// The elementwise pass over the whole tensor.
-void affine_all(const Input& in, const BatchNormAffineArgs& args) {
+bool stream_output(const Input& in) { return in.x.numel() * in.x.element_size() >= kStreamBytes; }
+
+// The elementwise pass over the whole tensor. Channels last, the rows are cut
+// into the same blocks, on the same threads, as channel_sums' reduction, and
+// each thread walks its rows backwards: a pass right after that reduction
+// starts on the rows it read last, which are still in cache.
+void affine_all(const Input& in, BatchNormAffineArgs args) {
   const BatchNormConfig& cfg = in.cfg;
   if (in.x.numel() == 0) return;
+  args.stream = stream_output(in);
   const BatchNormAffineFn kernel = batch_norm_affine_kernel();
-  const int64_t items = cfg.channels_last ? in.count() : cfg.N * cfg.C;
-  const int64_t item_size = cfg.channels_last ? cfg.C : cfg.S;
-  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, item_size));
-  at::parallel_for(0, items, grain, [&](int64_t begin, int64_t end) { kernel(cfg, args, begin, end); });
+  if (cfg.channels_last) {
+    const int64_t rows = in.count();
+    const int64_t blocks = std::min(rows, kBlocks);
+    at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
+      for (int64_t blk = last - 1; blk >= first; --blk) {
+        kernel(cfg, args, blk * rows / blocks, (blk + 1) * rows / blocks);
+      }
+    });
+    return;
+  }
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, cfg.S));
+  at::parallel_for(0, cfg.N * cfg.C, grain, [&](int64_t begin, int64_t end) { kernel(cfg, args, begin, end); });
 }
 
 // Channels first, fused: sums of channel c, then fn(c) for its coefficients,
 // then the elementwise pass over the channel's planes while they are cached.
 template <typename Coefficients>
-void fused_channels_first(const Input& in, BatchNormReduceArgs reduce, const BatchNormAffineArgs& affine,
+void fused_channels_first(const Input& in, BatchNormReduceArgs reduce, BatchNormAffineArgs affine,
                           const Coefficients& coefficients) {
   const BatchNormConfig& cfg = in.cfg;
+  affine.stream = stream_output(in);
   const BatchNormReduceFn reduce_kernel = batch_norm_reduce_kernel();
   const BatchNormAffineFn affine_kernel = batch_norm_affine_kernel();
   at::parallel_for(0, cfg.C, 1, [&](int64_t begin, int64_t end) {

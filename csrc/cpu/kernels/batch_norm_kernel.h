@@ -65,10 +65,16 @@ struct BatchNormAffineArgs {
   const void* p;
   const void* q;  // read only with dy
   const void* r;
+  // Write float32/float64 output around the caches (non-temporal stores):
+  // for outputs much larger than the caches, which would otherwise read each
+  // output line from memory before overwriting it.
+  bool stream;
 };
 
 // Channels first: planes [begin, end) in memory order (plane j is sample
-//   j / C, channel j % C). Channels last: rows [begin, end).
+//   j / C, channel j % C). Channels last: rows [begin, end), in descending
+//   blocks of rows, so that a pass right after a reduction over the same rows
+//   starts with the rows the reduction read last, while they are still cached.
 using BatchNormAffineFn = void (*)(const BatchNormConfig&, const BatchNormAffineArgs&,
                                    int64_t begin, int64_t end);
 
