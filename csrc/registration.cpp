@@ -100,6 +100,12 @@ TORCH_LIBRARY(fastopt, m) {
   m.def(
       "batch_norm_bwd_elemt(Tensor grad_out, Tensor x, Tensor mean, Tensor invstd, "
       "Tensor? weight, Tensor sum_dy, Tensor sum_dy_xmu, int count) -> Tensor");
+  // Running estimates after a training batch of `count` values per channel:
+  // running = (1 - momentum) * running + momentum * statistic, with the biased
+  // batch variance `var` made unbiased. Computed in float64, rounded once.
+  m.def(
+      "batch_norm_update_stats_(Tensor(a!)? running_mean, Tensor(b!)? running_var, Tensor mean, "
+      "Tensor var, float momentum, int count) -> ()");
   // SGD with optional momentum, dampening, Nesterov and weight decay.
   // momentum_buffers is empty when momentum == 0. With is_first_step, every
   // buffer is set to the (decayed) gradient, as torch does when a buffer is

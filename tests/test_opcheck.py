@@ -217,3 +217,14 @@ def test_batch_norm(device, shape, channels_last, dtype):
 def test_batch_norm_no_affine(device):
     x = torch.randn(3, 4, 5, device=device, requires_grad=True)
     torch.library.opcheck(torch.ops.fastopt.batch_norm_fwd.default, (x, None, None, 1e-5))
+
+
+@pytest.mark.parametrize("buffer_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("which", ["both", "mean only"])
+def test_batch_norm_update_stats(device, buffer_dtype, which):
+    running_mean = torch.randn(5, device=device, dtype=buffer_dtype)
+    running_var = torch.rand(5, device=device, dtype=buffer_dtype) if which == "both" else None
+    mean, var = torch.randn(5, device=device), torch.rand(5, device=device)
+    torch.library.opcheck(
+        torch.ops.fastopt.batch_norm_update_stats_.default, (running_mean, running_var, mean, var, 0.1, 12)
+    )

@@ -11,6 +11,7 @@
 //     into its own partial row; the partials are added in block order, so the
 //     result does not depend on the thread count.
 #include <ATen/OpMathType.h>
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/TensorOperators.h>
 #include <ATen/core/Tensor.h>
@@ -74,51 +75,50 @@ at::Tensor channel_stat(const char* op, const char* name, const at::Tensor& t, c
 
 at::Tensor new_stat(const Input& in) { return at::empty({in.cfg.C}, in.x.options().dtype(in.opmath)); }
 
-// Calls fn(typed pointer) with the arithmetic-type pointer of `t`.
+// Calls fn(M{}) with a value of x's arithmetic type M (float or double).
 template <typename Fn>
-void with_opmath(const at::Tensor& t, const Fn& fn) {
-  if (t.scalar_type() == at::kDouble) {
-    fn(t.mutable_data_ptr<double>());
+void with_opmath(const Input& in, const Fn& fn) {
+  if (in.opmath == at::kDouble) {
+    fn(double{});
   } else {
-    fn(t.mutable_data_ptr<float>());
+    fn(float{});
   }
 }
 
-// Per-channel sums of the whole tensor, in double: [2, C] (sum1, sum2).
-at::Tensor channel_sums(const Input& in, BatchNormSums sums, const at::Tensor& dy,
-                        const at::Tensor& center) {
+template <typename M>
+M* data_of(const at::Tensor& t) {
+  return t.defined() ? static_cast<M*>(t.mutable_data_ptr()) : nullptr;
+}
+
+// Per-channel sums of the whole tensor, in double, into sum[0, 2C): sum1 then sum2.
+void channel_sums(const Input& in, BatchNormSums sums, const void* dy, const void* center,
+                  double* sum) {
   const BatchNormConfig& cfg = in.cfg;
-  at::Tensor out = at::zeros({2, cfg.C}, in.x.options().dtype(at::kDouble));
-  if (in.x.numel() == 0) return out;
-  double* s = out.mutable_data_ptr<double>();
+  std::fill(sum, sum + 2 * cfg.C, 0.0);
+  if (in.x.numel() == 0) return;
   const BatchNormReduceFn kernel = batch_norm_reduce_kernel();
-  BatchNormReduceArgs args{sums, in.x.const_data_ptr(), ptr_or_null(dy), center.const_data_ptr(),
-                           s, s + cfg.C, nullptr};
+  const BatchNormReduceArgs args{sums, in.x.const_data_ptr(), dy, center, sum, sum + cfg.C, nullptr};
   if (!cfg.channels_last) {
     at::parallel_for(0, cfg.C, 1, [&](int64_t begin, int64_t end) { kernel(cfg, args, begin, end); });
-    return out;
+    return;
   }
   const int64_t rows = in.count();
   const int64_t blocks = std::min(rows, kBlocks);
-  // Per block: [sum1 | sum2] partials in double, then the kernel's scratch.
-  at::Tensor partial = at::zeros({blocks, 2 * cfg.C}, out.options());
-  at::Tensor scratch = at::empty({blocks, 2 * cfg.C}, in.x.options().dtype(in.opmath));
-  double* pp = partial.mutable_data_ptr<double>();
-  char* sp = static_cast<char*>(scratch.mutable_data_ptr());
-  const int64_t scratch_bytes = 2 * cfg.C * scratch.element_size();
+  // Per block: [sum1 | sum2] partials in double, and the kernel's scratch
+  // (2C arithmetic-type values, at most doubles).
+  std::vector<double> partial(blocks * 2 * cfg.C, 0.0), scratch(blocks * 2 * cfg.C);
   at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
     for (int64_t blk = first; blk < last; ++blk) {
       BatchNormReduceArgs block = args;
-      block.sum1 = pp + blk * 2 * cfg.C;
+      block.sum1 = partial.data() + blk * 2 * cfg.C;
       block.sum2 = block.sum1 + cfg.C;
-      block.scratch = sp + blk * scratch_bytes;
+      block.scratch = scratch.data() + blk * 2 * cfg.C;
       kernel(cfg, block, blk * rows / blocks, (blk + 1) * rows / blocks);
     }
   });
   for (int64_t blk = 0; blk < blocks; ++blk) {
-    for (int64_t i = 0; i < 2 * cfg.C; ++i) s[i] += pp[blk * 2 * cfg.C + i];
+    for (int64_t i = 0; i < 2 * cfg.C; ++i) sum[i] += partial[blk * 2 * cfg.C + i];
   }
-  return out;
 }
 
 bool stream_output(const Input& in) { return in.x.numel() * in.x.element_size() >= kStreamBytes; }
@@ -146,12 +146,20 @@ void affine_all(const Input& in, BatchNormAffineArgs args) {
   at::parallel_for(0, cfg.N * cfg.C, grain, [&](int64_t begin, int64_t end) { kernel(cfg, args, begin, end); });
 }
 
-// Channels first, fused: sums of channel c, then fn(c) for its coefficients,
-// then the elementwise pass over the channel's planes while they are cached.
+// The training ops' two passes with per-channel coefficients between them.
+// Channels first, fused: sums of channel c, then coefficients(c), then the
+// elementwise pass over the channel's planes while they are still cached.
+// Channels last: all sums, all coefficients, then the elementwise pass.
 template <typename Coefficients>
-void fused_channels_first(const Input& in, BatchNormReduceArgs reduce, BatchNormAffineArgs affine,
-                          const Coefficients& coefficients) {
+void reduce_then_affine(const Input& in, const BatchNormReduceArgs& reduce, BatchNormAffineArgs affine,
+                        const Coefficients& coefficients) {
   const BatchNormConfig& cfg = in.cfg;
+  if (cfg.channels_last) {
+    channel_sums(in, reduce.sums, reduce.dy, reduce.center, reduce.sum1);
+    for (int64_t c = 0; c < cfg.C; ++c) coefficients(c);
+    affine_all(in, affine);
+    return;
+  }
   affine.stream = stream_output(in);
   const BatchNormReduceFn reduce_kernel = batch_norm_reduce_kernel();
   const BatchNormAffineFn affine_kernel = batch_norm_affine_kernel();
@@ -161,6 +169,17 @@ void fused_channels_first(const Input& in, BatchNormReduceArgs reduce, BatchNorm
       coefficients(c);
       for (int64_t n = 0; n < cfg.N; ++n) affine_kernel(cfg, affine, n * cfg.C + c, n * cfg.C + c + 1);
     }
+  });
+}
+
+// The first value of every channel of x (N * S > 0): the shift of the moment
+// sums, close enough to the mean that the shifted sums do not cancel.
+template <typename M>
+void first_values(const Input& in, M* shift) {
+  const int64_t stride = in.cfg.channels_last ? 1 : in.cfg.S;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.x.scalar_type(), "first_values", [&] {
+    const scalar_t* x = in.x.const_data_ptr<scalar_t>();
+    for (int64_t c = 0; c < in.cfg.C; ++c) shift[c] = static_cast<M>(x[c * stride]);
   });
 }
 
@@ -179,20 +198,22 @@ double invstd_of(double m2, int64_t count, double eps) {
 std::tuple<at::Tensor, at::Tensor> batch_norm_stats_cpu(const at::Tensor& input) {
   constexpr const char* kOp = "fastopt.batch_norm_stats";
   const Input in = prepare(kOp, input);
+  const int64_t C = in.cfg.C, n = in.count();
   at::Tensor mean = new_stat(in), m2 = new_stat(in);
   if (in.x.numel() == 0) return {mean.zero_(), m2.zero_()};
-  const at::Tensor shift = channel_first_values(in.x, in.opmath);
-  const at::Tensor sums = channel_sums(in, BatchNormSums::Moments, {}, shift).to(at::kDouble);
-  const at::Tensor shift64 = shift.to(at::kDouble);
-  const double* s = sums.const_data_ptr<double>();
-  const double* k = shift64.const_data_ptr<double>();
-  with_opmath(mean, [&](auto* mp) {
-    auto* m2p = static_cast<decltype(mp)>(m2.mutable_data_ptr());
-    for (int64_t c = 0; c < in.cfg.C; ++c) {
+  with_opmath(in, [&](auto zero) {
+    using M = decltype(zero);
+    std::vector<M> shift(C);
+    std::vector<double> sums(2 * C);
+    first_values(in, shift.data());
+    channel_sums(in, BatchNormSums::Moments, nullptr, shift.data(), sums.data());
+    M* mp = data_of<M>(mean);
+    M* m2p = data_of<M>(m2);
+    for (int64_t c = 0; c < C; ++c) {
       double mu, v;
-      moments_from_sums(k[c], s[c], s[in.cfg.C + c], in.count(), mu, v);
-      mp[c] = mu;
-      m2p[c] = v;
+      moments_from_sums(shift[c], sums[c], sums[C + c], n, mu, v);
+      mp[c] = static_cast<M>(mu);
+      m2p[c] = static_cast<M>(v);
     }
   });
   return {mean, m2};
@@ -203,9 +224,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_fwd_cpu(
     const c10::optional<at::Tensor>& bias, double eps) {
   constexpr const char* kOp = "fastopt.batch_norm_fwd";
   const Input in = prepare(kOp, input);
-  const BatchNormConfig& cfg = in.cfg;
-  const at::Tensor gamma = channel_param(kOp, "weight", weight, cfg.C, in.opmath);
-  const at::Tensor beta = channel_param(kOp, "bias", bias, cfg.C, in.opmath);
+  const int64_t C = in.cfg.C, n = in.count();
+  const at::Tensor gamma = channel_param(kOp, "weight", weight, C, in.opmath);
+  const at::Tensor beta = channel_param(kOp, "bias", bias, C, in.opmath);
   at::Tensor y = at::empty_like(in.x);  // keeps x's (dense) strides
   at::Tensor mean = new_stat(in), invstd = new_stat(in), var = new_stat(in);
   if (in.x.numel() == 0) {
@@ -216,24 +237,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_fwd_cpu(
     invstd.fill_(1.0 / std::sqrt(eps));
     return {y, mean, invstd, var};
   }
-  const at::Tensor shift = channel_first_values(in.x, in.opmath);
-  at::Tensor sums = at::zeros({2, cfg.C}, in.x.options().dtype(at::kDouble));
-  at::Tensor coef = at::empty({2, cfg.C}, in.x.options().dtype(in.opmath));  // p, r
-  const int64_t n = in.count();
-  with_opmath(coef, [&](auto* p) {
-    using M = std::remove_pointer_t<decltype(p)>;
-    M* r = p + cfg.C;
-    M* mp = static_cast<M*>(mean.mutable_data_ptr());
-    M* ip = static_cast<M*>(invstd.mutable_data_ptr());
-    M* vp = static_cast<M*>(var.mutable_data_ptr());
-    const M* k = shift.const_data_ptr<M>();
-    const M* g = gamma.defined() ? gamma.const_data_ptr<M>() : nullptr;
-    const M* b = beta.defined() ? beta.const_data_ptr<M>() : nullptr;
-    double* s = sums.mutable_data_ptr<double>();
-    // Coefficients of channel c from its sums: y = (x - mean) * p + r.
+  with_opmath(in, [&](auto zero) {
+    using M = decltype(zero);
+    std::vector<M> shift(C), p(C), r(C);
+    std::vector<double> sums(2 * C);
+    first_values(in, shift.data());
+    M* mp = data_of<M>(mean);
+    M* ip = data_of<M>(invstd);
+    M* vp = data_of<M>(var);
+    const M* g = data_of<M>(gamma);
+    const M* b = data_of<M>(beta);
+    // Channel c's statistics and y = (x - mean) * p + r from its sums.
     auto coefficients = [&](int64_t c) {
       double mu, m2;
-      moments_from_sums(k[c], s[c], s[cfg.C + c], n, mu, m2);
+      moments_from_sums(shift[c], sums[c], sums[C + c], n, mu, m2);
       const double is = invstd_of(m2, n, eps);
       mp[c] = static_cast<M>(mu);
       ip[c] = static_cast<M>(is);
@@ -241,18 +258,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_fwd_cpu(
       p[c] = static_cast<M>(is * (g != nullptr ? static_cast<double>(g[c]) : 1.0));
       r[c] = b != nullptr ? b[c] : M(0);
     };
-    BatchNormReduceArgs reduce{BatchNormSums::Moments, in.x.const_data_ptr(), nullptr, k, s,
-                               s + cfg.C, nullptr};
-    // center = mean: written per channel by coefficients() before the channel's pass.
-    BatchNormAffineArgs affine{in.x.const_data_ptr(), nullptr, y.mutable_data_ptr(), mp, p,
-                               nullptr, r};
-    if (!cfg.channels_last) {
-      fused_channels_first(in, reduce, affine, coefficients);
-      return;
-    }
-    sums.copy_(channel_sums(in, BatchNormSums::Moments, {}, shift));
-    for (int64_t c = 0; c < cfg.C; ++c) coefficients(c);
-    affine_all(in, affine);
+    const BatchNormReduceArgs reduce{BatchNormSums::Moments, in.x.const_data_ptr(), nullptr,
+                                     shift.data(), sums.data(), sums.data() + C, nullptr};
+    // center = the mean, written by coefficients(c) before channel c's pass.
+    const BatchNormAffineArgs affine{in.x.const_data_ptr(), nullptr, y.mutable_data_ptr(), mp,
+                                     p.data(), nullptr, r.data()};
+    reduce_then_affine(in, reduce, affine, coefficients);
   });
   return {y, mean, invstd, var};
 }
@@ -264,16 +275,29 @@ at::Tensor batch_norm_apply_cpu(const at::Tensor& input, const at::Tensor& mean,
   const Input in = prepare(kOp, input);
   const int64_t C = in.cfg.C;
   const at::Tensor m = channel_stat(kOp, "mean", mean, in);
-  at::Tensor p = channel_stat(kOp, "invstd", invstd, in);
+  const at::Tensor is = channel_stat(kOp, "invstd", invstd, in);
   const at::Tensor gamma = channel_param(kOp, "weight", weight, C, in.opmath);
-  at::Tensor r = channel_param(kOp, "bias", bias, C, in.opmath);
-  if (gamma.defined()) p = p * gamma;
-  if (!r.defined()) r = at::zeros({C}, p.options());
+  const at::Tensor beta = channel_param(kOp, "bias", bias, C, in.opmath);
   at::Tensor y = at::empty_like(in.x);
-  affine_all(in, BatchNormAffineArgs{in.x.const_data_ptr(), nullptr, y.mutable_data_ptr(),
-                                     m.const_data_ptr(), p.const_data_ptr(), nullptr,
-                                     r.const_data_ptr()});
+  with_opmath(in, [&](auto zero) {
+    using M = decltype(zero);
+    std::vector<M> p(C), r(C);
+    const M* g = data_of<M>(gamma);
+    const M* b = data_of<M>(beta);
+    const M* ip = data_of<M>(is);
+    for (int64_t c = 0; c < C; ++c) {
+      p[c] = g != nullptr ? ip[c] * g[c] : ip[c];
+      r[c] = b != nullptr ? b[c] : M(0);
+    }
+    affine_all(in, BatchNormAffineArgs{in.x.const_data_ptr(), nullptr, y.mutable_data_ptr(),
+                                       m.const_data_ptr(), p.data(), nullptr, r.data()});
+  });
   return y;
+}
+
+void check_grad_out(const char* op, const at::Tensor& grad_out, const at::Tensor& input) {
+  TORCH_CHECK(grad_out.sizes() == input.sizes(), op, ": grad_out has shape ", grad_out.sizes(),
+              " but the input has shape ", input.sizes());
 }
 
 std::tuple<at::Tensor, at::Tensor> batch_norm_bwd_reduce_cpu(const at::Tensor& grad_out,
@@ -281,27 +305,31 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_bwd_reduce_cpu(const at::Tensor& g
                                                              const at::Tensor& mean) {
   constexpr const char* kOp = "fastopt.batch_norm_bwd_reduce";
   const Input in = prepare(kOp, input);
-  TORCH_CHECK(grad_out.sizes() == input.sizes(), kOp, ": grad_out has shape ", grad_out.sizes(),
-              " but the input has shape ", input.sizes());
+  check_grad_out(kOp, grad_out, input);
+  const int64_t C = in.cfg.C;
   const at::Tensor dy = like_layout(grad_out, in.x, in.cfg.channels_last);
   const at::Tensor m = channel_stat(kOp, "mean", mean, in);
-  const at::Tensor sums = channel_sums(in, BatchNormSums::Gradient, dy, m).to(in.opmath);
-  // Two separate tensors: outputs must not alias one another.
-  return {sums[0].clone(), sums[1].clone()};
+  at::Tensor sum_dy = new_stat(in), sum_dy_xmu = new_stat(in);
+  with_opmath(in, [&](auto zero) {
+    using M = decltype(zero);
+    std::vector<double> sums(2 * C);
+    channel_sums(in, BatchNormSums::Gradient, dy.const_data_ptr(), m.const_data_ptr(), sums.data());
+    std::copy(sums.begin(), sums.begin() + C, data_of<M>(sum_dy));
+    std::copy(sums.begin() + C, sums.end(), data_of<M>(sum_dy_xmu));
+  });
+  return {sum_dy, sum_dy_xmu};
 }
 
 // dx = (x - mean) * p + dy * q + r, with q = invstd * w, p = -q * invstd^2 * sum_dy_xmu / n
 // and r = -q * sum_dy / n: the gradient through the batch statistics.
-struct GradCoefficients {
-  template <typename M>
-  static void of(int64_t c, double sum_dy, double sum_dy_xmu, double invstd, double w,
-                 int64_t count, M* p, M* q, M* r) {
-    const double a = invstd * w, inv_n = 1.0 / static_cast<double>(count);
-    p[c] = static_cast<M>(-a * invstd * invstd * sum_dy_xmu * inv_n);
-    q[c] = static_cast<M>(a);
-    r[c] = static_cast<M>(-a * sum_dy * inv_n);
-  }
-};
+template <typename M>
+void grad_coefficients(double sum_dy, double sum_dy_xmu, double invstd, double w, int64_t count,
+                       M& p, M& q, M& r) {
+  const double a = invstd * w, inv_n = 1.0 / static_cast<double>(count);
+  p = static_cast<M>(-a * invstd * invstd * sum_dy_xmu * inv_n);
+  q = static_cast<M>(a);
+  r = static_cast<M>(-a * sum_dy * inv_n);
+}
 
 at::Tensor batch_norm_bwd_elemt_cpu(const at::Tensor& grad_out, const at::Tensor& input,
                                     const at::Tensor& mean, const at::Tensor& invstd,
@@ -310,29 +338,28 @@ at::Tensor batch_norm_bwd_elemt_cpu(const at::Tensor& grad_out, const at::Tensor
                                     int64_t count) {
   constexpr const char* kOp = "fastopt.batch_norm_bwd_elemt";
   const Input in = prepare(kOp, input);
-  const int64_t C = in.cfg.C;
-  TORCH_CHECK(grad_out.sizes() == input.sizes(), kOp, ": grad_out has shape ", grad_out.sizes(),
-              " but the input has shape ", input.sizes());
+  check_grad_out(kOp, grad_out, input);
   TORCH_CHECK(count > 0 || input.numel() == 0, kOp, ": count must be positive, got ", count);
+  const int64_t C = in.cfg.C;
   const at::Tensor dy = like_layout(grad_out, in.x, in.cfg.channels_last);
   const at::Tensor m = channel_stat(kOp, "mean", mean, in);
-  const at::Tensor is = channel_stat(kOp, "invstd", invstd, in).to(at::kDouble);
-  const at::Tensor gamma = channel_param(kOp, "weight", weight, C, at::kDouble);
-  const at::Tensor a = channel_stat(kOp, "sum_dy", sum_dy, in).to(at::kDouble);
-  const at::Tensor b = channel_stat(kOp, "sum_dy_xmu", sum_dy_xmu, in).to(at::kDouble);
+  const at::Tensor is = channel_stat(kOp, "invstd", invstd, in);
+  const at::Tensor gamma = channel_param(kOp, "weight", weight, C, in.opmath);
+  const at::Tensor a = channel_stat(kOp, "sum_dy", sum_dy, in);
+  const at::Tensor b = channel_stat(kOp, "sum_dy_xmu", sum_dy_xmu, in);
   at::Tensor dx = at::empty_like(in.x);
   if (in.x.numel() == 0) return dx;
-  at::Tensor coef = at::empty({3, C}, m.options());
-  with_opmath(coef, [&](auto* p) {
-    const double* g = gamma.defined() ? gamma.const_data_ptr<double>() : nullptr;
+  with_opmath(in, [&](auto zero) {
+    using M = decltype(zero);
+    std::vector<M> p(C), q(C), r(C);
+    const M* g = data_of<M>(gamma);
     for (int64_t c = 0; c < C; ++c) {
-      GradCoefficients::of(c, a.const_data_ptr<double>()[c], b.const_data_ptr<double>()[c],
-                           is.const_data_ptr<double>()[c], g != nullptr ? g[c] : 1.0, count, p,
-                           p + C, p + 2 * C);
+      grad_coefficients(data_of<M>(a)[c], data_of<M>(b)[c], data_of<M>(is)[c],
+                        g != nullptr ? static_cast<double>(g[c]) : 1.0, count, p[c], q[c], r[c]);
     }
     affine_all(in, BatchNormAffineArgs{in.x.const_data_ptr(), dy.const_data_ptr(),
-                                       dx.mutable_data_ptr(), m.const_data_ptr(), p, p + C,
-                                       p + 2 * C});
+                                       dx.mutable_data_ptr(), m.const_data_ptr(), p.data(),
+                                       q.data(), r.data()});
   });
   return dx;
 }
@@ -342,48 +369,71 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_bwd_cpu(
     const at::Tensor& invstd, const c10::optional<at::Tensor>& weight) {
   constexpr const char* kOp = "fastopt.batch_norm_bwd";
   const Input in = prepare(kOp, input);
-  const BatchNormConfig& cfg = in.cfg;
-  const int64_t C = cfg.C;
-  TORCH_CHECK(grad_out.sizes() == input.sizes(), kOp, ": grad_out has shape ", grad_out.sizes(),
-              " but the input has shape ", input.sizes());
-  const at::Tensor dy = like_layout(grad_out, in.x, cfg.channels_last);
+  check_grad_out(kOp, grad_out, input);
+  const int64_t C = in.cfg.C, n = in.count();
+  const at::Tensor dy = like_layout(grad_out, in.x, in.cfg.channels_last);
   const at::Tensor m = channel_stat(kOp, "mean", mean, in);
   const at::Tensor is = channel_stat(kOp, "invstd", invstd, in);
   const at::Tensor gamma = channel_param(kOp, "weight", weight, C, in.opmath);
   at::Tensor dx = at::empty_like(in.x);
-  at::Tensor sums = at::zeros({2, C}, in.x.options().dtype(at::kDouble));
+  // grad_weight = sum dy * (x - mean) * invstd, grad_bias = sum dy; in the
+  // arithmetic type here, the weight's dtype on return.
+  at::Tensor grad_weight = new_stat(in).zero_(), grad_bias = new_stat(in).zero_();
   if (in.x.numel() > 0) {
-    at::Tensor coef = at::empty({3, C}, m.options());  // p, q, r
-    const int64_t n = in.count();
-    with_opmath(coef, [&](auto* p) {
-      using M = std::remove_pointer_t<decltype(p)>;
-      const M* g = gamma.defined() ? gamma.const_data_ptr<M>() : nullptr;
-      const M* ip = is.const_data_ptr<M>();
-      double* s = sums.mutable_data_ptr<double>();
+    with_opmath(in, [&](auto zero) {
+      using M = decltype(zero);
+      std::vector<M> p(C), q(C), r(C);
+      std::vector<double> sums(2 * C);
+      const M* g = data_of<M>(gamma);
+      const M* ip = data_of<M>(is);
+      M* dw = data_of<M>(grad_weight);
+      M* db = data_of<M>(grad_bias);
       auto coefficients = [&](int64_t c) {
-        GradCoefficients::of(c, s[c], s[C + c], static_cast<double>(ip[c]),
-                             g != nullptr ? static_cast<double>(g[c]) : 1.0, n, p, p + C,
-                             p + 2 * C);
+        grad_coefficients(sums[c], sums[C + c], static_cast<double>(ip[c]),
+                          g != nullptr ? static_cast<double>(g[c]) : 1.0, n, p[c], q[c], r[c]);
+        dw[c] = static_cast<M>(sums[C + c] * static_cast<double>(ip[c]));
+        db[c] = static_cast<M>(sums[c]);
       };
-      BatchNormReduceArgs reduce{BatchNormSums::Gradient, in.x.const_data_ptr(),
-                                 dy.const_data_ptr(), m.const_data_ptr(), s, s + C, nullptr};
-      BatchNormAffineArgs affine{in.x.const_data_ptr(), dy.const_data_ptr(),
-                                 dx.mutable_data_ptr(), m.const_data_ptr(), p, p + C, p + 2 * C};
-      if (!cfg.channels_last) {
-        fused_channels_first(in, reduce, affine, coefficients);
-        return;
-      }
-      sums.copy_(channel_sums(in, BatchNormSums::Gradient, dy, m));
-      for (int64_t c = 0; c < C; ++c) coefficients(c);
-      affine_all(in, affine);
+      const BatchNormReduceArgs reduce{BatchNormSums::Gradient, in.x.const_data_ptr(),
+                                       dy.const_data_ptr(), m.const_data_ptr(), sums.data(),
+                                       sums.data() + C, nullptr};
+      const BatchNormAffineArgs affine{in.x.const_data_ptr(), dy.const_data_ptr(),
+                                       dx.mutable_data_ptr(), m.const_data_ptr(), p.data(),
+                                       q.data(), r.data()};
+      reduce_then_affine(in, reduce, affine, coefficients);
     });
   }
   const c10::ScalarType param_dtype =
       weight.has_value() && weight->defined() ? weight->scalar_type() : input.scalar_type();
-  // grad_weight = sum dy * (x - mean) * invstd, grad_bias = sum dy.
-  at::Tensor grad_weight = (sums[1] * is.to(at::kDouble)).to(param_dtype);
-  at::Tensor grad_bias = sums[0].to(param_dtype);
-  return {dx, grad_weight, grad_bias};
+  return {dx, grad_weight.to(param_dtype), grad_bias.to(param_dtype)};
+}
+
+// running = (1 - momentum) * running + momentum * statistic, in double and
+// rounded once into the buffer's dtype; the variance enters unbiased,
+// var * count / (count - 1), as in torch.
+void batch_norm_update_stats_cpu(const c10::optional<at::Tensor>& running_mean,
+                                 const c10::optional<at::Tensor>& running_var,
+                                 const at::Tensor& mean, const at::Tensor& var, double momentum,
+                                 int64_t count) {
+  constexpr const char* kOp = "fastopt.batch_norm_update_stats_";
+  TORCH_CHECK(count > 1, kOp, ": count must be at least 2, got ", count);
+  const double unbias = static_cast<double>(count) / static_cast<double>(count - 1);
+  auto update = [&](const c10::optional<at::Tensor>& running, const at::Tensor& stat, double scale) {
+    if (!running.has_value() || !running->defined()) return;
+    TORCH_CHECK(running->numel() == stat.numel() && running->is_contiguous(), kOp,
+                ": expected contiguous running statistics with ", stat.numel(), " elements");
+    const at::Tensor s = stat.to(at::kDouble).contiguous();
+    const double* sp = s.const_data_ptr<double>();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, running->scalar_type(), kOp, [&] {
+      scalar_t* rp = running->mutable_data_ptr<scalar_t>();
+      for (int64_t c = 0; c < running->numel(); ++c) {
+        rp[c] = static_cast<scalar_t>((1.0 - momentum) * static_cast<double>(rp[c]) +
+                                      momentum * scale * sp[c]);
+      }
+    });
+  };
+  update(running_mean, mean, 1.0);
+  update(running_var, var, unbias);
 }
 
 }  // namespace
@@ -395,6 +445,7 @@ TORCH_LIBRARY_IMPL(fastopt, CPU, m) {
   m.impl("batch_norm_bwd", &batch_norm_bwd_cpu);
   m.impl("batch_norm_bwd_reduce", &batch_norm_bwd_reduce_cpu);
   m.impl("batch_norm_bwd_elemt", &batch_norm_bwd_elemt_cpu);
+  m.impl("batch_norm_update_stats_", &batch_norm_update_stats_cpu);
 }
 
 }  // namespace fastopt::cpu

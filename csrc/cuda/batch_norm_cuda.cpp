@@ -202,6 +202,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_bwd_cuda(
   return {dx, (sums[1] * is.to(at::kDouble)).to(param_dtype), sums[0].to(param_dtype)};
 }
 
+// As on the CPU: (1 - momentum) * running + momentum * statistic in double,
+// rounded once into the buffer; the variance made unbiased.
+void batch_norm_update_stats_cuda(const c10::optional<at::Tensor>& running_mean,
+                                  const c10::optional<at::Tensor>& running_var,
+                                  const at::Tensor& mean, const at::Tensor& var, double momentum,
+                                  int64_t count) {
+  constexpr const char* kOp = "fastopt.batch_norm_update_stats_";
+  TORCH_CHECK(count > 1, kOp, ": count must be at least 2, got ", count);
+  const c10::cuda::CUDAGuard guard(mean.device());
+  const double unbias = static_cast<double>(count) / static_cast<double>(count - 1);
+  auto update = [&](const c10::optional<at::Tensor>& running, const at::Tensor& stat, double scale) {
+    if (!running.has_value() || !running->defined()) return;
+    TORCH_CHECK(running->numel() == stat.numel(), kOp, ": expected running statistics with ",
+                stat.numel(), " elements, got ", running->numel());
+    running->copy_(running->to(at::kDouble) * (1.0 - momentum) +
+                   stat.reshape(running->sizes()).to(at::kDouble) * (momentum * scale));
+  };
+  update(running_mean, mean, 1.0);
+  update(running_var, var, unbias);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastopt, CUDA, m) {
@@ -211,6 +232,7 @@ TORCH_LIBRARY_IMPL(fastopt, CUDA, m) {
   m.impl("batch_norm_bwd", &batch_norm_bwd_cuda);
   m.impl("batch_norm_bwd_reduce", &batch_norm_bwd_reduce_cuda);
   m.impl("batch_norm_bwd_elemt", &batch_norm_bwd_elemt_cuda);
+  m.impl("batch_norm_update_stats_", &batch_norm_update_stats_cuda);
 }
 
 }  // namespace fastopt::cuda

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from .norm import _like_native, _opmath_dtype
+from .optim import _in_place_fake
 
 ops = torch.ops.fastopt
 
@@ -50,6 +51,9 @@ def _batch_norm_apply_fake(x, mean, invstd, weight, bias):
 @torch.library.register_fake("fastopt::batch_norm_bwd_reduce")
 def _batch_norm_bwd_reduce_fake(grad_out, x, mean):
     return _channel_stat(x), _channel_stat(x)
+
+
+torch.library.register_fake("fastopt::batch_norm_update_stats_")(_in_place_fake)
 
 
 @torch.library.register_fake("fastopt::batch_norm_bwd_elemt")

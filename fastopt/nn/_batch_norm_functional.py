@@ -35,24 +35,6 @@ def _check_input(input: Tensor, running_mean: Optional[Tensor], running_var: Opt
     return channels
 
 
-@torch.no_grad()
-def _update_running_stats(
-    running_mean: Optional[Tensor],
-    running_var: Optional[Tensor],
-    mean: Tensor,
-    unbiased_var: Tensor,
-    momentum: float,
-) -> None:
-    """running = (1 - momentum) * running + momentum * batch statistic.
-
-    Computed in float64 and rounded once into the buffers' dtype, so that the
-    estimates stay as close to exact as torch's over many steps.
-    """
-    for running, stat in ((running_mean, mean), (running_var, unbiased_var)):
-        if running is not None:
-            running.copy_(running.double().mul(1 - momentum).add_(stat.double(), alpha=momentum))
-
-
 def batch_norm(
     input: Tensor,
     running_mean: Optional[Tensor],
@@ -75,9 +57,9 @@ def batch_norm(
         torch.nn.functional._verify_batch_size(input.size())  # torch's ValueError
         y, mean, _invstd, var = ops.batch_norm_fwd(input, weight, bias, eps)
         count = input.numel() // channels if channels else 0
+        # count > 1 unless empty (checked above); an empty batch leaves them alone, as in torch.
         if count > 0 and (running_mean is not None or running_var is not None):
-            unbiased = var.double() * (count / (count - 1))  # count > 1: checked above
-            _update_running_stats(running_mean, running_var, mean, unbiased, momentum)
+            ops.batch_norm_update_stats_(running_mean, running_var, mean.detach(), var.detach(), momentum, count)
         return y
     if running_mean is None or running_var is None:
         raise RuntimeError("running_mean and running_var must be defined in evaluation mode")
@@ -125,8 +107,8 @@ class SyncBatchNormFunction(torch.autograd.Function):
         opmath = _opmath_dtype(input.dtype)
         invstd = torch.rsqrt(spread / max(count, 1) + eps).to(opmath)
         mean = global_mean.to(opmath)
-        if count > 0:
-            _update_running_stats(running_mean, running_var, global_mean, spread / (count - 1), momentum)
+        if count > 0 and (running_mean is not None or running_var is not None):
+            ops.batch_norm_update_stats_(running_mean, running_var, global_mean, spread / count, momentum, count)
         ctx.save_for_backward(input, weight, mean, invstd)
         ctx.count = count
         ctx.process_group = process_group
