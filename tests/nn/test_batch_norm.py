@@ -358,3 +358,16 @@ def test_large_tensor_matches_torch(device, fmt):
     ref.eval()
     with torch.no_grad():
         torch.testing.assert_close(ours(x), ref(x))
+
+
+def test_channels_last_1d_and_functional_signature(device):
+    """(N, C, L) stored as (N, L, C) (a transposed NLC tensor) runs natively as rows; the
+    functional form has torch's parameters and defaults."""
+    ours, ref = _module_pair((3, 6, 10), device)
+    x = torch.randn(3, 10, 6, device=device).transpose(1, 2)
+    grad = torch.randn(3, 6, 10, device=device)
+    got = _compare_step(ours, ref, x, grad)
+    assert got["y"].stride() == x.stride()  # the output keeps the input's layout
+    assert inspect.signature(FF.batch_norm).parameters.keys() == inspect.signature(F.batch_norm).parameters.keys()
+    for name, p in inspect.signature(F.batch_norm).parameters.items():
+        assert inspect.signature(FF.batch_norm).parameters[name].default == p.default, name
