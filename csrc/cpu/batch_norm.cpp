@@ -2,11 +2,12 @@
 // coefficients in double, and the per-ISA reduction and affine kernels
 // (cpu/kernels/batch_norm_kernel.h) under at::parallel_for.
 //
-// Work is split so that both layouts keep every thread busy:
-//   * channels first ([N, C, S]): by channel. The fused training ops
-//     (batch_norm_fwd, batch_norm_bwd) finish one channel before the next:
-//     its sums, then its elementwise pass, which rereads the channel's N
-//     planes from cache instead of from memory;
+// Every op is at most two passes over x (and dy): a per-channel reduction,
+// then an elementwise pass, each reading memory in order. Work is split so
+// that both layouts keep every thread busy:
+//   * channels first ([N, C, S]): the reduction by ranges of channels (each
+//     sample's planes of a range are one contiguous run), the elementwise
+//     pass by blocks of planes;
 //   * channels last ([R, C] rows): by blocks of rows, each block summing
 //     into its own partial row; the partials are added in block order, so the
 //     result does not depend on the thread count.
@@ -123,53 +124,39 @@ void channel_sums(const Input& in, BatchNormSums sums, const void* dy, const voi
 
 bool stream_output(const Input& in) { return in.x.numel() * in.x.element_size() >= kStreamBytes; }
 
-// The elementwise pass over the whole tensor. Channels last, the rows are cut
-// into the same blocks, on the same threads, as channel_sums' reduction, and
-// each thread walks its rows backwards: a pass right after that reduction
-// starts on the rows it read last, which are still in cache.
+// The elementwise pass over the whole tensor, rows (channels last) or
+// (n, c) planes (channels first) cut into blocks. Each thread walks its
+// blocks last to first: right after a reduction, which read the tensor in
+// order, the pass starts on what the reduction read last and the shared
+// cache may still hold.
 void affine_all(const Input& in, BatchNormAffineArgs args) {
   const BatchNormConfig& cfg = in.cfg;
   if (in.x.numel() == 0) return;
   args.stream = stream_output(in);
   const BatchNormAffineFn kernel = batch_norm_affine_kernel();
-  if (cfg.channels_last) {
-    const int64_t rows = in.count();
-    const int64_t blocks = std::min(rows, kBlocks);
-    at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
-      for (int64_t blk = last - 1; blk >= first; --blk) {
-        kernel(cfg, args, blk * rows / blocks, (blk + 1) * rows / blocks);
-      }
-    });
-    return;
-  }
-  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, cfg.S));
-  at::parallel_for(0, cfg.N * cfg.C, grain, [&](int64_t begin, int64_t end) { kernel(cfg, args, begin, end); });
-}
-
-// The training ops' two passes with per-channel coefficients between them.
-// Channels first, fused: sums of channel c, then coefficients(c), then the
-// elementwise pass over the channel's planes while they are still cached.
-// Channels last: all sums, all coefficients, then the elementwise pass.
-template <typename Coefficients>
-void reduce_then_affine(const Input& in, const BatchNormReduceArgs& reduce, BatchNormAffineArgs affine,
-                        const Coefficients& coefficients) {
-  const BatchNormConfig& cfg = in.cfg;
-  if (cfg.channels_last) {
-    channel_sums(in, reduce.sums, reduce.dy, reduce.center, reduce.sum1);
-    for (int64_t c = 0; c < cfg.C; ++c) coefficients(c);
-    affine_all(in, affine);
-    return;
-  }
-  affine.stream = stream_output(in);
-  const BatchNormReduceFn reduce_kernel = batch_norm_reduce_kernel();
-  const BatchNormAffineFn affine_kernel = batch_norm_affine_kernel();
-  at::parallel_for(0, cfg.C, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c) {
-      reduce_kernel(cfg, reduce, c, c + 1);
-      coefficients(c);
-      for (int64_t n = 0; n < cfg.N; ++n) affine_kernel(cfg, affine, n * cfg.C + c, n * cfg.C + c + 1);
+  const int64_t items = cfg.channels_last ? in.count() : cfg.N * cfg.C;
+  const int64_t item_size = cfg.channels_last ? cfg.C : cfg.S;
+  // Blocks of at least kGrainElements values, at most kBlocks of them.
+  const int64_t blocks = std::max<int64_t>(
+      1, std::min(kBlocks, items * item_size / std::max<int64_t>(1, kGrainElements)));
+  at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
+    for (int64_t blk = last - 1; blk >= first; --blk) {
+      kernel(cfg, args, blk * items / blocks, (blk + 1) * items / blocks);
     }
   });
+}
+
+// The training ops' two passes with per-channel coefficients between them:
+// all sums, all coefficients, then the elementwise pass. (Finishing one
+// channel at a time, so that its second pass rereads it from cache, was
+// slower here: a channel's planes lie C * S apart, and reading them one
+// short run at a time halves the read bandwidth of a core.)
+template <typename Coefficients>
+void reduce_then_affine(const Input& in, const BatchNormReduceArgs& reduce,
+                        const BatchNormAffineArgs& affine, const Coefficients& coefficients) {
+  channel_sums(in, reduce.sums, reduce.dy, reduce.center, reduce.sum1);
+  for (int64_t c = 0; c < in.cfg.C; ++c) coefficients(c);
+  affine_all(in, affine);
 }
 
 // The first value of every channel of x (N * S > 0): the shift of the moment

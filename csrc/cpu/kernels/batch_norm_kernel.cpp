@@ -30,6 +30,18 @@ using namespace norm;
 constexpr int64_t kRun = 4096;
 constexpr int64_t kRows = 64;
 
+// Software prefetch of [p, p + bytes), one request per cache line. The
+// hardware prefetchers follow one long stream well, but a channels-first
+// channel is N short runs far apart (784 bytes at 14x14), each a new stream
+// they must first detect; and one core's single stream stays well below the
+// memory bandwidth without more requests in flight.
+constexpr int64_t kLine = 64;
+constexpr int64_t kPrefetchBytes = 4096;
+inline void prefetch(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t off = 0; off < bytes; off += kLine) __builtin_prefetch(c + off, 0, 3);
+}
+
 // The two summands of one element: u and u * w for the chosen sums.
 template <BatchNormSums SUMS, typename T>
 inline void summands(const T& d, const T& g, T& u, T& w) {
@@ -42,6 +54,10 @@ inline void summands(const T& d, const T& g, T& u, T& w) {
   w = d;
 }
 
+// Samples outer, channels inner: for a range of channels, each sample's
+// planes of those channels are one contiguous run of memory, read in order.
+// A single channel's planes lie C * S apart, so the plane after next is
+// prefetched.
 template <typename scalar_t, BatchNormSums SUMS>
 void reduce_channels_first(const BatchNormConfig& cfg, const BatchNormReduceArgs& a,
                            int64_t begin, int64_t end) {
@@ -50,10 +66,18 @@ void reduce_channels_first(const BatchNormConfig& cfg, const BatchNormReduceArgs
   const scalar_t* dy = static_cast<const scalar_t*>(a.dy);
   const M* center = static_cast<const M*>(a.center);
   const int64_t C = cfg.C, S = cfg.S;
-  for (int64_t c = begin; c < end; ++c) {
-    const M k = center[c];
-    double s1 = 0, s2 = 0;
-    for (int64_t n = 0; n < cfg.N; ++n) {
+  std::fill(a.sum1 + begin, a.sum1 + end, 0.0);
+  std::fill(a.sum2 + begin, a.sum2 + end, 0.0);
+  const bool strided = end - begin == 1;
+  for (int64_t n = 0; n < cfg.N; ++n) {
+    if (strided && n + 2 < cfg.N) {
+      const int64_t ahead = ((n + 2) * C + begin) * S;
+      const int64_t bytes = std::min<int64_t>(S * sizeof(scalar_t), kPrefetchBytes);
+      prefetch(x + ahead, bytes);
+      if (SUMS == BatchNormSums::Gradient) prefetch(dy + ahead, bytes);
+    }
+    for (int64_t c = begin; c < end; ++c) {
+      const M k = center[c];
       const int64_t base = (n * C + c) * S;
       for (int64_t off = 0; off < S; off += kRun) {
         const int64_t len = std::min(kRun, S - off);
@@ -67,12 +91,10 @@ void reduce_channels_first(const BatchNormConfig& cfg, const BatchNormReduceArgs
           acc2.add(T(u * w));
           return v;
         });
-        s1 += static_cast<double>(acc1.total());
-        s2 += static_cast<double>(acc2.total());
+        a.sum1[c] += static_cast<double>(acc1.total());
+        a.sum2[c] += static_cast<double>(acc2.total());
       }
     }
-    a.sum1[c] = s1;
-    a.sum2[c] = s2;
   }
 }
 
@@ -91,6 +113,10 @@ void reduce_channels_last(const BatchNormConfig& cfg, const BatchNormReduceArgs&
     std::fill(acc1, acc1 + 2 * C, M(0));
     for (int64_t r = r0; r < r1; ++r) {
       const scalar_t* dyp = SUMS == BatchNormSums::Gradient ? dy + r * C : nullptr;
+      // The row kPrefetchBytes ahead (a row is C values; past `end` is still x).
+      const int64_t ahead = std::min(end - 1, r + std::max<int64_t>(1, kPrefetchBytes / (C * sizeof(scalar_t))));
+      prefetch(x + ahead * C, C * sizeof(scalar_t));
+      if (SUMS == BatchNormSums::Gradient) prefetch(dy + ahead * C, C * sizeof(scalar_t));
       map_elements<scalar_t>(x + r * C, dyp, nullptr, C, [&](int64_t c, auto v, auto g) {
         using T = decltype(v);
         T u, w;
@@ -170,9 +196,6 @@ inline void map_run(bool stream, const scalar_t* x, const scalar_t* dy, scalar_t
   }
 }
 
-// Rows per step of the descending channels-last pass.
-constexpr int64_t kRowStep = 8;
-
 // (x - k) * p + dy * q + r for coefficients that are per run (Uniform) or
 // per element of a row (PerElement).
 template <bool HAS_DY, typename Coef>
@@ -203,10 +226,8 @@ void affine(const BatchNormConfig& cfg, const BatchNormAffineArgs& a, int64_t be
   if (cfg.channels_last) {
     const auto fn = affine_fn<HAS_DY>(PerElement<M>{k}, PerElement<M>{p},
                                       PerElement<M>{HAS_DY ? q : p}, PerElement<M>{r});
-    for (int64_t stop = end; stop > begin; stop -= kRowStep) {
-      for (int64_t row = std::max(begin, stop - kRowStep); row < stop; ++row) {
-        map_run<scalar_t>(a.stream, x + row * C, HAS_DY ? dy + row * C : nullptr, out + row * C, C, fn);
-      }
+    for (int64_t row = begin; row < end; ++row) {
+      map_run<scalar_t>(a.stream, x + row * C, HAS_DY ? dy + row * C : nullptr, out + row * C, C, fn);
     }
   } else {
     const int64_t S = cfg.S;

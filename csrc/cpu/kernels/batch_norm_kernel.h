@@ -48,7 +48,7 @@ struct BatchNormReduceArgs {
 };
 
 // Channels first: for each channel c in [begin, end), writes sum1[c], sum2[c]
-//   over all N planes of the channel.
+//   over all N planes of the channel (in sample order, whatever the range).
 // Channels last: adds the sums over rows [begin, end) into sum1[0..C) and
 //   sum2[0..C).
 using BatchNormReduceFn = void (*)(const BatchNormConfig&, const BatchNormReduceArgs&,
@@ -72,9 +72,7 @@ struct BatchNormAffineArgs {
 };
 
 // Channels first: planes [begin, end) in memory order (plane j is sample
-//   j / C, channel j % C). Channels last: rows [begin, end), in descending
-//   blocks of rows, so that a pass right after a reduction over the same rows
-//   starts with the rows the reduction read last, while they are still cached.
+//   j / C, channel j % C). Channels last: rows [begin, end).
 using BatchNormAffineFn = void (*)(const BatchNormConfig&, const BatchNormAffineArgs&,
                                    int64_t begin, int64_t end);
 
