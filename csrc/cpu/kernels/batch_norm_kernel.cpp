@@ -30,7 +30,8 @@ using namespace norm;
 constexpr int64_t kRun = 4096;
 constexpr int64_t kRows = 64;
 
-// Software prefetch of [p, p + bytes), one request per cache line. The
+// Software prefetch of [p, p + bytes) into L2 (not L1, which the data being
+// summed occupies), one request per cache line. The
 // hardware prefetchers follow one long stream well, but a channels-first
 // channel is N short runs far apart (784 bytes at 14x14), each a new stream
 // they must first detect; and one core's single stream stays well below the
@@ -39,7 +40,7 @@ constexpr int64_t kLine = 64;
 constexpr int64_t kPrefetchBytes = 4096;
 inline void prefetch(const void* p, int64_t bytes) {
   const char* c = static_cast<const char*>(p);
-  for (int64_t off = 0; off < bytes; off += kLine) __builtin_prefetch(c + off, 0, 3);
+  for (int64_t off = 0; off < bytes; off += kLine) __builtin_prefetch(c + off, 0, 2);
 }
 
 // The two summands of one element: u and u * w for the chosen sums.
@@ -98,38 +99,73 @@ void reduce_channels_first(const BatchNormConfig& cfg, const BatchNormReduceArgs
   }
 }
 
+// Rows are taken in tiles of about kTileBytes (a quarter of L1: x and dy). Within a tile each
+// SIMD column of channels is summed down the rows in registers, then added
+// once into the arithmetic-type partials, which go into double every kRows
+// rows. (Loading and storing the partials for every row made this pass
+// twice as slow as the channels-first one.)
+constexpr int64_t kTileBytes = 8192;
+
 template <typename scalar_t, BatchNormSums SUMS>
 void reduce_channels_last(const BatchNormConfig& cfg, const BatchNormReduceArgs& a,
                           int64_t begin, int64_t end) {
-  using M = typename Types<scalar_t>::M;
+  using T = Types<scalar_t>;
+  using M = typename T::M;
+  using Vec = typename T::Vec;
+  constexpr int K = T::K;
+  constexpr bool kGradient = SUMS == BatchNormSums::Gradient;
   const scalar_t* x = static_cast<const scalar_t*>(a.x);
   const scalar_t* dy = static_cast<const scalar_t*>(a.dy);
-  const int64_t C = cfg.C;
+  const M* center = static_cast<const M*>(a.center);
+  const int64_t C = cfg.C, row_bytes = C * static_cast<int64_t>(sizeof(scalar_t));
   M* acc1 = static_cast<M*>(a.scratch);
   M* acc2 = acc1 + C;
-  const PerElement<M> k{static_cast<const M*>(a.center)};
+  const int64_t tile = std::max<int64_t>(1, std::min(kRows, kTileBytes / row_bytes));
+  const int64_t vec_end = vector_end<scalar_t>(C);
   for (int64_t r0 = begin; r0 < end; r0 += kRows) {
     const int64_t r1 = std::min(end, r0 + kRows);
     std::fill(acc1, acc1 + 2 * C, M(0));
-    for (int64_t r = r0; r < r1; ++r) {
-      const scalar_t* dyp = SUMS == BatchNormSums::Gradient ? dy + r * C : nullptr;
-      // The row kPrefetchBytes ahead (a row is C values; past `end` is still x).
-      const int64_t ahead = std::min(end - 1, r + std::max<int64_t>(1, kPrefetchBytes / (C * sizeof(scalar_t))));
-      prefetch(x + ahead * C, C * sizeof(scalar_t));
-      if (SUMS == BatchNormSums::Gradient) prefetch(dy + ahead * C, C * sizeof(scalar_t));
-      map_elements<scalar_t>(x + r * C, dyp, nullptr, C, [&](int64_t c, auto v, auto g) {
-        using T = decltype(v);
-        T u, w;
-        summands<SUMS>(T(v - k.template at<T>(c)), g, u, w);
-        if constexpr (std::is_same_v<T, M>) {
-          acc1[c] += u;
-          acc2[c] += u * w;
-        } else {
-          (T::loadu(acc1 + c) + u).store(acc1 + c);
-          at::vec::fmadd(u, w, T::loadu(acc2 + c)).store(acc2 + c);
+    for (int64_t t0 = r0; t0 < r1; t0 += tile) {
+      const int64_t t1 = std::min(r1, t0 + tile);
+      if (t1 < end) {  // the next tile, while this one is summed
+        const int64_t bytes = std::min(end - t1, tile) * row_bytes;
+        prefetch(x + t1 * C, bytes);
+        if (kGradient) prefetch(dy + t1 * C, bytes);
+      }
+      for (int64_t j = 0; j < vec_end; j += T::IO::kBlock) {
+        Vec k[K], s1[K], s2[K];
+        for (int q = 0; q < K; ++q) {
+          k[q] = Vec::loadu(center + j + q * T::kLanes);
+          s1[q] = Vec(M(0));
+          s2[q] = Vec(M(0));
         }
-        return v;
-      });
+        for (int64_t r = t0; r < t1; ++r) {
+          Vec xv[K], gv[K];
+          T::IO::load(x + r * C + j, xv);
+          if (kGradient) T::IO::load(dy + r * C + j, gv);
+          for (int q = 0; q < K; ++q) {
+            const Vec d = xv[q] - k[q];
+            const Vec u = kGradient ? gv[q] : d;
+            s1[q] = s1[q] + u;
+            s2[q] = at::vec::fmadd(u, d, s2[q]);
+          }
+        }
+        for (int q = 0; q < K; ++q) {
+          M* p1 = acc1 + j + q * T::kLanes;
+          M* p2 = acc2 + j + q * T::kLanes;
+          (Vec::loadu(p1) + s1[q]).store(p1);
+          (Vec::loadu(p2) + s2[q]).store(p2);
+        }
+      }
+      for (int64_t c = vec_end; c < C; ++c) {  // channels past the last full vector
+        const M k = center[c];
+        for (int64_t r = t0; r < t1; ++r) {
+          const M d = static_cast<M>(x[r * C + c]) - k;
+          const M u = kGradient ? static_cast<M>(dy[r * C + c]) : d;
+          acc1[c] += u;
+          acc2[c] += u * d;
+        }
+      }
     }
     for (int64_t c = 0; c < C; ++c) {
       a.sum1[c] += static_cast<double>(acc1[c]);
