@@ -105,6 +105,7 @@ void reduce_channels_first(const BatchNormConfig& cfg, const BatchNormReduceArgs
 // rows. (Loading and storing the partials for every row made this pass
 // twice as slow as the channels-first one.)
 constexpr int64_t kTileBytes = 8192;
+constexpr int kColumnBlocks = 4;
 
 template <typename scalar_t, BatchNormSums SUMS>
 void reduce_channels_last(const BatchNormConfig& cfg, const BatchNormReduceArgs& a,
@@ -132,31 +133,41 @@ void reduce_channels_last(const BatchNormConfig& cfg, const BatchNormReduceArgs&
         prefetch(x + t1 * C, bytes);
         if (kGradient) prefetch(dy + t1 * C, bytes);
       }
-      for (int64_t j = 0; j < vec_end; j += T::IO::kBlock) {
-        Vec k[K], s1[K], s2[K];
-        for (int q = 0; q < K; ++q) {
+      // Up to kColumnBlocks storage blocks of channels at once: at C = 64
+      // float32 that is a whole row, so the tile is read in memory order.
+      auto columns = [&](auto blocks, int64_t j) {
+        constexpr int W = decltype(blocks)::value * K;  // arithmetic vectors
+        Vec k[W], s1[W], s2[W];
+        for (int q = 0; q < W; ++q) {
           k[q] = Vec::loadu(center + j + q * T::kLanes);
           s1[q] = Vec(M(0));
           s2[q] = Vec(M(0));
         }
         for (int64_t r = t0; r < t1; ++r) {
-          Vec xv[K], gv[K];
-          T::IO::load(x + r * C + j, xv);
-          if (kGradient) T::IO::load(dy + r * C + j, gv);
-          for (int q = 0; q < K; ++q) {
-            const Vec d = xv[q] - k[q];
-            const Vec u = kGradient ? gv[q] : d;
-            s1[q] = s1[q] + u;
-            s2[q] = at::vec::fmadd(u, d, s2[q]);
+          for (int b = 0; b < decltype(blocks)::value; ++b) {
+            Vec xv[K], gv[K];
+            T::IO::load(x + r * C + j + b * T::IO::kBlock, xv);
+            if (kGradient) T::IO::load(dy + r * C + j + b * T::IO::kBlock, gv);
+            for (int q = 0; q < K; ++q) {
+              const Vec d = xv[q] - k[b * K + q];
+              const Vec u = kGradient ? gv[q] : d;
+              s1[b * K + q] = s1[b * K + q] + u;
+              s2[b * K + q] = at::vec::fmadd(u, d, s2[b * K + q]);
+            }
           }
         }
-        for (int q = 0; q < K; ++q) {
+        for (int q = 0; q < W; ++q) {
           M* p1 = acc1 + j + q * T::kLanes;
           M* p2 = acc2 + j + q * T::kLanes;
           (Vec::loadu(p1) + s1[q]).store(p1);
           (Vec::loadu(p2) + s2[q]).store(p2);
         }
+      };
+      int64_t j = 0;
+      for (; j + kColumnBlocks * T::IO::kBlock <= vec_end; j += kColumnBlocks * T::IO::kBlock) {
+        columns(std::integral_constant<int, kColumnBlocks>{}, j);
       }
+      for (; j < vec_end; j += T::IO::kBlock) columns(std::integral_constant<int, 1>{}, j);
       for (int64_t c = vec_end; c < C; ++c) {  // channels past the last full vector
         const M k = center[c];
         for (int64_t r = t0; r < t1; ++r) {
