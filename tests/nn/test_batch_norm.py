@@ -346,18 +346,22 @@ def test_fuse_conv_bn_eval(device, fmt):
 
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
 def test_large_tensor_matches_torch(device, fmt):
-    """8 MB and more: outputs are written with non-temporal stores on the CPU, and the
-    channels-last elementwise pass walks its rows backwards. HW = 65x65 makes most
-    planes start off a vector boundary, so the aligned-prefix handling is exercised."""
-    shape = (8, 64, 65, 65)
+    """32 MB and more: outputs are written with non-temporal stores on the CPU.
+    HW = 129x129 makes most planes start off a vector boundary, so the aligned-prefix
+    handling is exercised."""
+    shape = (8, 64, 129, 129)
     ours, ref = _module_pair(shape, device)
     x = _input(shape, fmt, device)
     grad = torch.randn(shape, device=device).contiguous(memory_format=fmt)
     _compare_step(ours, ref, x, grad)
+    # Evaluation with the same running statistics (after that step torch's channels-last
+    # estimates are ~5e-6 off the float64 ones, fastopt's ~1e-7, so they are not the same).
+    ours.load_state_dict(ref.state_dict())
     ours.eval()
     ref.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(ours(x), ref(x))
+    exact = copy.deepcopy(ref).double()
+    with torch.no_grad():  # 8.5M outputs: a few are 2 ulp from torch's, so judged against float64
+        _assert_matches({"y": ours(x)}, {"y": ref(x)}, {"y": exact(x.double())}, {})
 
 
 def test_channels_last_1d_and_functional_signature(device):
