@@ -98,6 +98,42 @@ TORCH_LIBRARY(fastopt, m) {
       "group_norm_bwd(Tensor grad_out, Tensor x, Tensor mean, Tensor rstd, Tensor? weight, "
       "Tensor? bias, int groups, int activation=0) -> "
       "(Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
+  // BatchNorm on x of shape (N, C, *), contiguous or channels-last; outputs
+  // of x's shape keep its layout. Per-channel statistics (mean, invstd, m2,
+  // sums) are [C] in x's arithmetic type (float32 for 16-bit x).
+  //
+  // Training, fused: the batch statistics (from one shifted-sum pass over x),
+  // then y = (x - mean) * invstd * weight + bias. var is the biased batch
+  // variance, for the running estimates (invstd rounded would lose digits).
+  m.def(
+      "batch_norm_fwd(Tensor x, Tensor? weight, Tensor? bias, float eps) -> "
+      "(Tensor y, Tensor mean, Tensor invstd, Tensor var)");
+  // Gradients of batch_norm_fwd from x and its saved statistics. grad_weight
+  // and grad_bias are [C] in the weight's dtype (x's when there is no weight).
+  m.def(
+      "batch_norm_bwd(Tensor grad_out, Tensor x, Tensor mean, Tensor invstd, Tensor? weight) -> "
+      "(Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
+  // The pieces of SyncBatchNorm, with all_reduce between them:
+  //   local statistics: mean and m2 (sum of squared deviations) per channel;
+  m.def("batch_norm_stats(Tensor x) -> (Tensor mean, Tensor m2)");
+  //   y = (x - mean) * invstd * weight + bias, also evaluation mode's pass;
+  m.def(
+      "batch_norm_apply(Tensor x, Tensor mean, Tensor invstd, Tensor? weight, Tensor? bias) -> "
+      "Tensor");
+  //   backward sums: sum dy and sum dy * (x - mean);
+  m.def(
+      "batch_norm_bwd_reduce(Tensor grad_out, Tensor x, Tensor mean) -> "
+      "(Tensor sum_dy, Tensor sum_dy_xmu)");
+  //   dx from the (all-reduced) sums over `count` values per channel.
+  m.def(
+      "batch_norm_bwd_elemt(Tensor grad_out, Tensor x, Tensor mean, Tensor invstd, "
+      "Tensor? weight, Tensor sum_dy, Tensor sum_dy_xmu, int count) -> Tensor");
+  // Running estimates after a training batch of `count` values per channel:
+  // running = (1 - momentum) * running + momentum * statistic, with the biased
+  // batch variance `var` made unbiased. Computed in float64, rounded once.
+  m.def(
+      "batch_norm_update_stats_(Tensor(a!)? running_mean, Tensor(b!)? running_var, Tensor mean, "
+      "Tensor var, float momentum, int count) -> ()");
   // SGD with optional momentum, dampening, Nesterov and weight decay.
   // momentum_buffers is empty when momentum == 0. With is_first_step, every
   // buffer is set to the (decayed) gradient, as torch does when a buffer is

@@ -158,3 +158,32 @@ def test_dropout_bit_mask_mode_compiles_fullgraph(device):
     assert 0 < kept.sum() < kept.numel()
     torch.testing.assert_close(y.detach(), torch.where(kept, 2 * x.detach(), torch.zeros_like(y)))
     torch.testing.assert_close(grad, 2 * kept.float())
+
+
+def test_compiled_conv_batch_norm_relu_fullgraph(device):
+    """A conv + BatchNorm2d + ReLU net trains under torch.compile(fullgraph=True) as in eager.
+
+    Covers the fused training op, its backward, the in-place running-stat
+    updates and num_batches_tracked, and then evaluation mode.
+    """
+    from fastopt.nn import BatchNorm2d
+
+    def make():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), BatchNorm2d(8), torch.nn.ReLU()).to(device)
+
+    x = torch.randn(4, 3, 6, 6, device=device).to(memory_format=torch.channels_last)
+    eager, compiled_model = make(), make()
+    torch._dynamo.reset()
+    compiled = torch.compile(compiled_model, fullgraph=True)
+    for _ in range(2):
+        for fn, model in ((eager, eager), (compiled, compiled_model)):
+            model.zero_grad()
+            fn(x).square().sum().backward()
+        for a, b in zip(eager.parameters(), compiled_model.parameters()):
+            torch.testing.assert_close(a.grad, b.grad)
+        for a, b in zip(eager.buffers(), compiled_model.buffers()):
+            torch.testing.assert_close(a, b)
+    eager.eval()
+    compiled_model.eval()
+    torch.testing.assert_close(compiled(x), eager(x))

@@ -185,3 +185,50 @@ def test_group_norm(device, channels_last, activation, dtype):
 def test_group_norm_no_affine(device):
     x, _, _ = _norm_inputs(device, False)
     torch.library.opcheck(torch.ops.fastopt.group_norm_fwd.default, (x.requires_grad_(), None, None, 2, 1e-5, 0))
+
+
+# BatchNorm: both layouts, a 16-bit dtype (float32 statistics), an odd
+# channel count, and the 2-d (N, C) rows case.
+def _bn_input(device: str, shape, channels_last: bool, dtype: torch.dtype) -> torch.Tensor:
+    x = torch.randn(shape, device=device, dtype=dtype)
+    return x.to(memory_format=torch.channels_last) if channels_last else x
+
+
+BN_CASES = [((2, 5, 3, 4), False), ((2, 5, 3, 4), True), ((6, 7), False)]
+
+
+@pytest.mark.parametrize("shape,channels_last", BN_CASES, ids=["nchw", "nhwc", "rows"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_batch_norm(device, shape, channels_last, dtype):
+    x = _bn_input(device, shape, channels_last, dtype)
+    C = shape[1]
+    w, b = torch.randn(C, device=device), torch.randn(C, device=device)
+    ops = torch.ops.fastopt
+    torch.library.opcheck(ops.batch_norm_fwd.default, (x.requires_grad_(), w, b, 1e-5))
+    y, mean, invstd, _ = ops.batch_norm_fwd(x.detach(), w, b, 1e-5)
+    dy = torch.randn_like(y)
+    torch.library.opcheck(ops.batch_norm_bwd.default, (dy, x.detach(), mean, invstd, w))
+    torch.library.opcheck(ops.batch_norm_stats.default, (x.detach(),))
+    torch.library.opcheck(ops.batch_norm_apply.default, (x, mean, invstd, w.requires_grad_(), b.requires_grad_()))
+    torch.library.opcheck(ops.batch_norm_bwd_reduce.default, (dy, x.detach(), mean))
+    sum_dy, sum_dy_xmu = ops.batch_norm_bwd_reduce(dy, x.detach(), mean)
+    count = x.numel() // C
+    torch.library.opcheck(
+        ops.batch_norm_bwd_elemt.default, (dy, x.detach(), mean, invstd, w.detach(), sum_dy, sum_dy_xmu, count)
+    )
+
+
+def test_batch_norm_no_affine(device):
+    x = torch.randn(3, 4, 5, device=device, requires_grad=True)
+    torch.library.opcheck(torch.ops.fastopt.batch_norm_fwd.default, (x, None, None, 1e-5))
+
+
+@pytest.mark.parametrize("buffer_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("which", ["both", "mean only"])
+def test_batch_norm_update_stats(device, buffer_dtype, which):
+    running_mean = torch.randn(5, device=device, dtype=buffer_dtype)
+    running_var = torch.rand(5, device=device, dtype=buffer_dtype) if which == "both" else None
+    mean, var = torch.randn(5, device=device), torch.rand(5, device=device)
+    torch.library.opcheck(
+        torch.ops.fastopt.batch_norm_update_stats_.default, (running_mean, running_var, mean, var, 0.1, 12)
+    )

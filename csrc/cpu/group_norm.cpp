@@ -18,10 +18,13 @@
 #include <tuple>
 
 #include "cpu/kernels/group_norm_kernel.h"
+#include "common/norm_layout.h"
 #include "cpu/output_cache.h"
 
 namespace fastopt::cpu {
 namespace {
+
+using namespace ::fastopt::norm;
 
 constexpr int64_t kBlocks = 64;
 
@@ -30,30 +33,6 @@ struct NormShape {
   int64_t N, C, S, G;
   bool channels_last;
 };
-
-// Dense channels-last: the channel stride is 1 and each position holds C
-// consecutive channels, for any number of spatial dims (NLC, NHWC, NDHWC).
-bool is_channels_last(const at::Tensor& x) {
-  const int64_t C = x.size(1);
-  if (x.dim() < 3 || x.stride(1) != 1) return false;
-  int64_t expected = C;
-  for (int64_t d = x.dim() - 1; d >= 2; --d) {
-    if (x.size(d) != 1 && x.stride(d) != expected) return false;
-    expected *= x.size(d);
-  }
-  return x.size(0) == 1 || x.stride(0) == expected;
-}
-
-// The tensor the kernels read, in its own layout when that is a native one;
-// any other strides are made contiguous.
-at::Tensor native_layout(const at::Tensor& x, bool& channels_last) {
-  if (x.is_contiguous()) {
-    channels_last = false;
-    return x;
-  }
-  channels_last = is_channels_last(x);
-  return channels_last ? x : x.contiguous();
-}
 
 // At S = 1 (LayerNorm rows, GroupNorm on 1x1 maps) both layouts are the same
 // memory, and the channels-last kernels, which vectorize along the C
@@ -72,23 +51,6 @@ NormShape check_shape(const char* op, const at::Tensor& x, int64_t groups) {
   for (int64_t d = 2; d < x.dim(); ++d) shape.S *= x.size(d);
   return shape;
 }
-
-void check_dtype(const char* op, c10::ScalarType dtype) {
-  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 ||
-                       dtype == at::kHalf,
-                   op, ": supports float32, float64, bfloat16 and float16, got ", dtype);
-}
-
-// A [C] weight or bias in the arithmetic type, or an undefined tensor.
-at::Tensor channel_param(const char* op, const char* name, const c10::optional<at::Tensor>& p,
-                         int64_t C, c10::ScalarType opmath) {
-  if (!p.has_value() || !p->defined()) return {};
-  TORCH_CHECK(p->numel() == C, op, ": expected ", name, " with ", C, " elements, got ",
-              p->sizes());
-  return p->reshape({C}).to(opmath).contiguous();
-}
-
-const void* ptr_or_null(const at::Tensor& t) { return t.defined() ? t.const_data_ptr() : nullptr; }
 
 NormActivation activation_of(const char* op, int64_t activation) {
   TORCH_CHECK(activation >= 0 && activation <= 2, op,
@@ -178,10 +140,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_bwd_cpu(
   const at::Tensor x = native_layout(input, shape.channels_last);
   prefer_rows(shape);
   // dy in x's layout: a copy only when autograd hands over another layout.
-  at::Tensor dy = grad_out.to(x.scalar_type());
-  // (Compared by strides: at S = 1 a 2-D x is "channels last" for the
-  // kernels, which is_channels_last, needing a spatial dim, does not see.)
-  if (dy.strides() != x.strides()) dy = empty_output_like(x).copy_(dy);
+  const at::Tensor dy = like_layout(grad_out, x);
   const c10::ScalarType opmath = at::toOpMathType(x.scalar_type());
   TORCH_CHECK(mean.numel() == shape.N * shape.G && rstd.numel() == shape.N * shape.G, kOp,
               ": expected mean and rstd with N * num_groups = ", shape.N * shape.G, " elements");

@@ -12,4 +12,4 @@ import torch
 
 ops = torch.ops.fastopt
 
-from . import dropout, norm, optim  # noqa: E402,F401  (each registers its family)
+from . import batch_norm, dropout, norm, optim  # noqa: E402,F401  (each registers its family)

@@ -1,12 +1,16 @@
 """Drop-in ``torch.nn`` modules and functions backed by fastopt's kernels."""
 
 from . import functional
+from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, SyncBatchNorm
 from .conversion import convert
 from .dropout import Dropout, Dropout1d, Dropout2d, Dropout3d
 from .instancenorm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
 from .normalization import GroupNorm, LayerNorm
 
 __all__ = [
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
     "Dropout",
     "Dropout1d",
     "Dropout2d",
@@ -16,6 +20,7 @@ __all__ = [
     "InstanceNorm2d",
     "InstanceNorm3d",
     "LayerNorm",
+    "SyncBatchNorm",
     "convert",
     "functional",
 ]

@@ -81,3 +81,55 @@ def test_group_norm_without_bias_matches_torch():
     x = torch.randn(3, 4, 5)
     assert fast.bias is None
     torch.testing.assert_close(fast(x), ref(x))
+
+
+def _batch_norm_model() -> nn.Sequential:
+    """BatchNorms of every kind, in float64: stacked training-mode norms over 5 samples amplify
+    float32 rounding, and this test is about the conversion, not about rounding."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.BatchNorm2d(6, momentum=None),
+        nn.ReLU(),
+        nn.Sequential(nn.SyncBatchNorm(6, affine=False)),
+        nn.Flatten(2),
+        nn.BatchNorm1d(6, track_running_stats=False),
+        nn.Flatten(),
+        nn.BatchNorm1d(6 * 16),
+    ).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    model.train()
+    model(torch.randn(5, 3, 4, 4, dtype=torch.float64))  # non-trivial running statistics and batch counts
+    model(torch.randn(5, 3, 4, 4, dtype=torch.float64))
+    return model
+
+
+def test_convert_batch_norm_keeps_parameters_buffers_and_mode():
+    model = _batch_norm_model()
+    reference = _batch_norm_model()
+    params = dict(model.named_parameters())
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    model[1].eval()  # mixed train/eval states are kept module by module
+
+    fnn.convert(model)
+    assert type(model[1]) is fnn.BatchNorm2d and type(model[3][0]) is fnn.SyncBatchNorm
+    assert type(model[5]) is fnn.BatchNorm1d and type(model[7]) is fnn.BatchNorm1d
+    assert not model[1].training and model[3][0].training and model[7].training
+    assert model[1].momentum is None and model[5].running_mean is None
+    for name, p in model.named_parameters():
+        assert p is params[name]
+    for name, b in model.named_buffers():  # incl. running stats and num_batches_tracked
+        torch.testing.assert_close(b, buffers[name])
+    assert int(model[1].num_batches_tracked) == 2
+
+    # Same function as the untouched torch model, in training (buffers updated alike) and eval.
+    reference[1].eval()
+    x = torch.randn(5, 3, 4, 4, dtype=torch.float64)
+    torch.testing.assert_close(model(x), reference(x))
+    for (name, b), (_, b_ref) in zip(model.named_buffers(), reference.named_buffers()):
+        torch.testing.assert_close(b, b_ref, msg=name)
+    model.eval()
+    reference.eval()
+    torch.testing.assert_close(model(x), reference(x))

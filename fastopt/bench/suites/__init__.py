@@ -16,6 +16,7 @@ REGISTRY: dict[str, str] = {
     "optim": "fastopt.bench.suites.optim",
     "many_groups": "fastopt.bench.suites.many_groups",
     "ema": "fastopt.bench.suites.ema",
+    "batchnorm": "fastopt.bench.suites.batchnorm",
     "norm": "fastopt.bench.suites.norm",
     "dropout": "fastopt.bench.suites.dropout",
 }

@@ -1,0 +1,79 @@
+// Tensor-side helpers shared by the normalization ops on every device
+// (cpu/group_norm.cpp, cpu/batch_norm.cpp, cuda/batch_norm_cuda.cpp): which
+// memory layouts the kernels read natively, dtype checks, and per-channel
+// parameters widened to the arithmetic type.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/util/Exception.h>
+#include <c10/util/Optional.h>
+
+#include <cstdint>
+
+namespace fastopt::norm {
+
+// Dense channels-last: the channel stride is 1 and each position holds C
+// consecutive channels, for any number of spatial dims (NLC, NHWC, NDHWC).
+inline bool is_channels_last(const at::Tensor& x) {
+  const int64_t C = x.size(1);
+  if (x.dim() < 3 || x.stride(1) != 1) return false;
+  int64_t expected = C;
+  for (int64_t d = x.dim() - 1; d >= 2; --d) {
+    if (x.size(d) != 1 && x.stride(d) != expected) return false;
+    expected *= x.size(d);
+  }
+  return x.size(0) == 1 || x.stride(0) == expected;
+}
+
+// The tensor the kernels read, in its own layout when that is a native one;
+// any other strides are made contiguous.
+inline at::Tensor native_layout(const at::Tensor& x, bool& channels_last) {
+  if (x.is_contiguous()) {
+    channels_last = false;
+    return x;
+  }
+  channels_last = is_channels_last(x);
+  return channels_last ? x : x.contiguous();
+}
+
+// `t` (a gradient handed over by autograd) in x's layout: a copy only when
+// it has another one.
+inline at::Tensor like_layout(const at::Tensor& t, const at::Tensor& x) {
+  // Compared by strides, not by is_channels_last: at S = 1 (LayerNorm rows)
+  // a 2-D x counts as channels last for the kernels, which is_channels_last,
+  // needing a spatial dim, does not see, and every backward copied dy.
+  at::Tensor out = t.to(x.scalar_type());
+  if (out.strides() != x.strides()) out = at::empty_like(x).copy_(out);
+  return out;
+}
+
+inline void check_dtype(const char* op, c10::ScalarType dtype) {
+  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 ||
+                       dtype == at::kHalf,
+                   op, ": supports float32, float64, bfloat16 and float16, got ", dtype);
+}
+
+// A [C] weight or bias in the arithmetic type, or an undefined tensor.
+inline at::Tensor channel_param(const char* op, const char* name,
+                                const c10::optional<at::Tensor>& p, int64_t C,
+                                c10::ScalarType opmath) {
+  if (!p.has_value() || !p->defined()) return {};
+  TORCH_CHECK(p->numel() == C, op, ": expected ", name, " with ", C, " elements, got ",
+              p->sizes());
+  return p->reshape({C}).to(opmath).contiguous();
+}
+
+// The first value of every channel of x (N > 0), [C] in the arithmetic type:
+// a shift for moment sums, close enough to the mean that they do not cancel.
+inline at::Tensor channel_first_values(const at::Tensor& x, c10::ScalarType opmath) {
+  at::Tensor t = x.select(0, 0);
+  while (t.dim() > 1) t = t.select(1, 0);
+  return t.to(opmath).contiguous();
+}
+
+inline const void* ptr_or_null(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr() : nullptr;
+}
+
+}  // namespace fastopt::norm

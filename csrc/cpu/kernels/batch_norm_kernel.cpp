@@ -1,0 +1,344 @@
+// BatchNorm CPU kernels (see batch_norm_kernel.h). Compiled once per
+// instruction set (see cpu/isa.h); every symbol here lives in the
+// CPU_CAPABILITY namespace or carries its name, and nothing throws.
+#include "cpu/kernels/batch_norm_kernel.h"
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+#include <immintrin.h>
+#define FASTOPT_BN_STREAM 1
+#endif
+
+#include "cpu/kernels/norm_loops.h"
+
+namespace fastopt::cpu {
+inline namespace CPU_CAPABILITY {
+namespace {
+
+using namespace norm;
+
+// Partial sums are formed in the arithmetic type over at most this many
+// elements of a plane (channels first) or rows (channels last), then added
+// into double: float32 lanes summing a few hundred values keep ~1e-6
+// relative error, however long the channel.
+constexpr int64_t kRun = 4096;
+constexpr int64_t kRows = 64;
+
+// Software prefetch of [p, p + bytes) into L2 (not L1, which the data being
+// summed occupies), one request per cache line. The
+// hardware prefetchers follow one long stream well, but a channels-first
+// channel is N short runs far apart (784 bytes at 14x14), each a new stream
+// they must first detect; and one core's single stream stays well below the
+// memory bandwidth without more requests in flight.
+constexpr int64_t kLine = 64;
+constexpr int64_t kPrefetchBytes = 4096;
+inline void prefetch(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t off = 0; off < bytes; off += kLine) __builtin_prefetch(c + off, 0, 2);
+}
+
+// The two summands of one element: u and u * w for the chosen sums.
+template <BatchNormSums SUMS, typename T>
+inline void summands(const T& d, const T& g, T& u, T& w) {
+  if constexpr (SUMS == BatchNormSums::Moments) {
+    (void)g;
+    u = d;
+  } else {
+    u = g;
+  }
+  w = d;
+}
+
+// Samples outer, channels inner: for a range of channels, each sample's
+// planes of those channels are one contiguous run of memory, read in order.
+// A single channel's planes lie C * S apart, so the plane after next is
+// prefetched.
+template <typename scalar_t, BatchNormSums SUMS>
+void reduce_channels_first(const BatchNormConfig& cfg, const BatchNormReduceArgs& a,
+                           int64_t begin, int64_t end) {
+  using M = typename Types<scalar_t>::M;
+  const scalar_t* x = static_cast<const scalar_t*>(a.x);
+  const scalar_t* dy = static_cast<const scalar_t*>(a.dy);
+  const M* center = static_cast<const M*>(a.center);
+  const int64_t C = cfg.C, S = cfg.S;
+  std::fill(a.sum1 + begin, a.sum1 + end, 0.0);
+  std::fill(a.sum2 + begin, a.sum2 + end, 0.0);
+  const bool strided = end - begin == 1;
+  for (int64_t n = 0; n < cfg.N; ++n) {
+    if (strided && n + 2 < cfg.N) {
+      const int64_t ahead = ((n + 2) * C + begin) * S;
+      const int64_t bytes = std::min<int64_t>(S * sizeof(scalar_t), kPrefetchBytes);
+      prefetch(x + ahead, bytes);
+      if (SUMS == BatchNormSums::Gradient) prefetch(dy + ahead, bytes);
+    }
+    for (int64_t c = begin; c < end; ++c) {
+      const M k = center[c];
+      const int64_t base = (n * C + c) * S;
+      for (int64_t off = 0; off < S; off += kRun) {
+        const int64_t len = std::min(kRun, S - off);
+        Accumulator<M> acc1, acc2;
+        const scalar_t* dyp = SUMS == BatchNormSums::Gradient ? dy + base + off : nullptr;
+        map_elements<scalar_t>(x + base + off, dyp, nullptr, len, [&](int64_t, auto v, auto g) {
+          using T = decltype(v);
+          T u, w;
+          summands<SUMS>(T(v - T(k)), g, u, w);
+          acc1.add(u);
+          acc2.add(T(u * w));
+          return v;
+        });
+        a.sum1[c] += static_cast<double>(acc1.total());
+        a.sum2[c] += static_cast<double>(acc2.total());
+      }
+    }
+  }
+}
+
+// Rows are taken in tiles of about kTileBytes (a quarter of L1: x and dy). Within a tile each
+// SIMD column of channels is summed down the rows in registers, then added
+// once into the arithmetic-type partials, which go into double every kRows
+// rows. (Loading and storing the partials for every row made this pass
+// twice as slow as the channels-first one.)
+constexpr int64_t kTileBytes = 8192;
+constexpr int kColumnBlocks = 4;
+
+template <typename scalar_t, BatchNormSums SUMS>
+void reduce_channels_last(const BatchNormConfig& cfg, const BatchNormReduceArgs& a,
+                          int64_t begin, int64_t end) {
+  using T = Types<scalar_t>;
+  using M = typename T::M;
+  using Vec = typename T::Vec;
+  constexpr int K = T::K;
+  constexpr bool kGradient = SUMS == BatchNormSums::Gradient;
+  const scalar_t* x = static_cast<const scalar_t*>(a.x);
+  const scalar_t* dy = static_cast<const scalar_t*>(a.dy);
+  const M* center = static_cast<const M*>(a.center);
+  const int64_t C = cfg.C, row_bytes = C * static_cast<int64_t>(sizeof(scalar_t));
+  M* acc1 = static_cast<M*>(a.scratch);
+  M* acc2 = acc1 + C;
+  const int64_t tile = std::max<int64_t>(1, std::min(kRows, kTileBytes / row_bytes));
+  const int64_t vec_end = vector_end<scalar_t>(C);
+  for (int64_t r0 = begin; r0 < end; r0 += kRows) {
+    const int64_t r1 = std::min(end, r0 + kRows);
+    std::fill(acc1, acc1 + 2 * C, M(0));
+    for (int64_t t0 = r0; t0 < r1; t0 += tile) {
+      const int64_t t1 = std::min(r1, t0 + tile);
+      if (t1 < end) {  // the next tile, while this one is summed
+        const int64_t bytes = std::min(end - t1, tile) * row_bytes;
+        prefetch(x + t1 * C, bytes);
+        if (kGradient) prefetch(dy + t1 * C, bytes);
+      }
+      // Up to kColumnBlocks storage blocks of channels at once: at C = 64
+      // float32 that is a whole row, so the tile is read in memory order.
+      auto columns = [&](auto blocks, int64_t j) {
+        constexpr int W = decltype(blocks)::value * K;  // arithmetic vectors
+        Vec k[W], s1[W], s2[W];
+        for (int q = 0; q < W; ++q) {
+          k[q] = Vec::loadu(center + j + q * T::kLanes);
+          s1[q] = Vec(M(0));
+          s2[q] = Vec(M(0));
+        }
+        for (int64_t r = t0; r < t1; ++r) {
+          for (int b = 0; b < decltype(blocks)::value; ++b) {
+            Vec xv[K], gv[K];
+            T::IO::load(x + r * C + j + b * T::IO::kBlock, xv);
+            if (kGradient) T::IO::load(dy + r * C + j + b * T::IO::kBlock, gv);
+            for (int q = 0; q < K; ++q) {
+              const Vec d = xv[q] - k[b * K + q];
+              const Vec u = kGradient ? gv[q] : d;
+              s1[b * K + q] = s1[b * K + q] + u;
+              s2[b * K + q] = at::vec::fmadd(u, d, s2[b * K + q]);
+            }
+          }
+        }
+        for (int q = 0; q < W; ++q) {
+          M* p1 = acc1 + j + q * T::kLanes;
+          M* p2 = acc2 + j + q * T::kLanes;
+          (Vec::loadu(p1) + s1[q]).store(p1);
+          (Vec::loadu(p2) + s2[q]).store(p2);
+        }
+      };
+      int64_t j = 0;
+      for (; j + kColumnBlocks * T::IO::kBlock <= vec_end; j += kColumnBlocks * T::IO::kBlock) {
+        columns(std::integral_constant<int, kColumnBlocks>{}, j);
+      }
+      for (; j < vec_end; j += T::IO::kBlock) columns(std::integral_constant<int, 1>{}, j);
+      for (int64_t c = vec_end; c < C; ++c) {  // channels past the last full vector
+        const M k = center[c];
+        for (int64_t r = t0; r < t1; ++r) {
+          const M d = static_cast<M>(x[r * C + c]) - k;
+          const M u = kGradient ? static_cast<M>(dy[r * C + c]) : d;
+          acc1[c] += u;
+          acc2[c] += u * d;
+        }
+      }
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      a.sum1[c] += static_cast<double>(acc1[c]);
+      a.sum2[c] += static_cast<double>(acc2[c]);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- streaming
+#if defined(FASTOPT_BN_STREAM)
+inline void stream_store(float* p, const Vectorized<float>& v) {
+#if defined(CPU_CAPABILITY_AVX512)
+  _mm512_stream_ps(p, v);
+#else
+  _mm256_stream_ps(p, v);
+#endif
+}
+inline void stream_store(double* p, const Vectorized<double>& v) {
+#if defined(CPU_CAPABILITY_AVX512)
+  _mm512_stream_pd(p, v);
+#else
+  _mm256_stream_pd(p, v);
+#endif
+}
+#endif
+
+// map_elements with non-temporal stores for the aligned SIMD body of a run
+// (float and double; other types and the baseline build store normally).
+// fn sees indices relative to the run's start, as with map_elements.
+template <typename scalar_t, typename Fn>
+void map_streaming(const scalar_t* x, const scalar_t* dy, scalar_t* out, int64_t n, const Fn& fn) {
+#if defined(FASTOPT_BN_STREAM)
+  if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
+    using Vec = Vectorized<scalar_t>;
+    constexpr int64_t kLanes = Vec::size();
+    constexpr uintptr_t kAlign = sizeof(Vec);
+    const uintptr_t addr = reinterpret_cast<uintptr_t>(out);
+    // Elements before the first vector-aligned output address.
+    const int64_t head = std::min<int64_t>(
+        n, addr % sizeof(scalar_t) != 0 ? n : (kAlign - addr % kAlign) % kAlign / sizeof(scalar_t));
+    map_elements<scalar_t>(x, dy, out, head, fn);
+    int64_t i = head;
+    for (; i + kLanes <= n; i += kLanes) {
+      const Vec g = dy != nullptr ? Vec::loadu(dy + i) : Vec(0);
+      stream_store(out + i, fn(i, Vec::loadu(x + i), g));
+    }
+    const int64_t off = i;
+    map_elements<scalar_t>(x + off, dy != nullptr ? dy + off : nullptr, out + off, n - off,
+                           [&](int64_t j, auto v, auto g) { return fn(j + off, v, g); });
+    return;
+  }
+#endif
+  map_elements<scalar_t>(x, dy, out, n, fn);
+}
+
+// Runs map_streaming or map_elements.
+template <typename scalar_t, typename Fn>
+inline void map_run(bool stream, const scalar_t* x, const scalar_t* dy, scalar_t* out, int64_t n,
+                    const Fn& fn) {
+  if (stream) {
+    map_streaming<scalar_t>(x, dy, out, n, fn);
+  } else {
+    map_elements<scalar_t>(x, dy, out, n, fn);
+  }
+}
+
+// (x - k) * p + dy * q + r for coefficients that are per run (Uniform) or
+// per element of a row (PerElement).
+template <bool HAS_DY, typename Coef>
+auto affine_fn(const Coef& k, const Coef& p, const Coef& q, const Coef& r) {
+  return [k, p, q, r](int64_t i, auto v, auto g) {
+    using T = decltype(v);
+    const T z = (v - k.template at<T>(i)) * p.template at<T>(i) + r.template at<T>(i);
+    if constexpr (HAS_DY) {
+      return T(z + g * q.template at<T>(i));
+    } else {
+      (void)g;
+      return z;
+    }
+  };
+}
+
+template <typename scalar_t, bool HAS_DY>
+void affine(const BatchNormConfig& cfg, const BatchNormAffineArgs& a, int64_t begin, int64_t end) {
+  using M = typename Types<scalar_t>::M;
+  const scalar_t* x = static_cast<const scalar_t*>(a.x);
+  const scalar_t* dy = static_cast<const scalar_t*>(a.dy);
+  scalar_t* out = static_cast<scalar_t*>(a.out);
+  const M* k = static_cast<const M*>(a.center);
+  const M* p = static_cast<const M*>(a.p);
+  const M* q = static_cast<const M*>(a.q);
+  const M* r = static_cast<const M*>(a.r);
+  const int64_t C = cfg.C;
+  if (cfg.channels_last) {
+    const auto fn = affine_fn<HAS_DY>(PerElement<M>{k}, PerElement<M>{p},
+                                      PerElement<M>{HAS_DY ? q : p}, PerElement<M>{r});
+    for (int64_t row = begin; row < end; ++row) {
+      map_run<scalar_t>(a.stream, x + row * C, HAS_DY ? dy + row * C : nullptr, out + row * C, C, fn);
+    }
+  } else {
+    const int64_t S = cfg.S;
+    for (int64_t j = begin; j < end; ++j) {
+      const int64_t c = j % C;
+      const auto fn = affine_fn<HAS_DY>(Uniform<M>{k[c]}, Uniform<M>{p[c]},
+                                        Uniform<M>{HAS_DY ? q[c] : M(0)}, Uniform<M>{r[c]});
+      map_run<scalar_t>(a.stream, x + j * S, HAS_DY ? dy + j * S : nullptr, out + j * S, S, fn);
+    }
+  }
+#if defined(FASTOPT_BN_STREAM)
+  // Non-temporal stores are weakly ordered: fence them before another
+  // thread (or the caller) reads the output.
+  if (a.stream) _mm_sfence();
+#endif
+}
+
+// ---------------------------------------------------------------- dispatch
+template <typename scalar_t>
+void reduce_for(const BatchNormConfig& cfg, const BatchNormReduceArgs& a, int64_t begin,
+                int64_t end) {
+  constexpr auto kMoments = BatchNormSums::Moments;
+  constexpr auto kGradient = BatchNormSums::Gradient;
+  if (cfg.channels_last) {
+    return a.sums == kMoments ? reduce_channels_last<scalar_t, kMoments>(cfg, a, begin, end)
+                              : reduce_channels_last<scalar_t, kGradient>(cfg, a, begin, end);
+  }
+  return a.sums == kMoments ? reduce_channels_first<scalar_t, kMoments>(cfg, a, begin, end)
+                            : reduce_channels_first<scalar_t, kGradient>(cfg, a, begin, end);
+}
+
+template <typename scalar_t>
+void affine_for(const BatchNormConfig& cfg, const BatchNormAffineArgs& a, int64_t begin,
+                int64_t end) {
+  return a.dy != nullptr ? affine<scalar_t, true>(cfg, a, begin, end)
+                         : affine<scalar_t, false>(cfg, a, begin, end);
+}
+
+// The op validates dtypes before it picks a kernel; nothing here throws.
+void reduce(const BatchNormConfig& cfg, const BatchNormReduceArgs& a, int64_t begin, int64_t end) {
+  switch (cfg.dtype) {
+    case c10::ScalarType::Float: return reduce_for<float>(cfg, a, begin, end);
+    case c10::ScalarType::Double: return reduce_for<double>(cfg, a, begin, end);
+    case c10::ScalarType::BFloat16: return reduce_for<c10::BFloat16>(cfg, a, begin, end);
+    case c10::ScalarType::Half: return reduce_for<c10::Half>(cfg, a, begin, end);
+    default: return;
+  }
+}
+
+void affine_map(const BatchNormConfig& cfg, const BatchNormAffineArgs& a, int64_t begin,
+                int64_t end) {
+  switch (cfg.dtype) {
+    case c10::ScalarType::Float: return affine_for<float>(cfg, a, begin, end);
+    case c10::ScalarType::Double: return affine_for<double>(cfg, a, begin, end);
+    case c10::ScalarType::BFloat16: return affine_for<c10::BFloat16>(cfg, a, begin, end);
+    case c10::ScalarType::Half: return affine_for<c10::Half>(cfg, a, begin, end);
+    default: return;
+  }
+}
+
+}  // namespace
+}  // namespace CPU_CAPABILITY
+
+BatchNormReduceFn const FASTOPT_ISA_SYMBOL(batch_norm_reduce_kernel) = &CPU_CAPABILITY::reduce;
+BatchNormAffineFn const FASTOPT_ISA_SYMBOL(batch_norm_affine_kernel) = &CPU_CAPABILITY::affine_map;
+
+}  // namespace fastopt::cpu

@@ -1,0 +1,104 @@
+// Element loops shared by the normalization kernels (group_norm_kernel.cpp,
+// batch_norm_kernel.cpp): widening loads, a SIMD body and a scalar tail, and
+// per-channel coefficients that are either one scalar per contiguous run or
+// one value per element of a channels-last row.
+//
+// Included only by the per-ISA kernel translation units (see cpu/isa.h).
+#pragma once
+
+#include <ATen/cpu/vec/functional.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "cpu/kernels/vec_io.h"
+
+namespace fastopt::cpu {
+inline namespace CPU_CAPABILITY {
+namespace norm {
+
+using at::vec::Vectorized;
+
+template <typename scalar_t>
+struct Types {
+  using IO = VecIO<scalar_t>;
+  using M = typename IO::opmath_t;
+  using Vec = typename IO::Vec;
+  static constexpr int K = IO::kVecs;
+  static constexpr int64_t kLanes = Vec::size();
+};
+
+// End of the SIMD part of a loop over n elements. The baseline build's
+// Vectorized is a slow generic fallback, so there every element takes the
+// scalar loop, which the compiler vectorizes with SSE2 where it can.
+template <typename scalar_t>
+inline int64_t vector_end(int64_t n) {
+#if defined(CPU_CAPABILITY_DEFAULT)
+  (void)n;
+  return 0;
+#else
+  return n - n % VecIO<scalar_t>::kBlock;
+#endif
+}
+
+// A coefficient of the elementwise math: one value for a whole run, or one
+// value per element of a row (read as a vector at offset i).
+template <typename M>
+struct Uniform {
+  M value;
+  template <typename T>
+  T at(int64_t) const { return T(value); }
+};
+template <typename M>
+struct PerElement {
+  const M* p;
+  template <typename T>
+  T at(int64_t i) const {
+    if constexpr (std::is_same_v<T, M>) {
+      return p[i];
+    } else {
+      return T::loadu(p + i);
+    }
+  }
+};
+
+// Calls fn(i, x_i, ...) for each element i of n, where each listed input is
+// loaded and widened; `x_i` is a Vec in the SIMD part and an M in the tail.
+// fn returns the value to store at out[i], when out is not null.
+template <typename scalar_t, typename Fn>
+inline void map_elements(const scalar_t* x, const scalar_t* dy, scalar_t* out, int64_t n,
+                         const Fn& fn) {
+  using T = Types<scalar_t>;
+  using Vec = typename T::Vec;
+  const int64_t end = vector_end<scalar_t>(n);
+  int64_t i = 0;
+  for (; i < end; i += T::IO::kBlock) {
+    Vec xv[T::K], dv[T::K], r[T::K];
+    T::IO::load(x + i, xv);
+    if (dy != nullptr) T::IO::load(dy + i, dv);
+    for (int k = 0; k < T::K; ++k) r[k] = fn(i + k * T::kLanes, xv[k], dy != nullptr ? dv[k] : Vec(0));
+    if (out != nullptr) T::IO::store(out + i, r);
+  }
+  using M = typename T::M;
+  for (; i < n; ++i) {
+    const M r = fn(i, static_cast<M>(x[i]), dy != nullptr ? static_cast<M>(dy[i]) : M(0));
+    if (out != nullptr) out[i] = static_cast<scalar_t>(r);
+  }
+}
+
+// Sums of a SIMD part and a scalar tail.
+template <typename M>
+struct Accumulator {
+  Vectorized<M> vec{M(0)};
+  M tail{0};
+  void add(const Vectorized<M>& v) { vec = vec + v; }
+  void add(M v) { tail += v; }
+  M total() const {
+    return tail + at::vec::vec_reduce_all([](Vectorized<M> a, Vectorized<M> b) { return a + b; }, vec);
+  }
+};
+
+
+}  // namespace norm
+}  // namespace CPU_CAPABILITY
+}  // namespace fastopt::cpu

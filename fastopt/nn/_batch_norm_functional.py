@@ -1,0 +1,132 @@
+"""BatchNorm on fastopt's kernels: ``batch_norm`` and the SyncBatchNorm autograd function.
+
+Training normalizes with the batch's statistics (``torch.ops.fastopt.batch_norm_fwd``,
+one op for statistics and normalization) and updates the running estimates
+as torch does; evaluation normalizes with the running estimates
+(``batch_norm_apply``). Autograd and fake kernels live in fastopt/_ops/batch_norm.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from .._ops.batch_norm import param_grads
+from .._ops.norm import _opmath_dtype
+
+ops = torch.ops.fastopt
+
+
+def _check_running_stat(stat: Optional[Tensor], name: str, channels: int) -> None:
+    if stat is not None and stat.numel() != channels:
+        raise RuntimeError(f"{name} should contain {channels} elements not {stat.numel()}")
+
+
+def _check_input(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor]) -> int:
+    """Torch's checks of F.batch_norm's arguments; returns the channel count."""
+    if input.dim() < 2:
+        raise ValueError(f"expected an input of shape (N, C, *), got {input.dim()}D input")
+    channels = input.size(1)
+    _check_running_stat(running_mean, "running_mean", channels)
+    _check_running_stat(running_var, "running_var", channels)
+    return channels
+
+
+def batch_norm(
+    input: Tensor,
+    running_mean: Optional[Tensor],
+    running_var: Optional[Tensor],
+    weight: Optional[Tensor] = None,
+    bias: Optional[Tensor] = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    """``torch.nn.functional.batch_norm`` on fastopt's fused kernels.
+
+    Same arguments and errors as torch's. Contiguous and channels-last inputs
+    run natively and the output keeps the input's memory format. In training,
+    the running estimates (when given) are updated in place with the batch
+    mean and unbiased variance.
+    """
+    channels = _check_input(input, running_mean, running_var)
+    if training:
+        torch.nn.functional._verify_batch_size(input.size())  # torch's ValueError
+        y, mean, _invstd, var = ops.batch_norm_fwd(input, weight, bias, eps)
+        count = input.numel() // channels if channels else 0
+        # count > 1 unless empty (checked above); an empty batch leaves them alone, as in torch.
+        if count > 0 and (running_mean is not None or running_var is not None):
+            ops.batch_norm_update_stats_(running_mean, running_var, mean.detach(), var.detach(), momentum, count)
+        return y
+    if running_mean is None or running_var is None:
+        raise RuntimeError("running_mean and running_var must be defined in evaluation mode")
+    invstd = torch.rsqrt(running_var.to(_opmath_dtype(input.dtype)) + eps)
+    return ops.batch_norm_apply(input, running_mean, invstd, weight, bias)
+
+
+class SyncBatchNormFunction(torch.autograd.Function):
+    """Training-mode BatchNorm whose statistics span every process of ``process_group``.
+
+    Forward: local per-channel (count, mean, M2) from ``batch_norm_stats``,
+    merged exactly across processes by two float64 all_reduces (the global
+    mean, then each process's M2 recentred on it), then ``batch_norm_apply``.
+    Backward: local sums of dy and dy * (x - mean), all-reduced, then
+    ``batch_norm_bwd_elemt``. grad_weight and grad_bias stay local, as in
+    torch: DistributedDataParallel averages parameter gradients itself.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        input: Tensor,
+        weight: Optional[Tensor],
+        bias: Optional[Tensor],
+        running_mean: Optional[Tensor],
+        running_var: Optional[Tensor],
+        eps: float,
+        momentum: float,
+        process_group: Any,
+        world_size: int,
+    ) -> Tensor:
+        channels = _check_input(input, running_mean, running_var)
+        local_count = input.numel() // channels if channels else 0
+        mean, m2 = ops.batch_norm_stats(input)
+        totals = torch.cat([mean.new_full((1,), local_count, dtype=torch.float64), mean.double() * local_count])
+        dist.all_reduce(totals, group=process_group)
+        count = int(totals[0].item())
+        if count == 1:
+            raise ValueError(
+                f"Expected more than 1 value per channel when training, got input size {input.size()}"
+            )
+        global_mean = totals[1:] / max(count, 1)
+        spread = m2.double() + local_count * (mean.double() - global_mean).square()
+        dist.all_reduce(spread, group=process_group)
+        opmath = _opmath_dtype(input.dtype)
+        invstd = torch.rsqrt(spread / max(count, 1) + eps).to(opmath)
+        mean = global_mean.to(opmath)
+        if count > 0 and (running_mean is not None or running_var is not None):
+            ops.batch_norm_update_stats_(running_mean, running_var, global_mean, spread / count, momentum, count)
+        ctx.save_for_backward(input, weight, mean, invstd)
+        ctx.count = count
+        ctx.process_group = process_group
+        return ops.batch_norm_apply(input, mean, invstd, weight, bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple:  # type: ignore[override]
+        input, weight, mean, invstd = ctx.saved_tensors
+        sum_dy, sum_dy_xmu = ops.batch_norm_bwd_reduce(grad_output, input, mean)
+        grad_weight, grad_bias = param_grads(
+            ctx.needs_input_grad[1], ctx.needs_input_grad[2], sum_dy, sum_dy_xmu, invstd, weight
+        )
+        grad_input = None
+        if ctx.needs_input_grad[0]:
+            sums = torch.cat([sum_dy, sum_dy_xmu])
+            dist.all_reduce(sums, group=ctx.process_group)
+            sum_dy, sum_dy_xmu = sums.chunk(2)
+            grad_input = ops.batch_norm_bwd_elemt(
+                grad_output, input, mean, invstd, weight, sum_dy, sum_dy_xmu, max(ctx.count, 1)
+            )
+        return grad_input, grad_weight, grad_bias, None, None, None, None, None, None

@@ -1,0 +1,120 @@
+"""BatchNorm1d/2d/3d and SyncBatchNorm: torch's modules with fastopt's fused kernels.
+
+The modules subclass torch's, so constructor, parameters, buffers
+(``running_mean``, ``running_var``, ``num_batches_tracked``), ``state_dict``,
+input-dimension checks and ``repr`` are torch's own; only ``forward`` changes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+from ._batch_norm_functional import SyncBatchNormFunction, batch_norm
+
+
+class _FusedBatchNorm:
+    """Mixin with the forward of torch's ``_BatchNorm`` on fastopt's kernels."""
+
+    def _batch_norm_mode(self) -> tuple[bool, Optional[Tensor], Optional[Tensor], float]:
+        """(use batch statistics, running_mean, running_var, momentum) as torch's forward decides them.
+
+        Counts the batch in ``num_batches_tracked`` when training with tracked
+        statistics; ``momentum=None`` means a cumulative average, with factor
+        1 / num_batches_tracked.
+        """
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                factor = 1.0 / float(self.num_batches_tracked)
+        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        # Buffers are passed only where they are read or updated.
+        tracked = not self.training or self.track_running_stats
+        running_mean = self.running_mean if tracked else None
+        running_var = self.running_var if tracked else None
+        return use_batch_stats, running_mean, running_var, factor
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        use_batch_stats, running_mean, running_var, factor = self._batch_norm_mode()
+        return batch_norm(input, running_mean, running_var, self.weight, self.bias, use_batch_stats, factor, self.eps)
+
+
+class BatchNorm1d(_FusedBatchNorm, torch.nn.BatchNorm1d):
+    """:class:`torch.nn.BatchNorm1d` on fastopt's fused kernels: inputs (N, C) or (N, C, L)."""
+
+
+class BatchNorm2d(_FusedBatchNorm, torch.nn.BatchNorm2d):
+    """:class:`torch.nn.BatchNorm2d` on fastopt's fused kernels, NCHW and channels-last (NHWC) alike."""
+
+
+class BatchNorm3d(_FusedBatchNorm, torch.nn.BatchNorm3d):
+    """:class:`torch.nn.BatchNorm3d` on fastopt's fused kernels, NCDHW and channels-last (NDHWC) alike."""
+
+
+class SyncBatchNorm(_FusedBatchNorm, torch.nn.SyncBatchNorm):
+    """:class:`torch.nn.SyncBatchNorm` on fastopt's kernels, on any torch.distributed backend.
+
+    In training, with a process group of more than one process, the batch
+    statistics are those of the union of every process's batch, reduced with
+    ``torch.distributed.all_reduce`` (gloo for CPU tensors, NCCL for CUDA
+    ones). Otherwise it is a plain BatchNorm, as in torch.
+    """
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        self._check_non_zero_input_channels(input)
+        use_batch_stats, running_mean, running_var, factor = self._batch_norm_mode()
+        group, world_size = self._sync_group(use_batch_stats)
+        if world_size <= 1:
+            return batch_norm(
+                input, running_mean, running_var, self.weight, self.bias, use_batch_stats, factor, self.eps
+            )
+        return SyncBatchNormFunction.apply(
+            input, self.weight, self.bias, running_mean, running_var, self.eps, factor, group, world_size
+        )
+
+    def _sync_group(self, use_batch_stats: bool) -> tuple[Any, int]:
+        """The process group to reduce over and its size (1: nothing to synchronise)."""
+        dist = torch.distributed
+        if not (use_batch_stats and self.training and dist.is_available() and dist.is_initialized()):
+            return None, 1
+        group = self.process_group or dist.group.WORLD
+        return group, dist.get_world_size(group)
+
+    @classmethod
+    def convert_sync_batchnorm(cls, module: torch.nn.Module, process_group: Any = None) -> torch.nn.Module:
+        """Replace every BatchNorm*D layer in ``module`` by a fastopt :class:`SyncBatchNorm`.
+
+        As :meth:`torch.nn.SyncBatchNorm.convert_sync_batchnorm`: the new layer
+        takes the old one's parameters, running statistics, batch count,
+        ``qconfig`` and training mode; returns the converted module (a new
+        object when ``module`` itself is a BatchNorm).
+        """
+        output = module
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            output = cls(
+                module.num_features,
+                module.eps,
+                module.momentum,
+                module.affine,
+                module.track_running_stats,
+                process_group,
+            )
+            if module.affine:
+                with torch.no_grad():
+                    output.weight = module.weight
+                    output.bias = module.bias
+            output.running_mean = module.running_mean
+            output.running_var = module.running_var
+            output.num_batches_tracked = module.num_batches_tracked
+            output.training = module.training
+            if hasattr(module, "qconfig"):
+                output.qconfig = module.qconfig
+        for name, child in module.named_children():
+            output.add_module(name, cls.convert_sync_batchnorm(child, process_group))
+        del module
+        return output
