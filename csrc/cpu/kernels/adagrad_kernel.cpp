@@ -21,7 +21,7 @@ struct AdagradOp {
   bool has_weight_decay;
 
   template <typename T>
-  void operator()(T (&v)[kDepth]) const {
+  FASTOPT_INLINE void operator()(T (&v)[kDepth]) const {
     if (unscale) v[kGrad] = v[kGrad] / T(grad_scale);
     adagrad_update(v[kParam], v[kGrad], v[kSum], coeffs.template get<T>(), maximize,
                    has_weight_decay);

@@ -20,7 +20,7 @@ struct AdamOp {
   bool has_weight_decay;
 
   template <typename T>
-  void operator()(T (&v)[AMSGRAD ? 5 : 4]) const {
+  FASTOPT_INLINE void operator()(T (&v)[AMSGRAD ? 5 : 4]) const {
     // torch's fused path stores the unscaled gradient, as GradScaler.unscale_ would.
     if (unscale) v[kGrad] = v[kGrad] / T(grad_scale);
     T* max_exp_avg_sq = nullptr;

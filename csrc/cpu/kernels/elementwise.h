@@ -130,7 +130,10 @@ struct RunStore {
 
 // Stores n floats as bfloat16, rounded stochastically (NOTE: [rounding
 // stream]); `run.first` is the index of src[0] within its tensor.
-inline void store_bf16_stochastic(c10::BFloat16* dst, const float* src, int64_t n,
+// Kept out of line, and the optimizers' functors are FASTOPT_INLINE: once this
+// store sat inline in the bf16 element loop, GCC stopped inlining the functors
+// there, and a bf16 SGD step (16M, one thread) took 14 ms instead of 6.3.
+[[gnu::noinline]] inline void store_bf16_stochastic(c10::BFloat16* dst, const float* src, int64_t n,
                                   const RunStore& run) {
   const DropoutKey key{run.storage->key0, run.storage->key1, run.storage->offset0,
                        run.storage->offset1};

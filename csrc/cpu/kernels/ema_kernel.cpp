@@ -21,7 +21,7 @@ struct EmaOp {
   Broadcast<LerpCoeffs, opmath_t> weight;
 
   template <typename T>
-  void operator()(T (&v)[kDepth]) const {
+  FASTOPT_INLINE void operator()(T (&v)[kDepth]) const {
     v[kShadow] = lerp(v[kShadow], v[kParam], weight.template get<T>());
   }
 };

@@ -33,7 +33,7 @@ struct RMSpropOp {
   bool has_weight_decay;
 
   template <typename T>
-  void operator()(T (&v)[L::kDepth]) const {
+  FASTOPT_INLINE void operator()(T (&v)[L::kDepth]) const {
     // As torch's fused optimizers do, store the unscaled gradient, as
     // GradScaler.unscale_ would have.
     if (unscale) v[L::kGrad] = v[L::kGrad] / T(grad_scale);

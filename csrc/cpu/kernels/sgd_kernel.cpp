@@ -20,7 +20,7 @@ struct SgdOp {
   bool unscale;
 
   template <typename T>
-  void operator()(T (&v)[MOMENTUM ? 3 : 2]) const {
+  FASTOPT_INLINE void operator()(T (&v)[MOMENTUM ? 3 : 2]) const {
     if (unscale) v[kGrad] = v[kGrad] / T(grad_scale);
     T* momentum_buffer = nullptr;
     if constexpr (MOMENTUM) momentum_buffer = &v[kMomentumBuffer];
