@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
-import fastopt
 import fastopt.nn.functional as F
 from fastopt import nn
+
+from ..cpu_isa import cpu_capability, supported_isas
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 
@@ -52,17 +53,10 @@ def test_dtypes_and_shapes(device, dtype, shape):
 def test_every_isa_draws_the_same_mask():
     """The stream is fixed by NOTE: [dropout stream], not by the instruction set."""
     x = _nonzero_randn(100003, device="cpu")
-    best = fastopt.build_info()["cpu_capability"]
     masks = []
-    try:
-        for isa in ("default", "avx2", "avx512"):
-            try:
-                fastopt._C._set_cpu_capability(isa)
-            except ValueError:
-                continue  # not supported by this CPU
+    for isa in supported_isas():
+        with cpu_capability(isa):
             masks.append(_kept(F.dropout(x, 0.4, generator=torch.Generator().manual_seed(3))))
-    finally:
-        fastopt._C._set_cpu_capability(best)
     assert all(torch.equal(masks[0], m) for m in masks[1:])
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-import fastopt
 import fastopt.nn.functional as F
 from fastopt import nn
+
+from ..cpu_isa import cpu_capability, supported_isas
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 
@@ -98,18 +99,11 @@ def test_non_contiguous_inplace_and_module(device):
 def test_every_isa_packs_the_same_bits():
     x = _nonzero_randn(100003, device="cpu")
     seed = torch.tensor([11, 12])
-    best = fastopt.build_info()["cpu_capability"]
     results = []
-    try:
-        for isa in ("default", "avx2", "avx512"):
-            try:
-                fastopt._C._set_cpu_capability(isa)
-            except RuntimeError:
-                continue  # not supported by this CPU
+    for isa in supported_isas():
+        with cpu_capability(isa):
             y, bits = torch.ops.fastopt.dropout_bits(x, seed, 0.5)
             results.append((y, bits, torch.ops.fastopt.dropout_from_bits(x, bits, 0.5)))
-    finally:
-        fastopt._C._set_cpu_capability(best)
     for y, bits, dx in results[1:]:
         assert torch.equal(y, results[0][0]) and torch.equal(bits[: 100003 // 8], results[0][1][: 100003 // 8])
         assert torch.equal(dx, results[0][2])

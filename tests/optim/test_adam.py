@@ -28,6 +28,8 @@ from .reference import (
     skip_bias_grad,
 )
 
+from ..cpu_isa import ALL_ISAS, cpu_capability, supported_isas
+
 PAIRS = [(Adam, torch.optim.Adam), (AdamW, torch.optim.AdamW)]
 # torch's own configuration grid for these optimizers (see torch's
 # optim_inputs_func_adam), plus beta1 < 0.5, where torch's lerp switches formula.
@@ -66,22 +68,16 @@ def test_matches_torch(pair, config, dtype, device):
     _compare(pair, config, device, dtype)
 
 
-@pytest.mark.parametrize("isa", ["default", "avx2", "avx512"])
+@pytest.mark.parametrize("isa", ALL_ISAS)
 def test_every_cpu_kernel_variant(isa):
     """Each compiled instruction-set variant gives torch's result."""
-    if ["default", "avx2", "avx512"].index(isa) > ["default", "avx2", "avx512"].index(
-        fastopt.build_info()["cpu_capability_best"]
-    ):
+    if isa not in supported_isas():
         pytest.skip(f"this CPU does not support {isa}")
-    previous = fastopt.build_info()["cpu_capability"]
-    fastopt._C._set_cpu_capability(isa)
-    try:
+    with cpu_capability(isa):
         assert fastopt.build_info()["cpu_capability"] == isa
         for dtype in (torch.float32, torch.float64):
             _compare(PAIRS[1], {"weight_decay": 0.1, "amsgrad": True}, "cpu", dtype, steps=3)
         check_low_precision(*PAIRS[0], torch.bfloat16, "cpu", {"weight_decay": 0.1})
-    finally:
-        fastopt._C._set_cpu_capability(previous)
 
 
 @pytest.mark.parametrize("pair", PAIRS, ids=lambda p: p[0].__name__)

@@ -15,7 +15,6 @@ import math
 import pytest
 import torch
 
-import fastopt
 from fastopt.optim import SGD, Adagrad, Adam, AdamW, RMSprop, clip_grad_norm_, grad_norm
 
 from .reference import (
@@ -26,6 +25,8 @@ from .reference import (
     set_grads,
     skip_bias_grad,
 )
+
+from ..cpu_isa import cpu_capability, supported_isas
 
 # (fastopt class, torch class, config): every optimizer, with state that a
 # wrong clip factor or a half-skipped step would visibly corrupt.
@@ -582,13 +583,9 @@ def test_stochastic_rounding_same_stream_on_every_kernel_variant():
     """The baseline kernel rounds element by element, the SIMD ones in blocks of
     Philox lanes: both must read the same word per element (NOTE: [rounding
     stream]), so a run does not depend on the CPU it ran on."""
-    variants = ["default", "avx2", "avx512"]
-    best = variants.index(fastopt.build_info()["cpu_capability_best"])
-    previous = fastopt.build_info()["cpu_capability"]
     results = []
-    try:
-        for isa in variants[: best + 1]:
-            fastopt._C._set_cpu_capability(isa)
+    for isa in supported_isas():
+        with cpu_capability(isa):
             torch.manual_seed(3)
             # a tail, several chunks, and a master-weights copy as well
             p = torch.nn.Parameter(torch.randn(70001, dtype=torch.bfloat16))
@@ -603,8 +600,6 @@ def test_stochastic_rounding_same_stream_on_every_kernel_variant():
                 opt.step()
                 opt_m.step()
             results.append((p.detach().clone(), q.detach().clone()))
-    finally:
-        fastopt._C._set_cpu_capability(previous)
     for other in results[1:]:
         assert torch.equal(other[0], results[0][0])
         assert torch.equal(other[1], results[0][1])

@@ -31,6 +31,8 @@ from .reference import (
     set_grads,
 )
 
+from ..cpu_isa import ALL_ISAS, cpu_capability, supported_isas
+
 # torch's own grid for RMSprop (optim_inputs_func_rmsprop): each option alone,
 # then every combination of centered, momentum, weight_decay and maximize.
 SINGLE_CONFIGS = [
@@ -62,15 +64,12 @@ def test_matches_torch(config, dtype, device):
     compare_with_torch(RMSprop, torch.optim.RMSprop, config, device, dtype, names=None if full else SMALL_PARAMS)
 
 
-@pytest.mark.parametrize("isa", ["default", "avx2", "avx512"])
+@pytest.mark.parametrize("isa", ALL_ISAS)
 def test_every_cpu_kernel_variant(isa):
     """Each compiled instruction-set variant gives torch's result."""
-    order = ["default", "avx2", "avx512"]
-    if order.index(isa) > order.index(fastopt.build_info()["cpu_capability_best"]):
+    if isa not in supported_isas():
         pytest.skip(f"this CPU does not support {isa}")
-    previous = fastopt.build_info()["cpu_capability"]
-    fastopt._C._set_cpu_capability(isa)
-    try:
+    with cpu_capability(isa):
         # torch's kernels here are its AVX2/AVX-512 ones, which fuse
         # multiply-adds, and the baseline variant cannot. g / sqrt(square_avg)
         # magnifies that last-bit difference for tiny grads (and the centered
@@ -83,8 +82,6 @@ def test_every_cpu_kernel_variant(isa):
             compare_with_torch(RMSprop, torch.optim.RMSprop, config, "cpu", dtype, steps=3)
         config = {"centered": True, "momentum": 0.9, "weight_decay": 0.1}
         check_low_precision(RMSprop, torch.optim.RMSprop, torch.bfloat16, "cpu", config, {"foreach": False})
-    finally:
-        fastopt._C._set_cpu_capability(previous)
 
 
 # eps=1e-6 because torch's float16 for-loop adds eps in float16, where the
