@@ -387,6 +387,14 @@ inline void add_at(M* p, int64_t i, const T& v) {
   }
 }
 
+// z = (x - mean) * rstd * gamma + beta of element i of a row (or of the
+// vector of lanes starting there): the forward's value, and what the backward
+// recomputes to differentiate an activation.
+template <typename T, typename M, typename Gamma, typename Beta>
+inline T row_affine(const T& v, int64_t i, M mu, M r, const Gamma& gamma, const Beta& beta) {
+  return (v - T(mu)) * (T(r) * gamma.template at<T>(i)) + beta.template at<T>(i);
+}
+
 template <typename scalar_t, NormActivation ACT>
 void forward_row(const GroupNormConfig& cfg, const GroupNormSample& s) {
   using M = typename Types<scalar_t>::M;
@@ -401,10 +409,7 @@ void forward_row(const GroupNormConfig& cfg, const GroupNormSample& s) {
               [&](const auto& gamma, const auto& beta) {
                 map_elements<scalar_t>(x, nullptr, static_cast<scalar_t*>(s.out), cfg.C,
                                        [&](int64_t i, auto v, auto) {
-                                         using T = decltype(v);
-                                         const T z = (v - T(mu)) * (T(r) * gamma.template at<T>(i)) +
-                                                     beta.template at<T>(i);
-                                         return Act<ACT>::fwd(z);
+                                         return Act<ACT>::fwd(row_affine(v, i, mu, r, gamma, beta));
                                        });
               });
 }
@@ -424,12 +429,10 @@ void backward_row(const GroupNormConfig& cfg, const GroupNormSample& s) {
               [&](const auto& gamma, const auto& beta) {
     // dz of one element, recomputing z only when there is an activation.
     auto dz_of = [&](int64_t i, auto v, auto g) {
-      using T = decltype(v);
       if constexpr (ACT == NormActivation::None) {
         return g;
       } else {
-        const T z = (v - T(mu)) * (T(r) * gamma.template at<T>(i)) + beta.template at<T>(i);
-        return Act<ACT>::grad(z, g);
+        return Act<ACT>::grad(row_affine(v, i, mu, r, gamma, beta), g);
       }
     };
     Accumulator<M> sum_a, sum_b;
