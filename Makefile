@@ -77,8 +77,10 @@ $(BUILT): $(SOURCES) $(ENV_READY)
 
 # Compile check of the torch-free CUDA kernels for sm_80 and sm_90; needs nvcc
 # but no GPU and no torch. CI runs it on every change.
-cuda-check:
-	cmake -S . -B build/cuda-check -DCMAKE_CUDA_COMPILER=$(NVCC)
+# The torch-free kernels, and the torch-facing CUDA layer against this torch's headers.
+cuda-check: $(ENV_READY)
+	cmake -S . -B build/cuda-check -DCMAKE_CUDA_COMPILER=$(NVCC) \
+		-DFASTOPT_PYTHON="$$($(PY) -c 'import sys; print(sys.executable)')"
 	cmake --build build/cuda-check -j2
 
 clean:

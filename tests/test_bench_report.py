@@ -169,3 +169,19 @@ def test_progress_bar_on_a_pipe_prints_tenths() -> None:
     assert len(lines) == 11
     assert lines[-1].startswith("[" + "#" * 30 + "] 100%")
     assert all("case a" in line for line in lines)
+
+
+def test_cache_is_scrubbed_before_every_timed_call() -> None:
+    from fastopt.bench.harness import CacheScrubber, run_interleaved
+
+    calls: list[str] = []
+    contenders = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    stats = run_interleaved(contenders, torch.device("cpu"), reps=3, warmup=1,
+                            before_each=lambda: calls.append("scrub"))
+    assert set(stats) == {"a", "b"}
+    timed = calls[2:]  # after the warm-up round, which is not scrubbed
+    assert timed[0::2] == ["scrub"] * 6 and sorted(timed[1::2]) == ["a"] * 3 + ["b"] * 3
+    scrubber = CacheScrubber(torch.device("cpu"))
+    assert scrubber.buffer.numel() * 4 >= 64 * 2**20
+    scrubber()
+    assert float(scrubber.buffer[0]) == 1.0

@@ -1,6 +1,6 @@
 // fastopt::adagrad_ on CUDA: validation, device guard and stream, then the
 // torch-free launch in kernels/adagrad_kernel.cu. Only this layer sees tensors.
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -51,7 +51,7 @@ void adagrad_cuda(const AdagradArgs& a) {
   launch.found_inf = scalars.found_inf();
   launch.update_norms = update_norms_rows(a.update_norms, device, a.params.size());
 
-  launch_adagrad(launch, at::cuda::getCurrentCUDAStream());
+  launch_adagrad(launch, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   flat.write_back();
 }

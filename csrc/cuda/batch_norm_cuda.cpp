@@ -4,7 +4,7 @@
 // tensor ops in double. Only this layer sees tensors.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -62,7 +62,7 @@ at::Tensor channel_sums(const Input& in, bool gradient, const at::Tensor& dy,
                                center.const_data_ptr(),
                                workspace.mutable_data_ptr<double>(),
                                sums.mutable_data_ptr<double>()};
-  launch_batch_norm_reduce(launch, at::cuda::getCurrentCUDAStream());
+  launch_batch_norm_reduce(launch, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return sums;
 }
@@ -76,7 +76,7 @@ void affine(const Input& in, const at::Tensor& dy, const at::Tensor& out, const 
   BatchNormAffineLaunch launch{in.shape,      in.x.const_data_ptr(),   ptr_or_null(dy),
                                out.mutable_data_ptr(), k.const_data_ptr(), pc.const_data_ptr(),
                                ptr_or_null(qc), rc.const_data_ptr()};
-  launch_batch_norm_affine(launch, at::cuda::getCurrentCUDAStream());
+  launch_batch_norm_affine(launch, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

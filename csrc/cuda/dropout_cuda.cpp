@@ -1,7 +1,7 @@
 // fastopt::dropout, dropout_ and dropout_add on CUDA: the shared validation
 // (common/dropout_op.h), device guard and stream, then the torch-free launch
 // in kernels/dropout_kernel.cu. Only this layer sees tensors.
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -39,7 +39,7 @@ void run_dropout(const DropoutInputs& in, const at::Tensor& seed, double p, cons
   launch.drop_all = mask.drop_all;
   launch.keep_prob = mask.keep_prob;
 
-  launch_dropout(launch, at::cuda::getCurrentCUDAStream());
+  launch_dropout(launch, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

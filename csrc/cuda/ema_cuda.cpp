@@ -1,6 +1,6 @@
 // fastopt::ema_ on CUDA: validation, device guard and stream, then the
 // torch-free launch in kernels/ema_kernel.cu.
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -32,7 +32,7 @@ void ema_cuda(at::TensorList shadow, at::TensorList params, double decay) {
   launch.dtype = kernel_dtype("fastopt.ema_", shadow[0].scalar_type());
   launch.decay = decay;
 
-  launch_ema(launch, at::cuda::getCurrentCUDAStream());
+  launch_ema(launch, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   flat.write_back();
 }

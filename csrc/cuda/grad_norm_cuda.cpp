@@ -1,7 +1,7 @@
 // fastopt::grad_norm on CUDA: checks, device guard and stream, then the
 // torch-free launches in kernels/grad_norm_kernel.cu, one per gradient dtype,
 // all folding into one device accumulator. Nothing is read back to the host.
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAFunctions.h>
@@ -26,7 +26,7 @@ std::tuple<at::Tensor, at::Tensor> grad_norm_cuda(at::TensorList grads, double n
   const c10::Device device = grads.empty() ? c10::Device(c10::kCUDA, c10::cuda::current_device())
                                            : grads[0].device();
   const c10::cuda::CUDAGuard guard(device);
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const c10::ScalarType out_dtype = grad_norm_dtype(grads);
   const NormKind kind = norm_kind(norm_type);
   const auto on_device = at::TensorOptions().device(device);

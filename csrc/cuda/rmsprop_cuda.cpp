@@ -1,6 +1,6 @@
 // fastopt::rmsprop_ on CUDA: validation, device guard and stream, then the
 // torch-free launch in kernels/rmsprop_kernel.cu. Only this layer sees tensors.
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -57,7 +57,7 @@ void rmsprop_cuda(const RMSpropArgs& a) {
   launch.found_inf = scalars.found_inf();
   launch.update_norms = update_norms_rows(a.update_norms, device, a.params.size());
 
-  launch_rmsprop(launch, at::cuda::getCurrentCUDAStream());
+  launch_rmsprop(launch, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   flat.write_back();
 }

@@ -1,6 +1,6 @@
 // fastopt::sgd_ on CUDA: validation, device guard and stream, then the
 // torch-free launch in kernels/sgd_kernel.cu. Only this layer sees tensors.
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -48,7 +48,7 @@ void sgd_cuda(const SgdArgs& a) {
   launch.found_inf = scalars.found_inf();
   launch.update_norms = update_norms_rows(a.update_norms, device, a.params.size());
 
-  launch_sgd(launch, at::cuda::getCurrentCUDAStream());
+  launch_sgd(launch, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   flat.write_back();
 }

@@ -79,15 +79,18 @@ def run_interleaved(
     reps: int,
     warmup: int,
     on_round: Callable[[], None] | None = None,
+    before_each: Call | None = None,
 ) -> dict[str, Stats]:
     """Time every contender ``reps`` times, round-robin, after ``warmup`` rounds.
 
     Each repetition runs every contender once, so slow drifts of the machine
     (frequency, other tenants) hit all contenders alike. The order within a
     repetition is shuffled (seeded, so runs are repeatable): neither the
-    position in the round nor the predecessor, whose traffic may have left
-    caches and TLBs in some state, is then systematic for any contender.
-    ``on_round`` is called after every warm-up and timed round (progress).
+    position in the round nor the predecessor is then systematic for any
+    contender. ``before_each`` runs, untimed, before every timed call (the
+    runner passes a :class:`CacheScrubber`, so that no contender inherits the
+    cache its predecessor left). ``on_round`` is called after every warm-up
+    and timed round (progress).
     """
     names = list(contenders)
     for _ in range(warmup):
@@ -100,6 +103,8 @@ def run_interleaved(
     for _ in range(reps):
         order.shuffle(names)
         for name in names:
+            if before_each is not None:
+                before_each()
             samples[name].append(time_call_ms(contenders[name], device))
         if on_round is not None:
             on_round()
@@ -133,6 +138,42 @@ class Triad:
     def __call__(self) -> None:
         # A small alpha keeps a bounded however often this runs.
         torch.add(self.a, self.b, alpha=1e-3, out=self.a)
+
+
+def last_level_cache_bytes(device: torch.device) -> int | None:
+    """The GPU's L2 or the CPU's largest cache in bytes, or None where unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).L2_cache_size)
+    sizes = []
+    for entry in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = entry.read_text().strip()
+        units = {"K": 2**10, "M": 2**20, "G": 2**30}
+        try:
+            sizes.append(int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text))
+        except (ValueError, IndexError):
+            continue
+    return max(sizes) if sizes else None
+
+
+class CacheScrubber:
+    """Writes a buffer of twice the last-level cache (at least 64 MiB) in place.
+
+    Run before each timed call, it evicts whatever the previous contender left
+    in cache. Without it a case whose tensors fit in the cache (a 25 MB
+    activation in a 32 MB L3) times each contender in the cache state its
+    predecessor in the round left: a contender that streams its output past
+    the cache leaves the input cached for the next one, one that writes
+    through the cache evicts it, and the ratio measures that rather than the
+    kernels. Every timed call thus starts with its tensors in memory, which is
+    also what the fraction-of-bandwidth figures assume.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        nbytes = max(64 * 2**20, 2 * (last_level_cache_bytes(device) or 0))
+        self.buffer = torch.zeros(nbytes // 4, device=device)
+
+    def __call__(self) -> None:
+        self.buffer.add_(1.0)
 
 
 @dataclass

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .harness import Stats, Triad, environment, load_average, gb_per_s, measure_bandwidth, run_interleaved
+from .harness import CacheScrubber, Stats, Triad, environment, load_average, gb_per_s, measure_bandwidth, run_interleaved
 from .report import SCHEMA, Progress
 from .suite import FASTOPT, REFERENCE, TORCH, Case, Context, Suite
 from .suites import REGISTRY, load
@@ -105,6 +105,7 @@ def run(ctx: Context, suite_names: Sequence[str] | None = None, progress: bool =
     triad = Triad(ctx.device, SMOKE_BANDWIDTH_NUMEL) if ctx.smoke else Triad(ctx.device)
     bandwidth = measure_bandwidth(triad, ctx.device, bandwidth_reps)
     bar.advance(bandwidth_reps + 2)
+    scrub = CacheScrubber(ctx.device)
 
     records: list[dict[str, Any]] = []
     for suite, case, reps, warmup in plan:
@@ -114,7 +115,7 @@ def run(ctx: Context, suite_names: Sequence[str] | None = None, progress: bool =
             contenders = case.setup()
             setup_s = time.monotonic() - case_started
             contenders[TRIAD] = triad
-            stats = run_interleaved(contenders, ctx.device, reps, warmup, on_round=bar.advance)
+            stats = run_interleaved(contenders, ctx.device, reps, warmup, on_round=bar.advance, before_each=scrub)
             records.append(case_record(suite, case, stats, triad, reps, warmup))
             # Where a run's minutes go: input setup versus timed rounds.
             records[-1]["setup_s"] = setup_s
