@@ -92,7 +92,8 @@ def _write_build_config(with_cuda: bool) -> None:
 def _extension():
     with_cuda = _want_cuda()
     _write_build_config(with_cuda)
-    sources = _sources("csrc/*.cpp") + _sources("csrc/common/*.cpp") + _sources("csrc/cpu/*.cpp")
+    sources = _sources("csrc/*.cpp") + _sources("csrc/common/*.cpp") + _sources("csrc/autograd/*.cpp")
+    sources += _sources("csrc/cpu/*.cpp")
     args = dict(
         name="fastopt._C",
         include_dirs=[os.path.join(ROOT, "csrc")],

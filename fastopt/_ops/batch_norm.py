@@ -1,4 +1,4 @@
-"""Fake kernels and autograd of the BatchNorm ops.
+"""Fake kernels of the BatchNorm ops (their autograd is in csrc/autograd/batch_norm_autograd.cpp).
 
 Training runs on ``batch_norm_fwd`` (statistics and normalization in one op)
 and its backward ``batch_norm_bwd``; evaluation runs on ``batch_norm_apply``
@@ -74,52 +74,3 @@ def param_grads(
     grad_weight = (sum_dy_xmu * invstd).to(dtype) if want_weight else None
     grad_bias = sum_dy.to(dtype) if want_bias else None
     return grad_weight, grad_bias
-
-
-# ---------------------------------------------------------------- training
-def _fwd_setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
-    x, weight, _bias, _eps = inputs
-    _y, mean, invstd, _var = output
-    # Only x and the per-channel statistics; weight is the module's parameter.
-    ctx.save_for_backward(x, mean, invstd, weight)
-
-
-def _fwd_backward(ctx: Any, grad_y: torch.Tensor, _grad_mean: Any, _grad_invstd: Any, _grad_var: Any) -> tuple:
-    x, mean, invstd, weight = ctx.saved_tensors
-    if ctx.needs_input_grad[0]:
-        grad_x, grad_weight, grad_bias = ops.batch_norm_bwd(grad_y, x, mean, invstd, weight)
-        grad_weight = grad_weight if ctx.needs_input_grad[1] else None
-        grad_bias = grad_bias if ctx.needs_input_grad[2] else None
-        return grad_x, grad_weight, grad_bias, None
-    # No dx wanted (a frozen input, e.g. the first layer): only the reduction pass.
-    sum_dy, sum_dy_xmu = ops.batch_norm_bwd_reduce(grad_y, x, mean)
-    want_weight, want_bias = ctx.needs_input_grad[1:3]
-    return (None, *param_grads(want_weight, want_bias, sum_dy, sum_dy_xmu, invstd, weight), None)
-
-
-torch.library.register_autograd("fastopt::batch_norm_fwd", _fwd_backward, setup_context=_fwd_setup_context)
-
-
-# ---------------------------------------------------------------- evaluation
-# y = (x - mean) * invstd * weight + bias with mean and invstd held fixed (the
-# running statistics, buffers without gradients): dx = dy * invstd * weight,
-# which is the same affine map applied to dy.
-def _apply_setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
-    x, mean, invstd, weight, _bias = inputs
-    ctx.save_for_backward(x if any(ctx.needs_input_grad[3:5]) else None, mean, invstd, weight)
-
-
-def _apply_backward(ctx: Any, grad_y: torch.Tensor) -> tuple:
-    x, mean, invstd, weight = ctx.saved_tensors
-    grad_x = None
-    if ctx.needs_input_grad[0]:
-        grad_x = ops.batch_norm_apply(grad_y, torch.zeros_like(mean), invstd, weight, None)
-    grad_weight = grad_bias = None
-    want_weight, want_bias = ctx.needs_input_grad[3:5]
-    if want_weight or want_bias:
-        sum_dy, sum_dy_xmu = ops.batch_norm_bwd_reduce(grad_y, x, mean)
-        grad_weight, grad_bias = param_grads(want_weight, want_bias, sum_dy, sum_dy_xmu, invstd, weight)
-    return grad_x, None, None, grad_weight, grad_bias
-
-
-torch.library.register_autograd("fastopt::batch_norm_apply", _apply_backward, setup_context=_apply_setup_context)

@@ -1,8 +1,9 @@
-"""Fake kernels and autograd of the GroupNorm family ops (GroupNorm, LayerNorm, InstanceNorm)."""
+"""Fake kernels of the GroupNorm family ops (GroupNorm, LayerNorm, InstanceNorm).
+
+Their autograd is in csrc/autograd/group_norm_autograd.cpp.
+"""
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 
@@ -42,29 +43,3 @@ def _group_norm_bwd_fake(grad_out, x, mean, rstd, weight, bias, groups, activati
     param_dtype = weight.dtype if weight is not None else x.dtype
     grad_weight = x.new_empty((x.size(1),), dtype=param_dtype)
     return _like_native(x), grad_weight, torch.empty_like(grad_weight)
-
-
-def _group_norm_setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
-    x, weight, bias, groups, _eps, activation = inputs
-    _y, mean, rstd = output
-    # Only x and the per-group statistics are saved; weight and bias are the
-    # module's parameters, held anyway.
-    ctx.save_for_backward(x, mean, rstd, weight, bias)
-    ctx.groups = groups
-    ctx.activation = activation
-
-
-def _group_norm_backward(ctx: Any, grad_y: torch.Tensor, _grad_mean: Any, _grad_rstd: Any):
-    x, mean, rstd, weight, bias = ctx.saved_tensors
-    grad_x, grad_weight, grad_bias = ops.group_norm_bwd(
-        grad_y, x, mean, rstd, weight, bias, ctx.groups, ctx.activation
-    )
-    # The op returns [C]; LayerNorm's weight has the normalized shape.
-    grad_weight = grad_weight.view(weight.shape) if weight is not None and ctx.needs_input_grad[1] else None
-    grad_bias = grad_bias.view(bias.shape) if bias is not None and ctx.needs_input_grad[2] else None
-    return grad_x, grad_weight, grad_bias, None, None, None
-
-
-torch.library.register_autograd(
-    "fastopt::group_norm_fwd", _group_norm_backward, setup_context=_group_norm_setup_context
-)

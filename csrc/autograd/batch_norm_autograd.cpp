@@ -1,0 +1,145 @@
+// Autograd of fastopt::batch_norm_fwd (training: batch statistics) and
+// fastopt::batch_norm_apply (evaluation: running statistics).
+//
+// In C++ rather than torch.library.register_autograd: a Python autograd
+// kernel costs ~70 us per forward+backward on the host, more than the whole
+// layer at small sizes and far more than a GPU kernel; here it is a few us.
+// The forward ops run below the autograd key, so torch.compile traces them
+// through their fake kernels (fastopt/_ops/batch_norm.py) as before.
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/zeros_like.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "autograd/common.h"
+#include "autograd/input_edges.h"
+
+namespace fastopt::autograd {
+namespace {
+
+using Tensor2 = std::tuple<Tensor, Tensor>;
+using Tensor3 = std::tuple<Tensor, Tensor, Tensor>;
+using Tensor4 = std::tuple<Tensor, Tensor, Tensor, Tensor>;
+
+const auto& fwd_op() {
+  static const auto op = op_handle<Tensor4(const Tensor&, const OptTensor&, const OptTensor&, double)>(
+      "fastopt::batch_norm_fwd");
+  return op;
+}
+const auto& bwd_op() {
+  static const auto op =
+      op_handle<Tensor3(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const OptTensor&)>(
+          "fastopt::batch_norm_bwd");
+  return op;
+}
+const auto& apply_op() {
+  static const auto op = op_handle<Tensor(const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
+                                          const OptTensor&)>("fastopt::batch_norm_apply");
+  return op;
+}
+const auto& bwd_reduce_op() {
+  static const auto op =
+      op_handle<Tensor2(const Tensor&, const Tensor&, const Tensor&)>("fastopt::batch_norm_bwd_reduce");
+  return op;
+}
+
+// grad_weight = sum dy * (x - mean) * invstd and grad_bias = sum dy, in the
+// weight's dtype, each only where wanted; from the reduction pass alone (no dx).
+std::tuple<Tensor, Tensor> param_grads(bool want_weight, bool want_bias, const Tensor& grad_y,
+                                       const Tensor& x, const Tensor& mean, const Tensor& invstd,
+                                       const Tensor& weight) {
+  if (!want_weight && !want_bias) return {};
+  auto [sum_dy, sum_dy_xmu] = bwd_reduce_op().call(grad_y, x, mean);
+  const auto dtype = weight.defined() ? weight.scalar_type() : sum_dy.scalar_type();
+  return {want_weight ? (sum_dy_xmu * invstd).to(dtype) : Tensor(),
+          want_bias ? sum_dy.to(dtype) : Tensor()};
+}
+
+// Training: y, mean, invstd, var from the batch; dx flows through the batch
+// statistics. mean, invstd and var are outputs for the running estimates and
+// carry no gradient.
+struct BatchNormTrain : torch::autograd::Function<BatchNormTrain> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& x, const OptTensor& weight,
+                               const OptTensor& bias, double eps) {
+    Tensor y, mean, invstd, var;
+    {
+      at::AutoDispatchBelowADInplaceOrView below;
+      std::tie(y, mean, invstd, var) = fwd_op().call(x, weight, bias, eps);
+    }
+    // Only x and the [C] statistics; weight is the module's parameter.
+    ctx->save_for_backward({x, mean, invstd, weight.value_or(Tensor())});
+    InputEdges({x, weight, bias}).save(ctx);
+    ctx->mark_non_differentiable({mean, invstd, var});
+    return {y, mean, invstd, var};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    const Tensor &x = saved[0], &mean = saved[1], &invstd = saved[2], &weight = saved[3];
+    const InputEdges edges(ctx);
+    const bool want_weight = edges.needs_grad(ctx, 1), want_bias = edges.needs_grad(ctx, 2);
+    if (edges.needs_grad(ctx, 0)) {
+      auto [dx, dw, db] = bwd_op().call(grads[0], x, mean, invstd, optional_of(weight));
+      return {dx, want_weight ? dw : Tensor(), want_bias ? db : Tensor(), Tensor()};
+    }
+    // No dx wanted (a frozen input, e.g. the first layer): the reduction pass only.
+    auto [dw, db] = param_grads(want_weight, want_bias, grads[0], x, mean, invstd, weight);
+    return {Tensor(), dw, db, Tensor()};
+  }
+};
+
+// Evaluation: y = (x - mean) * invstd * weight + bias with the running
+// statistics held fixed (buffers without gradients), so dx = dy * invstd *
+// weight: the same affine map applied to dy, with a zero mean.
+struct BatchNormEval : torch::autograd::Function<BatchNormEval> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& mean, const Tensor& invstd,
+                        const OptTensor& weight, const OptTensor& bias) {
+    Tensor y;
+    {
+      at::AutoDispatchBelowADInplaceOrView below;
+      y = apply_op().call(x, mean, invstd, weight, bias);
+    }
+    InputEdges({x, mean, invstd, weight, bias}).save(ctx);
+    // x only where a parameter gradient needs its reduction. (Not
+    // needs_input_grad: forward also runs where no input requires grad, and
+    // then the node has no edges to ask.)
+    auto requires_grad = [](const OptTensor& t) { return t.has_value() && t->requires_grad(); };
+    const bool params = requires_grad(weight) || requires_grad(bias);
+    ctx->save_for_backward({params ? x : Tensor(), mean, invstd, weight.value_or(Tensor())});
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    const Tensor &x = saved[0], &mean = saved[1], &invstd = saved[2], &weight = saved[3];
+    const InputEdges edges(ctx);
+    Tensor dx;
+    if (edges.needs_grad(ctx, 0)) {
+      dx = apply_op().call(grads[0], at::zeros_like(mean), invstd, optional_of(weight), c10::nullopt);
+    }
+    auto [dw, db] = param_grads(edges.needs_grad(ctx, 3), edges.needs_grad(ctx, 4), grads[0], x, mean,
+                                invstd, weight);
+    return {dx, Tensor(), Tensor(), dw, db};
+  }
+};
+
+Tensor4 batch_norm_fwd_autograd(const Tensor& x, const OptTensor& weight, const OptTensor& bias, double eps) {
+  const variable_list out = BatchNormTrain::apply(x, weight, bias, eps);
+  return {out[0], out[1], out[2], out[3]};
+}
+
+Tensor batch_norm_apply_autograd(const Tensor& x, const Tensor& mean, const Tensor& invstd,
+                                 const OptTensor& weight, const OptTensor& bias) {
+  return BatchNormEval::apply(x, mean, invstd, weight, bias);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastopt, Autograd, m) {
+  m.impl("batch_norm_fwd", &batch_norm_fwd_autograd);
+  m.impl("batch_norm_apply", &batch_norm_apply_autograd);
+}
+
+}  // namespace fastopt::autograd

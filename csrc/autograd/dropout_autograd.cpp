@@ -1,0 +1,145 @@
+// Autograd of the dropout ops (see csrc/autograd/batch_norm_autograd.cpp for
+// why autograd lives in C++).
+//
+// Backward of dropout is dropout of the gradient under the same seed: the
+// mask is regenerated in the pass that computes dx, and the only tensor
+// saved is the 2-word seed, never a per-element mask. In the 1-bit mode the
+// bit-packed mask is saved instead and applied to the gradient.
+#include <ATen/ops/sum.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "autograd/common.h"
+#include "autograd/input_edges.h"
+
+namespace fastopt::autograd {
+namespace {
+
+
+const auto& dropout_op() {
+  static const auto op = op_handle<Tensor(const Tensor&, const Tensor&, double, int64_t)>("fastopt::dropout");
+  return op;
+}
+const auto& dropout_add_op() {
+  static const auto op = op_handle<Tensor(const Tensor&, const Tensor&, const OptTensor&, const Tensor&, double)>(
+      "fastopt::dropout_add");
+  return op;
+}
+const auto& dropout_bits_op() {
+  static const auto op =
+      op_handle<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, double)>("fastopt::dropout_bits");
+  return op;
+}
+const auto& from_bits_op() {
+  static const auto op =
+      op_handle<Tensor(const Tensor&, const Tensor&, double)>("fastopt::dropout_from_bits");
+  return op;
+}
+
+struct Dropout : torch::autograd::Function<Dropout> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& seed, double p, int64_t group) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    ctx->save_for_backward({seed});
+    ctx->saved_data["p"] = p;
+    ctx->saved_data["group"] = group;
+    return dropout_op().call(x, seed, p, group);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const Tensor seed = ctx->get_saved_variables()[0];
+    const Tensor dx =
+        dropout_op().call(grads[0], seed, ctx->saved_data["p"].toDouble(), ctx->saved_data["group"].toInt());
+    return {dx, Tensor(), Tensor(), Tensor()};
+  }
+};
+
+// dropout(x + bias) + residual.
+struct DropoutAdd : torch::autograd::Function<DropoutAdd> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& residual, const OptTensor& bias,
+                        const Tensor& seed, double p) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    InputEdges({x, residual, bias, seed}).save(ctx);
+    ctx->save_for_backward({seed});
+    ctx->saved_data["p"] = p;
+    return dropout_add_op().call(x, residual, bias, seed, p);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const InputEdges edges(ctx);
+    const Tensor seed = ctx->get_saved_variables()[0];
+    const Tensor& grad = grads[0];
+    const bool want_bias = edges.needs_grad(ctx, 2);
+    Tensor dx;
+    if (edges.needs_grad(ctx, 0) || want_bias) dx = dropout_op().call(grad, seed, ctx->saved_data["p"].toDouble(), 1);
+    // bias is broadcast over every leading dimension of x: its gradient is
+    // dx summed over them.
+    Tensor dbias = want_bias ? dx.reshape({-1, dx.size(-1)}).sum(0) : Tensor();
+    return {edges.needs_grad(ctx, 0) ? dx : Tensor(), grad, dbias, Tensor(), Tensor()};
+  }
+};
+
+// The 1-bit mode: the mask is an output (not differentiable) and is saved.
+struct DropoutBits : torch::autograd::Function<DropoutBits> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& seed, double p) {
+    Tensor y, bits;
+    {
+      at::AutoDispatchBelowADInplaceOrView below;
+      std::tie(y, bits) = dropout_bits_op().call(x, seed, p);
+    }
+    ctx->save_for_backward({bits});
+    ctx->mark_non_differentiable({bits});
+    ctx->saved_data["p"] = p;
+    return {y, bits};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const Tensor bits = ctx->get_saved_variables()[0];
+    return {from_bits_op().call(grads[0], bits, ctx->saved_data["p"].toDouble()), Tensor(), Tensor()};
+  }
+};
+
+// Applying a stored mask is linear in the gradient: its backward applies it again.
+struct DropoutFromBits : torch::autograd::Function<DropoutFromBits> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& grad, const Tensor& bits, double p) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    ctx->save_for_backward({bits});
+    ctx->saved_data["p"] = p;
+    return from_bits_op().call(grad, bits, p);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const Tensor bits = ctx->get_saved_variables()[0];
+    return {from_bits_op().call(grads[0], bits, ctx->saved_data["p"].toDouble()), Tensor(), Tensor()};
+  }
+};
+
+Tensor dropout_autograd(const Tensor& x, const Tensor& seed, double p, int64_t group) {
+  return Dropout::apply(x, seed, p, group);
+}
+
+Tensor dropout_add_autograd(const Tensor& x, const Tensor& residual, const OptTensor& bias, const Tensor& seed,
+                            double p) {
+  return DropoutAdd::apply(x, residual, bias, seed, p);
+}
+
+std::tuple<Tensor, Tensor> dropout_bits_autograd(const Tensor& x, const Tensor& seed, double p) {
+  const variable_list out = DropoutBits::apply(x, seed, p);
+  return {out[0], out[1]};
+}
+
+Tensor dropout_from_bits_autograd(const Tensor& grad, const Tensor& bits, double p) {
+  return DropoutFromBits::apply(grad, bits, p);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastopt, Autograd, m) {
+  m.impl("dropout", &dropout_autograd);
+  m.impl("dropout_add", &dropout_add_autograd);
+  m.impl("dropout_bits", &dropout_bits_autograd);
+  m.impl("dropout_from_bits", &dropout_from_bits_autograd);
+}
+
+}  // namespace fastopt::autograd

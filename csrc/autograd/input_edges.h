@@ -1,0 +1,41 @@
+// Which tensor inputs of a C++ autograd Function have a gradient edge.
+//
+// torch::autograd::Function gives an input edge only to tensors that are
+// present: an absent optional (a LayerNorm without bias) has none, and the
+// edges of the inputs after it shift down. needs_input_grad takes an edge
+// index, so backward maps argument positions through this table, recorded
+// in forward.
+#pragma once
+
+#include <torch/autograd.h>
+
+#include <initializer_list>
+#include <vector>
+
+namespace fastopt::autograd {
+
+class InputEdges {
+ public:
+  // From forward's tensor arguments, in order: each present one gets the next edge.
+  InputEdges(std::initializer_list<c10::optional<at::Tensor>> inputs) {
+    int64_t next = 0;
+    for (const auto& t : inputs) edge_.push_back(t.has_value() && t->defined() ? next++ : -1);
+  }
+
+  // The table recorded by save() in forward.
+  explicit InputEdges(torch::autograd::AutogradContext* ctx)
+      : edge_(ctx->saved_data.at(kKey).toIntVector()) {}
+
+  void save(torch::autograd::AutogradContext* ctx) const { ctx->saved_data[kKey] = edge_; }
+
+  // Whether the tensor argument at `position` is present and needs a gradient.
+  bool needs_grad(torch::autograd::AutogradContext* ctx, size_t position) const {
+    return edge_.at(position) >= 0 && ctx->needs_input_grad(static_cast<size_t>(edge_[position]));
+  }
+
+ private:
+  static constexpr const char* kKey = "fastopt_input_edges";
+  std::vector<int64_t> edge_;
+};
+
+}  // namespace fastopt::autograd
