@@ -110,3 +110,23 @@ def test_gradcheck(device, channels_last, activation):
 def test_gradcheck_no_affine(device):
     x = torch.randn(2, 4, 9, dtype=torch.float64, device=device, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x: FF.group_norm(x, 2), [x])
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_large_output_written_with_streaming_stores_matches_torch(device, fmt):
+    """Outputs of 8 MB and more take the non-temporal store path (cpu/output_cache.h)."""
+    x = torch.randn(4, 64, 96, 96, device=device).to(memory_format=fmt).requires_grad_()
+    assert x.numel() * 4 >= 8 << 20
+    ours, ref = fastopt.nn.GroupNorm(8, 64).to(device), torch.nn.GroupNorm(8, 64).to(device)
+    grad = torch.randn_like(x)
+    y = ours(x)
+    (dx,) = torch.autograd.grad(y, x, grad)
+    y_ref = ref(x)
+    (dx_ref,) = torch.autograd.grad(y_ref, x, grad)
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(dx, dx_ref)
+    rows = torch.randn(3000, 768, device=device, requires_grad=True)  # LayerNorm's row path
+    ln, ln_ref = fastopt.nn.LayerNorm(768).to(device), torch.nn.LayerNorm(768).to(device)
+    out, out_ref = ln(rows), ln_ref(rows)
+    torch.testing.assert_close(out, out_ref)
+    torch.testing.assert_close(torch.autograd.grad(out, rows, out)[0], torch.autograd.grad(out_ref, rows, out_ref)[0])

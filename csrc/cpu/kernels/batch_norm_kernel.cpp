@@ -10,11 +10,6 @@
 #include <cstdint>
 #include <type_traits>
 
-#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-#include <immintrin.h>
-#define FASTOPT_BN_STREAM 1
-#endif
-
 #include "cpu/kernels/norm_loops.h"
 
 namespace fastopt::cpu {
@@ -185,64 +180,6 @@ void reduce_channels_last(const BatchNormConfig& cfg, const BatchNormReduceArgs&
   }
 }
 
-// ---------------------------------------------------------------- streaming
-#if defined(FASTOPT_BN_STREAM)
-inline void stream_store(float* p, const Vectorized<float>& v) {
-#if defined(CPU_CAPABILITY_AVX512)
-  _mm512_stream_ps(p, v);
-#else
-  _mm256_stream_ps(p, v);
-#endif
-}
-inline void stream_store(double* p, const Vectorized<double>& v) {
-#if defined(CPU_CAPABILITY_AVX512)
-  _mm512_stream_pd(p, v);
-#else
-  _mm256_stream_pd(p, v);
-#endif
-}
-#endif
-
-// map_elements with non-temporal stores for the aligned SIMD body of a run
-// (float and double; other types and the baseline build store normally).
-// fn sees indices relative to the run's start, as with map_elements.
-template <typename scalar_t, typename Fn>
-void map_streaming(const scalar_t* x, const scalar_t* dy, scalar_t* out, int64_t n, const Fn& fn) {
-#if defined(FASTOPT_BN_STREAM)
-  if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
-    using Vec = Vectorized<scalar_t>;
-    constexpr int64_t kLanes = Vec::size();
-    constexpr uintptr_t kAlign = sizeof(Vec);
-    const uintptr_t addr = reinterpret_cast<uintptr_t>(out);
-    // Elements before the first vector-aligned output address.
-    const int64_t head = std::min<int64_t>(
-        n, addr % sizeof(scalar_t) != 0 ? n : (kAlign - addr % kAlign) % kAlign / sizeof(scalar_t));
-    map_elements<scalar_t>(x, dy, out, head, fn);
-    int64_t i = head;
-    for (; i + kLanes <= n; i += kLanes) {
-      const Vec g = dy != nullptr ? Vec::loadu(dy + i) : Vec(0);
-      stream_store(out + i, fn(i, Vec::loadu(x + i), g));
-    }
-    const int64_t off = i;
-    map_elements<scalar_t>(x + off, dy != nullptr ? dy + off : nullptr, out + off, n - off,
-                           [&](int64_t j, auto v, auto g) { return fn(j + off, v, g); });
-    return;
-  }
-#endif
-  map_elements<scalar_t>(x, dy, out, n, fn);
-}
-
-// Runs map_streaming or map_elements.
-template <typename scalar_t, typename Fn>
-inline void map_run(bool stream, const scalar_t* x, const scalar_t* dy, scalar_t* out, int64_t n,
-                    const Fn& fn) {
-  if (stream) {
-    map_streaming<scalar_t>(x, dy, out, n, fn);
-  } else {
-    map_elements<scalar_t>(x, dy, out, n, fn);
-  }
-}
-
 // (x - k) * p + dy * q + r for coefficients that are per run (Uniform) or
 // per element of a row (PerElement).
 template <bool HAS_DY, typename Coef>
@@ -285,11 +222,7 @@ void affine(const BatchNormConfig& cfg, const BatchNormAffineArgs& a, int64_t be
       map_run<scalar_t>(a.stream, x + j * S, HAS_DY ? dy + j * S : nullptr, out + j * S, S, fn);
     }
   }
-#if defined(FASTOPT_BN_STREAM)
-  // Non-temporal stores are weakly ordered: fence them before another
-  // thread (or the caller) reads the output.
-  if (a.stream) _mm_sfence();
-#endif
+  if (a.stream) stream_fence();
 }
 
 // ---------------------------------------------------------------- dispatch

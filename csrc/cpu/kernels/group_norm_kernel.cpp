@@ -215,11 +215,11 @@ void forward(const GroupNormConfig& cfg, const GroupNormSample& s) {
   };
   if (cfg.channels_last) {
     const auto fn = normalize(PerElement<M>{scale}, PerElement<M>{shift});
-    for (int64_t p = 0; p < S; ++p) map_elements<scalar_t>(x + p * C, nullptr, y + p * C, C, fn);
+    for (int64_t p = 0; p < S; ++p) map_run<scalar_t>(cfg.stream, x + p * C, nullptr, y + p * C, C, fn);
   } else {
     for (int64_t c = 0; c < C; ++c) {
-      map_elements<scalar_t>(x + c * S, nullptr, y + c * S, S,
-                             normalize(Uniform<M>{scale[c]}, Uniform<M>{shift[c]}));
+      map_run<scalar_t>(cfg.stream, x + c * S, nullptr, y + c * S, S,
+                        normalize(Uniform<M>{scale[c]}, Uniform<M>{shift[c]}));
     }
   }
 }
@@ -341,11 +341,11 @@ void backward(const GroupNormConfig& cfg, const GroupNormSample& s) {
   if (cfg.channels_last) {
     const auto fn = input_grad(PerElement<M>{scale}, PerElement<M>{shift}, PerElement<M>{a},
                                PerElement<M>{mean_c}, PerElement<M>{b}, PerElement<M>{r});
-    for (int64_t p = 0; p < S; ++p) map_elements<scalar_t>(x + p * C, dy + p * C, dx + p * C, C, fn);
+    for (int64_t p = 0; p < S; ++p) map_run<scalar_t>(cfg.stream, x + p * C, dy + p * C, dx + p * C, C, fn);
   } else {
     for (int64_t c = 0; c < C; ++c) {
-      map_elements<scalar_t>(
-          x + c * S, dy + c * S, dx + c * S, S,
+      map_run<scalar_t>(
+          cfg.stream, x + c * S, dy + c * S, dx + c * S, S,
           input_grad(Uniform<M>{scale[c]}, Uniform<M>{shift[c]}, Uniform<M>{a[c]},
                      Uniform<M>{mean_c[c]}, Uniform<M>{b[c]}, Uniform<M>{r[c]}));
     }
@@ -407,10 +407,10 @@ void forward_row(const GroupNormConfig& cfg, const GroupNormSample& s) {
   const M mu = mean[0], r = rstd[0];
   with_params(static_cast<const M*>(s.gamma), static_cast<const M*>(s.beta),
               [&](const auto& gamma, const auto& beta) {
-                map_elements<scalar_t>(x, nullptr, static_cast<scalar_t*>(s.out), cfg.C,
-                                       [&](int64_t i, auto v, auto) {
-                                         return Act<ACT>::fwd(row_affine(v, i, mu, r, gamma, beta));
-                                       });
+                map_run<scalar_t>(cfg.stream, x, nullptr, static_cast<scalar_t*>(s.out), cfg.C,
+                                  [&](int64_t i, auto v, auto) {
+                                    return Act<ACT>::fwd(row_affine(v, i, mu, r, gamma, beta));
+                                  });
               });
 }
 
@@ -450,12 +450,12 @@ void backward_row(const GroupNormConfig& cfg, const GroupNormSample& s) {
     const M inv_c = M(1) / static_cast<M>(cfg.C);
     const M q = -r * r * r * inv_c * sum_b.total();
     const M rr = -r * inv_c * sum_a.total();
-    map_elements<scalar_t>(x, dy, static_cast<scalar_t*>(s.out), cfg.C,
-                           [&](int64_t i, auto v, auto g) {
-                             using T = decltype(v);
-                             const T dz = dz_of(i, v, g);
-                             return dz * (gamma.template at<T>(i) * T(r)) + (v - T(mu)) * T(q) + T(rr);
-                           });
+    map_run<scalar_t>(cfg.stream, x, dy, static_cast<scalar_t*>(s.out), cfg.C,
+                      [&](int64_t i, auto v, auto g) {
+                        using T = decltype(v);
+                        const T dz = dz_of(i, v, g);
+                        return dz * (gamma.template at<T>(i) * T(r)) + (v - T(mu)) * T(q) + T(rr);
+                      });
   });
 }
 
@@ -467,15 +467,23 @@ inline bool is_row(const GroupNormConfig& cfg) {
 template <typename scalar_t, NormActivation ACT>
 struct Forward {
   static void run(const GroupNormConfig& cfg, const GroupNormSample& s) {
-    if (is_row(cfg)) return forward_row<scalar_t, ACT>(cfg, s);
-    forward<scalar_t, ACT>(cfg, s);
+    if (is_row(cfg)) {
+      forward_row<scalar_t, ACT>(cfg, s);
+    } else {
+      forward<scalar_t, ACT>(cfg, s);
+    }
+    if (cfg.stream) stream_fence();
   }
 };
 template <typename scalar_t, NormActivation ACT>
 struct Backward {
   static void run(const GroupNormConfig& cfg, const GroupNormSample& s) {
-    if (is_row(cfg)) return backward_row<scalar_t, ACT>(cfg, s);
-    backward<scalar_t, ACT>(cfg, s);
+    if (is_row(cfg)) {
+      backward_row<scalar_t, ACT>(cfg, s);
+    } else {
+      backward<scalar_t, ACT>(cfg, s);
+    }
+    if (cfg.stream) stream_fence();
   }
 };
 

@@ -30,6 +30,7 @@ struct GroupNormConfig {
   bool channels_last;
   NormActivation activation;
   double eps;
+  bool stream;  // write the output with non-temporal stores (see stream_output)
 };
 
 // Per-sample scratch the caller provides: this many opmath vectors of C.

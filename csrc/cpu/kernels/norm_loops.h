@@ -8,10 +8,16 @@
 
 #include <ATen/cpu/vec/functional.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
 #include "cpu/kernels/vec_io.h"
+
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+#include <immintrin.h>
+#define FASTOPT_NORM_STREAM 1
+#endif
 
 namespace fastopt::cpu {
 inline namespace CPU_CAPABILITY {
@@ -84,6 +90,73 @@ inline void map_elements(const scalar_t* x, const scalar_t* dy, scalar_t* out, i
     const M r = fn(i, static_cast<M>(x[i]), dy != nullptr ? static_cast<M>(dy[i]) : M(0));
     if (out != nullptr) out[i] = static_cast<scalar_t>(r);
   }
+}
+
+// ---------------------------------------------------------------- streaming
+#if defined(FASTOPT_NORM_STREAM)
+inline void stream_store(float* p, const Vectorized<float>& v) {
+#if defined(CPU_CAPABILITY_AVX512)
+  _mm512_stream_ps(p, v);
+#else
+  _mm256_stream_ps(p, v);
+#endif
+}
+inline void stream_store(double* p, const Vectorized<double>& v) {
+#if defined(CPU_CAPABILITY_AVX512)
+  _mm512_stream_pd(p, v);
+#else
+  _mm256_stream_pd(p, v);
+#endif
+}
+#endif
+
+// map_elements with non-temporal stores for the aligned SIMD body of a run
+// (float and double; other types and the baseline build store normally).
+// fn sees indices relative to the run's start, as with map_elements.
+template <typename scalar_t, typename Fn>
+void map_streaming(const scalar_t* x, const scalar_t* dy, scalar_t* out, int64_t n, const Fn& fn) {
+#if defined(FASTOPT_NORM_STREAM)
+  if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
+    using Vec = Vectorized<scalar_t>;
+    constexpr int64_t kLanes = Vec::size();
+    constexpr uintptr_t kAlign = sizeof(Vec);
+    const uintptr_t addr = reinterpret_cast<uintptr_t>(out);
+    // Elements before the first vector-aligned output address.
+    const int64_t head = std::min<int64_t>(
+        n, addr % sizeof(scalar_t) != 0 ? n : (kAlign - addr % kAlign) % kAlign / sizeof(scalar_t));
+    map_elements<scalar_t>(x, dy, out, head, fn);
+    int64_t i = head;
+    for (; i + kLanes <= n; i += kLanes) {
+      const Vec g = dy != nullptr ? Vec::loadu(dy + i) : Vec(0);
+      stream_store(out + i, fn(i, Vec::loadu(x + i), g));
+    }
+    const int64_t off = i;
+    map_elements<scalar_t>(x + off, dy != nullptr ? dy + off : nullptr, out + off, n - off,
+                           [&](int64_t j, auto v, auto g) { return fn(j + off, v, g); });
+    return;
+  }
+#endif
+  map_elements<scalar_t>(x, dy, out, n, fn);
+}
+
+// Runs map_streaming or map_elements.
+template <typename scalar_t, typename Fn>
+inline void map_run(bool stream, const scalar_t* x, const scalar_t* dy, scalar_t* out, int64_t n,
+                    const Fn& fn) {
+  if (stream) {
+    map_streaming<scalar_t>(x, dy, out, n, fn);
+  } else {
+    map_elements<scalar_t>(x, dy, out, n, fn);
+  }
+}
+
+// Non-temporal stores are weakly ordered: a kernel that streamed its output
+// fences before returning, so that another thread (or the caller) that reads
+// the output sees it.
+inline void stream_fence() {
+#if defined(FASTOPT_NORM_STREAM)
+  _mm_sfence();
+#endif
 }
 
 // Sums of a SIMD part and a scalar tail.
