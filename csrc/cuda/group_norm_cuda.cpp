@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include <tuple>
+#include <utility>
 
 #include "common/group_norm_shape.h"
 #include "common/norm_layout.h"
@@ -39,6 +40,12 @@ Input prepare(const char* op, const at::Tensor& input, int64_t groups, int64_t a
   return in;
 }
 
+// The kernels dereference every pointer on x's device.
+void check_device(const char* op, const char* name, const at::Tensor& t, const at::Tensor& x) {
+  TORCH_CHECK(!t.defined() || t.device() == x.device(), op, ": expected ", name, " on ",
+              x.device(), ", got ", t.device());
+}
+
 at::Tensor workspace(const at::Tensor& x, int64_t bytes) {
   return at::empty({bytes}, x.options().dtype(at::kByte));
 }
@@ -52,6 +59,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_fwd_cuda(
   const GroupNormShape& s = in.shape;
   const at::Tensor gamma = channel_param(kOp, "weight", weight, s.C, in.opmath);
   const at::Tensor beta = channel_param(kOp, "bias", bias, s.C, in.opmath);
+  check_device(kOp, "weight", gamma, in.x);
+  check_device(kOp, "bias", beta, in.x);
   at::Tensor y = at::empty_like(in.x);  // keeps the (dense) layout of x
   at::Tensor mean = at::empty({s.N, s.G}, in.x.options().dtype(in.opmath));
   at::Tensor rstd = at::empty({s.N, s.G}, mean.options());
@@ -87,6 +96,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_bwd_cuda(
   const at::Tensor rstd_c = rstd.to(in.opmath).contiguous();
   const at::Tensor gamma = channel_param(kOp, "weight", weight, s.C, in.opmath);
   const at::Tensor beta = channel_param(kOp, "bias", bias, s.C, in.opmath);
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"grad_out", dy},
+                                {"mean", mean_c}, {"rstd", rstd_c}, {"weight", gamma},
+                                {"bias", beta}}) {
+    check_device(kOp, name, t, in.x);
+  }
   at::Tensor dx = at::empty_like(in.x);
   // Two separate tensors: outputs must not alias one another.
   at::Tensor dgamma = at::empty({s.C}, mean_c.options());
