@@ -18,6 +18,7 @@
 #include <tuple>
 
 #include "cpu/kernels/group_norm_kernel.h"
+#include "common/group_norm_shape.h"
 #include "common/norm_layout.h"
 #include "cpu/output_cache.h"
 
@@ -27,36 +28,6 @@ namespace {
 using namespace ::fastopt::norm;
 
 constexpr int64_t kBlocks = 64;
-
-// x as the kernels see it: N samples of C channels times S positions.
-struct NormShape {
-  int64_t N, C, S, G;
-  bool channels_last;
-};
-
-// At S = 1 (LayerNorm rows, GroupNorm on 1x1 maps) both layouts are the same
-// memory, and the channels-last kernels, which vectorize along the C
-// channels of a row, are the fast ones.
-void prefer_rows(NormShape& shape) {
-  if (shape.S == 1) shape.channels_last = true;
-}
-
-NormShape check_shape(const char* op, const at::Tensor& x, int64_t groups) {
-  TORCH_CHECK(x.dim() >= 2, op, ": expected an input of shape (N, C, *), got ", x.sizes());
-  const int64_t C = x.size(1);
-  TORCH_CHECK(groups > 0 && C % groups == 0, op,
-              ": expected number of channels in input to be divisible by num_groups, but got "
-              "input of shape ", x.sizes(), " and num_groups=", groups);
-  NormShape shape{x.size(0), C, 1, groups, false};
-  for (int64_t d = 2; d < x.dim(); ++d) shape.S *= x.size(d);
-  return shape;
-}
-
-NormActivation activation_of(const char* op, int64_t activation) {
-  TORCH_CHECK(activation >= 0 && activation <= 2, op,
-              ": activation must be 0 (none), 1 (relu) or 2 (silu), got ", activation);
-  return static_cast<NormActivation>(activation);
-}
 
 // Calls fn(block, n) for every sample n, blocks spread over the threads.
 template <typename Fn>
@@ -94,7 +65,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_fwd_cpu(
     const at::Tensor& input, const c10::optional<at::Tensor>& weight,
     const c10::optional<at::Tensor>& bias, int64_t groups, double eps, int64_t activation) {
   constexpr const char* kOp = "fastopt.group_norm_fwd";
-  NormShape shape = check_shape(kOp, input, groups);
+  GroupNormDims shape = group_norm_dims(kOp, input, groups);
   check_dtype(kOp, input.scalar_type());
   const at::Tensor x = native_layout(input, shape.channels_last);
   prefer_rows(shape);
@@ -102,7 +73,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_fwd_cpu(
   const at::Tensor gamma = channel_param(kOp, "weight", weight, shape.C, opmath);
   const at::Tensor beta = channel_param(kOp, "bias", bias, shape.C, opmath);
   const GroupNormConfig cfg{x.scalar_type(), shape.C, shape.S, shape.G, shape.channels_last,
-                            activation_of(kOp, activation), eps, stream_output(x)};
+                            norm_activation(kOp, activation), eps, stream_output(x)};
 
   at::Tensor y = empty_output_like(x);  // keeps x's (dense) strides
   at::Tensor mean = at::empty({shape.N, shape.G}, x.options().dtype(opmath));
@@ -133,23 +104,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_bwd_cpu(
     const at::Tensor& rstd, const c10::optional<at::Tensor>& weight,
     const c10::optional<at::Tensor>& bias, int64_t groups, int64_t activation) {
   constexpr const char* kOp = "fastopt.group_norm_bwd";
-  NormShape shape = check_shape(kOp, input, groups);
+  GroupNormDims shape = group_norm_dims(kOp, input, groups);
   check_dtype(kOp, input.scalar_type());
-  TORCH_CHECK(grad_out.sizes() == input.sizes(), kOp, ": grad_out has shape ", grad_out.sizes(),
-              " but the input has shape ", input.sizes());
+  check_backward_args(kOp, grad_out, input, mean, rstd, shape);
   const at::Tensor x = native_layout(input, shape.channels_last);
   prefer_rows(shape);
   // dy in x's layout: a copy only when autograd hands over another layout.
   const at::Tensor dy = like_layout(grad_out, x);
   const c10::ScalarType opmath = at::toOpMathType(x.scalar_type());
-  TORCH_CHECK(mean.numel() == shape.N * shape.G && rstd.numel() == shape.N * shape.G, kOp,
-              ": expected mean and rstd with N * num_groups = ", shape.N * shape.G, " elements");
   const at::Tensor mean_c = mean.to(opmath).contiguous();
   const at::Tensor rstd_c = rstd.to(opmath).contiguous();
   const at::Tensor gamma = channel_param(kOp, "weight", weight, shape.C, opmath);
   const at::Tensor beta = channel_param(kOp, "bias", bias, shape.C, opmath);
   const GroupNormConfig cfg{x.scalar_type(), shape.C, shape.S, shape.G, shape.channels_last,
-                            activation_of(kOp, activation), 0.0, stream_output(x)};
+                            norm_activation(kOp, activation), 0.0, stream_output(x)};
 
   at::Tensor dx = empty_output_like(x);
   const int64_t blocks = std::max<int64_t>(1, std::min(shape.N, kBlocks));
@@ -180,8 +148,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_bwd_cpu(
                                   row + shape.C * op_size, row + 2 * shape.C * op_size});
     });
   }
-  const c10::ScalarType param_dtype =
-      weight.has_value() && weight->defined() ? weight->scalar_type() : input.scalar_type();
+  const c10::ScalarType param_dtype = param_grad_dtype(weight, input);
   // Two separate tensors: outputs must not alias one another.
   at::Tensor dgamma = at::empty({shape.C}, work.options());
   at::Tensor dbeta = at::empty({shape.C}, work.options());

@@ -41,8 +41,9 @@ _KERNEL_DEVICES = _devices_with_kernels()
 def has_kernel(input: Tensor) -> bool:
     """Whether fastopt's fused kernels serve ``input``'s device.
 
-    The GroupNorm family has no CUDA kernels yet; on such devices the modules
-    and functions run torch's implementation instead, so that a model (or one
+    CPU always, CUDA when the extension was built with it. On any other
+    device (meta, mps, or CUDA under a CPU-only build) the modules and
+    functions run torch's implementation instead, so that a model (or one
     converted by :func:`fastopt.nn.convert`) keeps working when moved there.
     """
     return input.device.type in _KERNEL_DEVICES

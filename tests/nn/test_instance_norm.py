@@ -49,7 +49,10 @@ def test_unbatched_input(device):
     torch.testing.assert_close(ours(x), ref(x))
 
 
-def test_gradcheck(device):
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_gradcheck(device, channels_last):
     m = fastopt.nn.InstanceNorm2d(3, affine=True, dtype=torch.float64).to(device)
-    x = torch.randn(2, 3, 3, 4, dtype=torch.float64, device=device, requires_grad=True)
-    assert torch.autograd.gradcheck(m, [x])
+    x = torch.randn(2, 3, 3, 4, dtype=torch.float64, device=device)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    assert torch.autograd.gradcheck(m, [x.requires_grad_()])

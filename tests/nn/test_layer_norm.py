@@ -33,6 +33,51 @@ def test_matches_torch(device, normalized_shape, affine, bias):
         torch.testing.assert_close(a, b)
 
 
+# Row lengths for the kernels' row teams (a warp; a block of 64 and 512
+# threads) and for a row too long for any team, which takes the general path;
+# 1000 and 9000 are not multiples of 16-byte vectors of every dtype.
+ROW_LENGTHS = [24, 1000, 5000, 9000]
+
+
+@pytest.mark.parametrize("C", ROW_LENGTHS)
+def test_row_lengths_match_float64(device, C):
+    x = torch.randn(6, C, device=device) * 3 + 2
+    w, b = torch.randn(C, device=device), torch.randn(C, device=device)
+    grad = torch.randn_like(x)
+    results = []
+    for dtype in (torch.float32, torch.float64):
+        leaves = [t.detach().to(dtype).requires_grad_() for t in (x, w, b)]
+        y = fastopt.nn.functional.layer_norm(leaves[0], (C,), leaves[1], leaves[2])
+        y.backward(grad.to(dtype))
+        results.append([y.detach()] + [t.grad for t in leaves])
+    ours, exact = results
+    for got, ref in zip(ours, exact):
+        torch.testing.assert_close(got.double(), ref.double(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("C", [1000, 9000])
+def test_low_precision_within_twice_torch_error(device, dtype, C):
+    """Against a float64 reference, fastopt's error is at most twice torch's own."""
+    x = (torch.randn(5, C, device=device) + 1).to(dtype)
+    w, b = torch.randn(C, device=device).to(dtype), torch.randn(C, device=device).to(dtype)
+    grad = torch.randn(5, C, device=device).to(dtype)
+
+    def run(fn, *ts):
+        leaves = [t.detach().clone().requires_grad_() for t in ts]
+        y = fn(leaves[0], (C,), leaves[1], leaves[2])
+        y.backward(grad.to(y.dtype))
+        return [y.detach()] + [t.grad for t in leaves]
+
+    ours = run(fastopt.nn.functional.layer_norm, x, w, b)
+    theirs = run(torch.nn.functional.layer_norm, x, w, b)
+    exact = run(torch.nn.functional.layer_norm, x.double(), w.double(), b.double())
+    for got, ref, true in zip(ours, theirs, exact):
+        err = (got.double() - true).abs().max().item()
+        torch_err = (ref.double() - true).abs().max().item()
+        assert err <= 2 * torch_err + 1e-6 * true.abs().max().item(), (err, torch_err)
+
+
 def test_gradcheck(device):
     m = fastopt.nn.LayerNorm((3, 4), dtype=torch.float64).to(device)
     x = torch.randn(5, 3, 4, dtype=torch.float64, device=device, requires_grad=True)

@@ -1,8 +1,8 @@
 """Devices without fastopt's group-norm kernels run torch's implementation.
 
-The GroupNorm family has no CUDA kernels yet, so a model moved to such a
-device (or converted with fastopt.nn.convert) must keep working. CPU stands in
-for that device here by hiding its kernels.
+A model moved to such a device (meta, or CUDA under a CPU-only build), or
+converted with fastopt.nn.convert, must keep working. Each device present
+stands in for one by hiding its kernels.
 """
 
 import pytest
@@ -15,6 +15,12 @@ from fastopt.nn import _norm_functional
 @pytest.fixture
 def no_kernels(monkeypatch):
     monkeypatch.setattr(_norm_functional, "_KERNEL_DEVICES", frozenset())
+
+
+def test_every_tested_device_has_kernels(device):
+    # Without this, the comparisons of the other norm tests could pass on a
+    # device by running torch against itself.
+    assert _norm_functional.has_kernel(torch.empty(0, device=device))
 
 
 def _check_same_as_torch(fast: torch.nn.Module, ref: torch.nn.Module, x: torch.Tensor, act=lambda t: t) -> None:
@@ -32,20 +38,25 @@ def _check_same_as_torch(fast: torch.nn.Module, ref: torch.nn.Module, x: torch.T
         assert torch.equal(b1, b2)
 
 
-def test_modules_fall_back_to_torch(no_kernels):
+def test_modules_fall_back_to_torch(device, no_kernels):
     torch.manual_seed(0)
-    x = torch.randn(3, 8, 5, 4)
-    _check_same_as_torch(fnn.GroupNorm(4, 8, activation="silu"), torch.nn.GroupNorm(4, 8), x, torch.nn.functional.silu)
-    _check_same_as_torch(fnn.LayerNorm([5, 4]), torch.nn.LayerNorm([5, 4]), x)
-    _check_same_as_torch(
-        fnn.InstanceNorm2d(8, affine=True, track_running_stats=True),
-        torch.nn.InstanceNorm2d(8, affine=True, track_running_stats=True),
-        x,
-    )
+    x = torch.randn(3, 8, 5, 4, device=device)
+    modules = [
+        (fnn.GroupNorm(4, 8, activation="silu"), torch.nn.GroupNorm(4, 8), torch.nn.functional.silu),
+        (fnn.LayerNorm([5, 4]), torch.nn.LayerNorm([5, 4]), lambda t: t),
+        (
+            fnn.InstanceNorm2d(8, affine=True, track_running_stats=True),
+            torch.nn.InstanceNorm2d(8, affine=True, track_running_stats=True),
+            lambda t: t,
+        ),
+    ]
+    for fast, ref, act in modules:
+        _check_same_as_torch(fast.to(device), ref.to(device), x, act)
 
 
 def test_meta_tensors_take_the_fallback():
     # No fastopt kernel is registered for meta; shapes still propagate through torch's.
     x = torch.randn(2, 4, 3, device="meta")
+    assert not _norm_functional.has_kernel(x)
     assert fnn.GroupNorm(2, 4, activation="relu").to("meta")(x).shape == x.shape
     assert fnn.LayerNorm(3).to("meta")(x).device.type == "meta"

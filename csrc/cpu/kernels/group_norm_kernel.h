@@ -14,12 +14,13 @@
 
 #include <cstdint>
 
+#include "common/norm_activation.h"
 #include "cpu/isa.h"
 
 namespace fastopt::cpu {
 
 // Elementwise activation applied after the affine step, in the same pass.
-enum class NormActivation : int { None = 0, ReLU = 1, SiLU = 2 };
+using ::fastopt::NormActivation;
 
 // What stays fixed for one op call.
 struct GroupNormConfig {
