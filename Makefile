@@ -75,9 +75,9 @@ $(BUILT): $(SOURCES) $(ENV_READY)
 	$(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
 	mkdir -p build && touch $@
 
-# Compile check of the torch-free CUDA kernels for sm_80 and sm_90; needs nvcc
-# but no GPU and no torch. CI runs it on every change.
-# The torch-free kernels, and the torch-facing CUDA layer against this torch's headers.
+# Compile check, with nvcc but no GPU: the torch-free CUDA kernels for sm_80
+# and sm_90, and the torch-facing CUDA layer against this torch's headers.
+# CI runs it on every change.
 cuda-check: $(ENV_READY)
 	cmake -S . -B build/cuda-check -DCMAKE_CUDA_COMPILER=$(NVCC) \
 		-DFASTOPT_PYTHON="$$($(PY) -c 'import sys; print(sys.executable)')"

@@ -42,7 +42,8 @@ ISA_FLAGS = {
 # soname), so torch.set_num_threads governs fastopt too.
 CXX_FLAGS = ["-O3", "-std=c++17", "-fvisibility=hidden", "-fopenmp"]
 LINK_FLAGS = ["-fopenmp"]
-CUDA_ARCHS = ["80", "90"]
+# FASTOPT_CUDA_ARCHS="90" builds for the H100 alone (half the nvcc time).
+CUDA_ARCHS = os.environ.get("FASTOPT_CUDA_ARCHS", "80 90").split()
 
 
 def _sources(pattern: str) -> list[str]:
