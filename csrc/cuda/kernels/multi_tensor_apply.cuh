@@ -84,7 +84,13 @@ constexpr int kSmallKernelArgBytes = 4096;
 constexpr int kLargeKernelArgBytes = 32764;
 constexpr int kFunctorArgBytes = 256;
 
-#if defined(CUDART_VERSION) && CUDART_VERSION >= 12010
+// The large kernels exist when the toolkit can build them and every
+// architecture of this build is Volta or newer: nvcc lists the architectures
+// in ascending order in __CUDA_ARCH_LIST__ (e.g. 800,900), so its head decides.
+#define FASTOPT_ARCH_LIST_HEAD_IMPL(first, ...) first
+#define FASTOPT_ARCH_LIST_HEAD(...) FASTOPT_ARCH_LIST_HEAD_IMPL(__VA_ARGS__)
+#if defined(CUDART_VERSION) && CUDART_VERSION >= 12010 && defined(__CUDA_ARCH_LIST__) && \
+    FASTOPT_ARCH_LIST_HEAD(__CUDA_ARCH_LIST__) >= 700
 #define FASTOPT_LARGE_KERNEL_ARGS 1
 #else
 #define FASTOPT_LARGE_KERNEL_ARGS 0
