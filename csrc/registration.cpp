@@ -13,12 +13,13 @@
 // param itself) round stochastically; see NOTE: [rounding stream].
 //
 // NOTE: [hyperparameter table]
-// hparams, when given, is a float64 CPU tensor with one row of
+// hparams, when given, is a float64 tensor (on the CPU, or on the params'
+// device, which CUDA kernels read it from) with one row of
 // hyperparameters per tensor, which then replace the scalar arguments (lr,
 // betas, weight_decay, ...; each op lists its columns in common/*_op.h). It
 // lets one call update the tensors of many param groups, e.g. a learning rate
 // per layer, instead of one call per group. The boolean arguments (amsgrad,
-// maximize, nesterov, ...) still hold for the whole call. CPU only so far.
+// maximize, nesterov, ...) still hold for the whole call.
 #include <torch/library.h>
 
 TORCH_LIBRARY(fastopt, m) {

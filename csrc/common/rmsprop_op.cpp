@@ -28,7 +28,7 @@ void check_rmsprop_args(const RMSpropArgs& a, c10::DeviceType device) {
   check_optimizer_args(op, a.params, a.state_steps, device, a.lr_tensor, a.grad_scale,
                        a.found_inf);
   check_param_storage(op, a.params, a.grads, a.param_copies, a.rounding_seed);
-  check_hparams(op, a.hparams, a.params.size(), 5);
+  check_hparams(op, a.hparams, a.params.size(), 5, a.params[0].device());
 }
 
 }  // namespace fastopt

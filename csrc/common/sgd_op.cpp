@@ -18,7 +18,7 @@ void check_sgd_args(const SgdArgs& a, c10::DeviceType device) {
   check_optimizer_args(op, a.params, c10::nullopt, device, a.lr_tensor, a.grad_scale,
                        a.found_inf);
   check_param_storage(op, a.params, a.grads, a.param_copies, a.rounding_seed);
-  check_hparams(op, a.hparams, a.params.size(), 4);
+  check_hparams(op, a.hparams, a.params.size(), 4, a.params[0].device());
 }
 
 }  // namespace fastopt

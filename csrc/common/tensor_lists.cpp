@@ -105,10 +105,12 @@ void check_param_storage(const char* op, at::TensorList params, at::TensorList g
 }
 
 void check_hparams(const char* op, const c10::optional<at::Tensor>& hparams, size_t num_tensors,
-                   int64_t columns) {
+                   int64_t columns, c10::Device device) {
   if (!hparams.has_value()) return;
   const at::Tensor& t = *hparams;
-  TORCH_CHECK(t.device().is_cpu(), op, ": hparams must be a CPU tensor, got one on ", t.device());
+  TORCH_CHECK(t.device().is_cpu() || t.device() == device, op,
+              ": hparams must be on the CPU or on the params' device (", device, "), got one on ",
+              t.device());
   TORCH_CHECK_TYPE(t.scalar_type() == at::kDouble, op, ": hparams must be float64, got ",
                    t.scalar_type());
   TORCH_CHECK(t.dim() == 2 && t.size(0) == static_cast<int64_t>(num_tensors) &&

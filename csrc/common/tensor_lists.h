@@ -60,10 +60,11 @@ void check_param_storage(const char* op, at::TensorList params, at::TensorList g
                          at::TensorList param_copies,
                          const c10::optional<at::Tensor>& rounding_seed);
 
-// Checks a per-tensor hyperparameter table: a float64 CPU tensor of shape
-// [num_tensors, columns] (see NOTE: [hyperparameter table]).
+// Checks a per-tensor hyperparameter table: a float64 tensor of shape
+// [num_tensors, columns] on the CPU or on the params' `device` (see NOTE:
+// [hyperparameter table]).
 void check_hparams(const char* op, const c10::optional<at::Tensor>& hparams, size_t num_tensors,
-                   int64_t columns);
+                   int64_t columns, c10::Device device);
 
 // Gives kernels flat pointers. Each tensor index is viewed through one
 // layout: the tensors' own when they are all non-overlapping and dense with

@@ -1,33 +1,24 @@
 // Host-side helpers shared by the thin CUDA layers of the optimizer ops
-// (adam_cuda.cpp, rmsprop_cuda.cpp, sgd_cuda.cpp, ...): dtype mapping, step counters, the
-// update_norms output and the scalar tensors (lr, grad_scale, found_inf) the
-// kernels read on the device.
+// (adam_cuda.cpp, rmsprop_cuda.cpp, sgd_cuda.cpp, ...): dtype mapping, step
+// counters, the update_norms output, the scalar tensors (lr, grad_scale,
+// found_inf) the kernels read on the device, and OptimizerCall, which turns
+// an op's validated arguments into the OptimizerLaunch every launch shares.
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/util/Optional.h>
 
+#include <utility>
 #include <vector>
 
 #include "common/tensor_lists.h"
 #include "cuda/kernel_dtype.h"
+#include "cuda/kernels/optimizer_launch.h"
 
 namespace fastopt::cuda {
-
-// Master weights (param_copies), stochastic rounding (rounding_seed) and the
-// per-tensor hparams table have CPU kernels only so far; a CUDA call with
-// them fails loudly rather than, say, updating masters without writing the
-// parameters back.
-inline void reject_param_storage(const char* op, at::TensorList param_copies,
-                                 const c10::optional<at::Tensor>& rounding_seed,
-                                 const c10::optional<at::Tensor>& hparams) {
-  TORCH_CHECK_NOT_IMPLEMENTED(param_copies.empty() && !rounding_seed.has_value(), op,
-                              ": master_weights and stochastic_rounding are not implemented "
-                              "for CUDA tensors yet");
-  // fastopt.optim never passes a table for CUDA params (see _merge_groups).
-  TORCH_CHECK_NOT_IMPLEMENTED(!hparams.has_value(), op,
-                              ": a per-tensor hparams table is not implemented for CUDA yet");
-}
 
 // Device pointers to the float32 step counters, which increment_steps
 // advances on the device (see NOTE: [step counters]).
@@ -131,6 +122,97 @@ class DeviceScalars {
   at::Tensor lr_tensor_;
   at::Tensor grad_scale_;
   at::Tensor found_inf_;
+};
+
+// A tensor argument the kernels read on the device (the hyperparameter table,
+// the rounding seed), as a contiguous tensor of `dtype` on `device`. One that
+// is on the CPU is copied with non_blocking: from pageable memory the copy
+// is staged before the call returns, so nothing waits for the GPU. Undefined
+// when the argument is absent.
+inline at::Tensor on_device(const c10::optional<at::Tensor>& t, c10::Device device,
+                            c10::ScalarType dtype) {
+  if (!t.has_value()) return at::Tensor();
+  return t->to(device, dtype, /*non_blocking=*/true).contiguous();
+}
+
+// The part of a CUDA optimizer op that every optimizer shares, from validated
+// arguments to the launch: device guard, device scalars, flat lists (params,
+// grads, the optimizer's state lists, param copies), their pointer arrays,
+// and the OptimizerLaunch pointing into them. An op builds one, fills its own
+// launch struct from common() and state(), launches on stream() and calls
+// finish(). Args is the op's AdamArgs, SgdArgs, ...: every one has the
+// fields read here.
+class OptimizerCall {
+ public:
+  // `steps`: the op's step counters (empty for SGD, which keeps none);
+  // `state`: its state lists, in launch order.
+  template <typename Args>
+  OptimizerCall(const char* op, const Args& a, at::TensorList steps, std::vector<NamedList> state)
+      : device_(a.params[0].device()),
+        guard_(device_),
+        scalars_(device_, a.lr, a.lr_tensor, a.grad_scale, a.found_inf),
+        steps_(step_pointers(op, steps)),
+        num_state_(state.size()),
+        flat_(lists(a, scalars_.grad_scale() != nullptr, std::move(state))),
+        ptrs_(flat_, flat_.num_lists()),
+        hparams_(on_device(a.hparams, device_, at::kDouble)),
+        rounding_seed_(on_device(a.rounding_seed, device_, at::kLong)) {
+    common_.num_tensors = ptrs_.num_tensors();
+    common_.params = ptrs_.list(0);
+    common_.grads = ptrs_.list(1);
+    common_.param_copies = ptrs_.list(flat_.num_lists() - 1);  // null without master weights
+    common_.steps = steps_.empty() ? nullptr : steps_.data();
+    common_.numels = ptrs_.numels();
+    common_.dtype = kernel_dtype(op, a.params[0].scalar_type());
+    common_.grad_dtype = kernel_dtype(op, a.grads[0].scalar_type());
+    common_.lr = scalars_.lr();
+    common_.lr_ptr = scalars_.lr_ptr();
+    common_.hparams = hparams_.defined() ? hparams_.const_data_ptr<double>() : nullptr;
+    common_.rounding_seed =
+        rounding_seed_.defined() ? rounding_seed_.const_data_ptr<int64_t>() : nullptr;
+    common_.grad_scale = scalars_.grad_scale();
+    common_.found_inf = scalars_.found_inf();
+    common_.update_norms = update_norms_rows(a.update_norms, device_, a.params.size());
+  }
+
+  const OptimizerLaunch& common() const { return common_; }
+  // State list i's pointers (in the order given), or null when it is empty.
+  void* const* state(size_t i) const {
+    TORCH_INTERNAL_ASSERT(i < num_state_);
+    return ptrs_.list(2 + i);
+  }
+  cudaStream_t stream() const { return c10::cuda::getCurrentCUDAStream(); }
+
+  // After the launch: raises its launch error, if any, and copies temporaries
+  // of written lists back into the caller's tensors.
+  void finish() {
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    flat_.write_back();
+  }
+
+ private:
+  template <typename Args>
+  static std::vector<NamedList> lists(const Args& a, bool unscale, std::vector<NamedList> state) {
+    std::vector<NamedList> out;
+    out.reserve(state.size() + 3);
+    out.push_back({"params", a.params, true});
+    // Written only when unscaled in place, as torch's fused path does.
+    out.push_back({"grads", a.grads, unscale});
+    for (NamedList& l : state) out.push_back(l);
+    out.push_back({"param_copies", a.param_copies, true});
+    return out;
+  }
+
+  c10::Device device_;
+  c10::cuda::CUDAGuard guard_;
+  DeviceScalars scalars_;
+  std::vector<float*> steps_;
+  size_t num_state_;
+  FlatTensorLists flat_;
+  LaunchPointers ptrs_;
+  at::Tensor hparams_;
+  at::Tensor rounding_seed_;
+  OptimizerLaunch common_{};
 };
 
 }  // namespace fastopt::cuda

@@ -83,6 +83,21 @@ def new_step_counter(param: Tensor) -> Tensor:
     return torch.zeros((), dtype=torch.float32, device=param.device)
 
 
+def _hparams_on_host(group: dict[str, Any]) -> bool:
+    """Whether the group's hyperparameters can be read without waiting for a GPU.
+
+    A table row reads every hyperparameter as a Python float; a tensor on a
+    GPU (a capturable lr) would make that a synchronising read.
+    """
+    for name, value in group.items():
+        if name == "params":
+            continue
+        values = value if isinstance(value, (tuple, list)) else (value,)
+        if any(isinstance(v, Tensor) and v.device.type != "cpu" for v in values):
+            return False
+    return True
+
+
 def reject_differentiable(name: str, differentiable: bool) -> None:
     """Refuse ``differentiable=True``: a fused update is not recorded by autograd."""
     if differentiable:
@@ -265,13 +280,14 @@ class FusedOptimizer(torch.optim.Optimizer):
         """The tensors with gradients, in buckets of one op call each.
 
         A bucket holds the tensors of one (device, dtype, master weights, new
-        state) layout. On the CPU, the tensors of every param group whose
-        _layout_keys agree share one bucket, with a per-tensor hyperparameter
-        table (NOTE: [hyperparameter table]): hundreds of param groups (a
-        learning rate per layer) then cost one op call, not hundreds. CUDA
-        buckets stay per group, as the CUDA kernels read hyperparameters from
-        kernel arguments. Each bucket comes with the group whose options the
-        op call reads. State is initialised here, lazily.
+        state) layout. The tensors of every param group whose _layout_keys
+        agree share one bucket, with a per-tensor hyperparameter table (NOTE:
+        [hyperparameter table]): hundreds of param groups (a learning rate per
+        layer) then cost one op call, and on CUDA one kernel launch, not
+        hundreds. A group whose hyperparameters are device tensors (a CUDA lr
+        for graph capture) keeps buckets of its own: reading them into a table
+        would wait for the GPU. Each bucket comes with the group whose options
+        the op call reads. State is initialised here, lazily.
         """
         # torch never touches self.state for a parameter without state (SGD
         # without momentum), so its state_dict stays empty; so does ours.
@@ -305,11 +321,10 @@ class FusedOptimizer(torch.optim.Optimizer):
                 as_real = torch.view_as_real if p.is_complex() else _identity
                 real = as_real(p)
                 device = p.device
-                merge = device.type == "cpu"
-                if merge and layout is None:
-                    row = self._hparam_row(group)
+                if layout is None:
+                    row = self._hparam_row(group) if _hparams_on_host(group) else None
                     layout = self._layout_keys(group)
-                merge = merge and row is not None
+                merge = row is not None
                 key = (
                     device,
                     real.dtype,
@@ -345,8 +360,28 @@ class FusedOptimizer(torch.optim.Optimizer):
             first = bucket_rows[0]
             # One group's tensors (or groups that agree) keep the scalar arguments.
             if any(r is not first and r != first for r in bucket_rows):
-                buckets[key][1].hparams = torch.tensor(bucket_rows, dtype=torch.float64)
+                buckets[key][1].hparams = self._hparams_table(key, bucket_rows)
         return list(buckets.values())
+
+    def _hparams_table(self, key: tuple[Any, ...], rows: list[list[float]]) -> Tensor:
+        """The hparams table of a merged bucket, on the bucket's device.
+
+        The CUDA kernels read the table from device memory. Its copy there is
+        kept while the rows stay the same, so a run with fixed hyperparameters
+        copies it once, not every step; a scheduler that changes an lr costs
+        one small asynchronous copy from pinned memory per step.
+        """
+        device: torch.device = key[0]
+        if device.type == "cpu":
+            return torch.tensor(rows, dtype=torch.float64)
+        cache: dict[tuple[Any, ...], tuple[list[list[float]], Tensor]]
+        cache = self.__dict__.setdefault("_device_hparams", {})
+        cached = cache.get(key)
+        if cached is not None and cached[0] == rows:
+            return cached[1]
+        table = torch.tensor(rows, dtype=torch.float64).pin_memory().to(device, non_blocking=True)
+        cache[key] = (rows, table)
+        return table
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:

@@ -18,8 +18,8 @@ class Adam(FusedOptimizer, torch.optim.Adam):
     A drop-in for :class:`torch.optim.Adam` (and an instance of it): the same
     arguments, defaults, validation errors and ``state_dict`` layout, so a
     checkpoint loads in either direction. Every step is one op call per
-    (device, dtype) group of parameters; on the CPU one call also spans all
-    param groups that share amsgrad/maximize/AdamW. ``foreach`` and ``fused`` are accepted
+    (device, dtype) group of parameters, and one call also spans all param
+    groups that share amsgrad/maximize/AdamW. ``foreach`` and ``fused`` are accepted
     for compatibility and do not change the result; ``differentiable=True``
     is refused. Works with AMP's GradScaler: a step skipped for inf/NaN
     gradients leaves parameters and state, step counters included, unchanged.

@@ -20,7 +20,7 @@ class SGD(FusedOptimizer, torch.optim.SGD):
     ``momentum_buffer`` per parameter when ``momentum != 0``, no state at all
     otherwise, and no step counter), so a checkpoint loads in either
     direction. Every step is one op call per (device, dtype) group of
-    parameters (on the CPU, across param groups). ``foreach`` and ``fused`` are accepted for compatibility and do
+    parameters, across param groups. ``foreach`` and ``fused`` are accepted for compatibility and do
     not change the result; ``differentiable=True`` is refused.
 
     Works with AMP's GradScaler: a skipped step leaves parameters and buffers

@@ -1,9 +1,10 @@
 """One op call per step across param groups (NOTE: [hyperparameter table]).
 
-With a learning rate per layer, a model has hundreds of param groups. On the
-CPU, fastopt merges the tensors of all groups that share a kernel layout into
-one op call, with a per-tensor table of hyperparameters; these tests check
-the result against torch and count the op calls with the profiler.
+With a learning rate per layer, a model has hundreds of param groups.
+fastopt merges the tensors of all groups that share a kernel layout into one
+op call, with a per-tensor table of hyperparameters (on CUDA, read by the
+kernels from device memory); these tests check the result against torch and
+count the op calls, and on CUDA the kernel launches, with the profiler.
 """
 
 from __future__ import annotations
@@ -38,9 +39,9 @@ def _op_calls(opt: torch.optim.Optimizer, op: str) -> int:
 
 
 @pytest.mark.parametrize("opt", OPTIMIZERS, ids=IDS)
-def test_many_groups_match_torch_in_one_call(opt):
+def test_many_groups_match_torch_in_one_call(opt, device):
     ours_cls, ref_cls, op, hparams = opt
-    ref_params = [torch.nn.Parameter(torch.randn(s)) for s in SHAPES]
+    ref_params = [torch.nn.Parameter(torch.randn(s, device=device)) for s in SHAPES]
     ours_params = clone_params(ref_params)
     ref = ref_cls(_groups(ref_params, hparams), foreach=False)
     ours = ours_cls(_groups(ours_params, hparams))
@@ -58,31 +59,93 @@ def test_many_groups_match_torch_in_one_call(opt):
     assert_same_state(ours, ref, ours_params, ref_params)
 
 
-def test_groups_with_different_layouts_get_one_call_each():
+def test_groups_with_different_layouts_get_one_call_each(device):
     """amsgrad changes the state lists, so it splits the call; lr does not."""
-    params = [torch.nn.Parameter(torch.randn(10)) for _ in range(6)]
+    params = [torch.nn.Parameter(torch.randn(10, device=device)) for _ in range(6)]
     groups = [{"params": [p], "lr": 0.01 * (i + 1), "amsgrad": i % 2 == 0} for i, p in enumerate(params)]
     opt = Adam(groups)
-    set_grads(params, [torch.randn(10) for _ in params])
+    set_grads(params, [torch.randn(10, device=device) for _ in params])
     opt.step()
     assert _op_calls(opt, "adam_") == 2
 
 
-def test_four_hundred_groups_one_call():
-    params = [torch.nn.Parameter(torch.randn(16)) for _ in range(400)]
+def _four_hundred_groups(device: str) -> tuple[AdamW, list[torch.nn.Parameter]]:
+    params = [torch.nn.Parameter(torch.randn(16, device=device)) for _ in range(400)]
     opt = AdamW([{"params": [p], "lr": 1e-3 * 0.99**i} for i, p in enumerate(params)])
-    set_grads(params, [torch.randn(16) for _ in params])
+    set_grads(params, [torch.randn(16, device=device) for _ in params])
     opt.step()
-    set_grads(params, [torch.randn(16) for _ in params])
+    set_grads(params, [torch.randn(16, device=device) for _ in params])
+    return opt, params
+
+
+def test_four_hundred_groups_one_call(device):
+    opt, _ = _four_hundred_groups(device)
     assert _op_calls(opt, "adam_") == 1
 
 
-def test_hparams_table_errors():
-    p = [torch.zeros(3)]
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="counts CUDA kernel launches")
+def test_four_hundred_groups_one_kernel_launch():
+    """The launch-count claim on CUDA: all 400 groups' updates in one kernel
+    (NOTE: [kernel argument budget]), next to one launch that advances the
+    400 step counters (NOTE: [step counters])."""
+    opt, params = _four_hundred_groups("cuda")
+    # A second step with the same lrs reuses the device copy of the table.
+    before = [p.detach().clone() for p in params]
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        opt.step()
+        torch.cuda.synchronize()
+    kernels = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    updates = [k for k in kernels if "multi_tensor_apply_kernel" in k]
+    step_counters = [k for k in kernels if "increment_steps_kernel" in k]
+    assert len(updates) == 1, kernels
+    assert len(step_counters) == 1, kernels
+    # no host-to-device copy of the table: its device copy was kept
+    assert not [e for e in prof.events() if "Memcpy HtoD" in e.name], kernels
+    # and the launch did update all 400 tensors, each with its own lr
+    assert all(not torch.equal(p.detach(), b) for p, b in zip(params, before))
+    assert all(opt.state[p]["step"].item() == 2 for p in params)
+
+
+def test_merged_groups_equal_one_optimizer_per_group(device):
+    """A merged call reads per tensor what separate calls get as scalar arguments."""
+    params = [torch.nn.Parameter(torch.randn(s, device=device)) for s in SHAPES]
+    other = clone_params(params)
+    config = [{"lr": 1e-2 * (1 + i), "betas": (0.9, 0.99 - 0.01 * i), "weight_decay": 0.1 * i} for i in range(len(params))]
+    merged = Adam([{"params": [p], **c} for p, c in zip(params, config)])
+    separate = [Adam([q], **c) for q, c in zip(other, config)]
+    for step_grads in random_grads(params, 3):
+        set_grads(params, step_grads)
+        set_grads(other, step_grads)
+        assert _op_calls(merged, "adam_") == 1  # one step, profiled
+        for opt in separate:
+            opt.step()
+    for p, q, opt in zip(params, other, separate):
+        # the same math on the same scalars (a table row holds the same doubles)
+        assert torch.equal(p, q)
+        assert torch.equal(merged.state[p]["exp_avg_sq"], opt.state[q]["exp_avg_sq"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA tensor hyperparameters")
+def test_groups_with_cuda_tensor_lr_keep_their_own_calls():
+    """Reading a CUDA lr into a table would synchronise: such groups are not merged."""
+    params = [torch.nn.Parameter(torch.randn(10, device="cuda")) for _ in range(3)]
+    opt = Adam([{"params": [p], "lr": torch.tensor(1e-2 * (i + 1), device="cuda")} for i, p in enumerate(params)])
+    set_grads(params, [torch.randn(10, device="cuda") for _ in params])
+    assert _op_calls(opt, "adam_") == 3
+
+
+def test_hparams_table_errors(device):
+    p = [torch.zeros(3, device=device)]
     kw = dict(lr=0.1, beta1=0.9, beta2=0.99, weight_decay=0.0, eps=1e-8, amsgrad=False,
               maximize=False, decoupled_weight_decay=False)  # fmt: skip
-    lists = (p, [torch.zeros(3)], [torch.zeros(3)], [torch.zeros(3)], [], [torch.tensor(0.0)])
+    z = [torch.zeros(3, device=device)]
+    lists = (p, z, z, z, [], [torch.tensor(0.0, device=device)])
     with pytest.raises(RuntimeError, match=r"hparams must have shape \[1, 5\]"):
         torch.ops.fastopt.adam_(*lists, hparams=torch.zeros(1, 4, dtype=torch.float64), **kw)
     with pytest.raises(TypeError, match="hparams must be float64"):
         torch.ops.fastopt.adam_(*lists, hparams=torch.zeros(1, 5), **kw)
+    if device == "cpu" and torch.cuda.is_available():
+        # CPU params read their table on the CPU
+        with pytest.raises(RuntimeError, match="hparams must be on the CPU or on the params' device"):
+            torch.ops.fastopt.adam_(*lists, hparams=torch.zeros(1, 5, dtype=torch.float64, device="cuda"), **kw)

@@ -40,12 +40,6 @@ OPTIMIZERS = [
 OPT_IDS = [o[0].__name__ for o in OPTIMIZERS]
 
 
-def cpu_only(device: str) -> None:
-    """Master weights and stochastic rounding have CPU kernels only so far."""
-    if device != "cpu":
-        pytest.skip("master weights and stochastic rounding are not implemented for CUDA yet")
-
-
 # --------------------------------------------------------------------------- grad_norm op
 
 
@@ -319,7 +313,6 @@ def _regression_run(dtype: torch.dtype, steps: int, device: str, **opt_kwargs):
 
 
 def test_master_weights_track_float32(device):
-    cpu_only(device)
     ref, _ = _regression_run(torch.float32, 100, device)
     plain, _ = _regression_run(torch.bfloat16, 100, device)
     mixed, opt = _regression_run(torch.bfloat16, 100, device, master_weights=True)
@@ -347,7 +340,6 @@ def test_master_weights_track_float32(device):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_master_weights_equal_float32_run(opt, dtype, device):
     """With the same gradients, the masters follow a float32 run exactly."""
-    cpu_only(device)
     ours_cls, ref_cls, config = opt
     names = ["scalar", "non_aligned", "transposed", "strided", "channels_last", "bias"]
     ref_params = make_params(device, torch.float32, names)
@@ -380,7 +372,6 @@ def test_master_weights_equal_float32_run(opt, dtype, device):
 
 
 def test_master_weights_leave_float32_params_alone(device):
-    cpu_only(device)
     p32 = torch.nn.Parameter(torch.randn(10, device=device))
     p16 = torch.nn.Parameter(torch.randn(10, device=device, dtype=torch.bfloat16))
     opt = Adam([p32, p16], master_weights=True)
@@ -391,7 +382,6 @@ def test_master_weights_leave_float32_params_alone(device):
 
 
 def test_master_weights_survive_save_and_load(device):
-    cpu_only(device)
     params = make_params(device, torch.bfloat16, ["non_aligned", "bias", "channels_last"])
     other = clone_params(params)
     grads = random_grads(params, 8)
@@ -422,7 +412,6 @@ def test_master_weights_survive_save_and_load(device):
 
 
 def test_torch_state_dict_creates_masters(device):
-    cpu_only(device)
     params = make_params(device, torch.bfloat16, ["non_aligned", "bias"])
     torch_opt = torch.optim.Adam(params, lr=1e-3, fused=True)
     for step_grads in random_grads(params, 2):
@@ -462,7 +451,6 @@ def test_master_weights_op_errors(device):
 
 def test_stochastic_rounding_is_unbiased(device):
     """Updates of a quarter bf16 ulp: round to nearest loses them all, SR keeps them on average."""
-    cpu_only(device)
     n = 1 << 18
     ulp = 2.0**-7  # bf16 spacing in [1, 2)
     lr = 0.25 * ulp
@@ -489,7 +477,6 @@ def test_stochastic_rounding_is_unbiased(device):
 
 def test_stochastic_rounding_single_step_probability(device):
     """One step of 0.3 ulp rounds up in 30% of elements, within 5 sigma, in every chunk position."""
-    cpu_only(device)
     n = 1_000_003  # a SIMD tail and several 64K chunks
     ulp = 2.0**-7
     p = torch.nn.Parameter(torch.ones(n, device=device, dtype=torch.bfloat16))
@@ -506,7 +493,6 @@ def test_stochastic_rounding_single_step_probability(device):
 
 
 def test_stochastic_rounding_reproducible(device):
-    cpu_only(device)
     def run():
         torch.manual_seed(5)
         p = torch.nn.Parameter(torch.randn(5000, device=device, dtype=torch.bfloat16))
@@ -521,7 +507,6 @@ def test_stochastic_rounding_reproducible(device):
 
 def test_stochastic_rounding_with_master_weights(device):
     """SR applies to the rounded copy; the master stays exact."""
-    cpu_only(device)
     p = torch.nn.Parameter(torch.ones(1 << 16, device=device, dtype=torch.bfloat16))
     opt = SGD([p], lr=0.25 * 2.0**-7, master_weights=True, stochastic_rounding=True)
     p.grad = -torch.ones_like(p)
@@ -538,7 +523,6 @@ def test_stochastic_rounding_rejects_float16():
 
 
 def test_stochastic_rounding_keeps_nan_and_inf(device):
-    cpu_only(device)
     p = torch.nn.Parameter(torch.tensor([math.nan, math.inf, -math.inf, 1.0] * 20, device=device, dtype=torch.bfloat16))
     opt = SGD([p], lr=0.001, stochastic_rounding=True)
     p.grad = torch.ones_like(p)
@@ -552,30 +536,63 @@ def test_stochastic_rounding_keeps_nan_and_inf(device):
 
 
 def test_opcheck_master_weights_and_rounding(device):
-    if device != "cpu":
-        pytest.skip("master weights and stochastic rounding have CPU kernels only")
+    # a 0-dim tensor, an empty one (skipped by the kernels), a tail-only one and a 2-D one
     shapes = [(), (0,), (7,), (130, 3)]
-    masters = [torch.randn(s) for s in shapes]
+    masters = [torch.randn(s, device=device) for s in shapes]
     copies = [m.to(torch.bfloat16) for m in masters]
-    grads = [torch.randn(s, dtype=torch.bfloat16) for s in shapes]
-    state = [[torch.rand(s) for s in shapes] for _ in range(2)]
-    steps = [torch.tensor(2.0) for _ in shapes]
+    grads = [torch.randn(s, device=device, dtype=torch.bfloat16) for s in shapes]
+    state = [[torch.rand(s, device=device) for s in shapes] for _ in range(2)]
+    steps = [torch.tensor(2.0, device=device) for _ in shapes]
     kw = dict(lr=1e-3, beta1=0.9, beta2=0.999, weight_decay=0.01, eps=1e-8, amsgrad=False,
               maximize=False, decoupled_weight_decay=True)  # fmt: skip
-    seed = torch.tensor([123, 456], dtype=torch.int64)
-    hparams = torch.tensor([[1e-3, 0.9, 0.999, 0.01, 1e-8]] * len(shapes), dtype=torch.float64)
+    # The seed where fastopt.optim draws it: on the params' device.
+    seed = torch.tensor([123, 456], dtype=torch.int64, device=device)
+    hparams = torch.tensor([[1e-3, 0.9, 0.999, 0.01, 1e-8]] * len(shapes), dtype=torch.float64, device=device)
     torch.library.opcheck(
         torch.ops.fastopt.adam_.default,
         (masters, grads, *state, [], steps),
         dict(param_copies=copies, rounding_seed=seed, hparams=hparams, **kw),
     )
-    bf = [torch.randn(s, dtype=torch.bfloat16) for s in shapes]
+    bf = [torch.randn(s, device=device, dtype=torch.bfloat16) for s in shapes]
     torch.library.opcheck(
         torch.ops.fastopt.sgd_.default,
-        (bf, [torch.randn(s, dtype=torch.bfloat16) for s in shapes], []),
+        (bf, [torch.randn(s, device=device, dtype=torch.bfloat16) for s in shapes], []),
         dict(lr=0.1, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False,
              is_first_step=False, rounding_seed=seed),  # fmt: skip
     )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="compares the CPU and CUDA kernels")
+@pytest.mark.parametrize("master", [False, True], ids=["bf16_params", "bf16_copies"])
+def test_stochastic_rounding_same_stream_on_cpu_and_cuda(master):
+    """The rounding word of an element depends on (seed, tensor index, element
+    index) only (NOTE: [rounding stream]), not on the CUDA launch geometry or
+    the CPU's SIMD blocks: with the same seed both backends store the same
+    bits. Gradients of +-1 make lr * grad exact, so the float update is the
+    same with or without FMA contraction and any difference would come from
+    the rounding."""
+    torch.manual_seed(4)
+    # several tensors (the tensor index enters the stream), a tail, several
+    # 64K chunks, and a misaligned view that takes the CUDA element path
+    base = torch.randn(70001 + 3, dtype=torch.bfloat16)
+    values = [base[1:70002], torch.randn(333, dtype=torch.bfloat16), torch.randn(130, 3, dtype=torch.bfloat16)]
+    grads = [torch.randint(0, 2, v.shape).to(torch.bfloat16) * 2 - 1 for v in values]
+    seed = torch.tensor([0x1234_5678_9ABC, 77], dtype=torch.int64)
+    kw = dict(lr=2.0**-9, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
+              maximize=False, is_first_step=False)  # fmt: skip
+    results = []
+    for device in ("cpu", "cuda"):
+        copies = [v.to(device).clone() for v in values]
+        g = [x.to(device) for x in grads]
+        if master:
+            params = [c.float() for c in copies]
+            torch.ops.fastopt.sgd_(params, g, [], param_copies=copies, rounding_seed=seed.to(device), **kw)
+        else:
+            params = copies
+            torch.ops.fastopt.sgd_(params, g, [], rounding_seed=seed.to(device), **kw)
+        results.append([c.cpu() for c in copies])
+    for cpu_result, cuda_result in zip(*results):
+        assert torch.equal(cpu_result, cuda_result)
 
 
 

@@ -3,40 +3,40 @@
 #include "cuda/kernels/adagrad_kernel.h"
 
 #include "common/adagrad_math.h"
-#include "cuda/kernels/multi_tensor_apply.cuh"
+#include "cuda/kernels/optimizer_functor.cuh"
 
 namespace fastopt::cuda {
 namespace {
 
 // List slots, in the order of AdagradLaunch.
 enum AdagradList : int { kParam = 0, kGrad, kSum, kDepth };
+// Columns of the hyperparameter table.
+enum AdagradColumn : int { kLr = 0, kLrDecay, kWeightDecay, kEps, kColumns };
 
-template <typename T>
+template <typename S>
 struct AdagradFunctor {
-  using storage_t = T;
+  using storage_t = S;
   static constexpr int kDepth = AdagradList::kDepth;
 
-  double lr;
-  const float* lr_ptr;
+  StepScalars scalars;
   double lr_decay;
   double weight_decay;
   double eps;
-  const float* grad_scale;
-  const float* found_inf;
   bool maximize;
 
-  __device__ void operator()(const Chunk<T, kDepth>& chunk, const float* step) const {
-    using M = opmath_t<T>;
-    // Before for_each, so a skipped step adds nothing to the update norms; the
-    // whole block takes this return, as NOTE: [update norms] requires.
-    if (found_inf != nullptr && *found_inf != 0.f) return;
+  __device__ void operator()(const Chunk<S, kDepth>& chunk, const float* step) const {
+    using M = typename S::opmath;
+    // Before for_each, so a skipped step adds nothing to the update norms.
+    if (scalars.skipped()) return;
+    double h[kColumns] = {0.0, lr_decay, weight_decay, eps};
+    scalars.read(chunk.tensor, h);
     // The decayed lr uses the step counter that increment_steps has already
     // advanced; see NOTE: [step counters].
-    const AdagradCoeffs<M> coeffs(make_adagrad_coeffs(lr_ptr != nullptr ? *lr_ptr : lr, lr_decay,
-                                                      weight_decay, eps, *step));
-    const bool has_weight_decay = weight_decay != 0.0;
-    const bool unscale = grad_scale != nullptr;
-    const M scale = unscale ? static_cast<M>(*grad_scale) : M(1);
+    const AdagradCoeffs<M> coeffs(
+        make_adagrad_coeffs(h[kLr], h[kLrDecay], h[kWeightDecay], h[kEps], *step));
+    const bool has_weight_decay = h[kWeightDecay] != 0.0;
+    const bool unscale = scalars.unscale();
+    const M scale = scalars.grad_divisor<M>();
     // torch's fused path stores the unscaled gradient, as GradScaler.unscale_ would.
     const uint32_t written = (1u << kParam) | (1u << kSum) | (unscale ? 1u << kGrad : 0u);
 
@@ -47,23 +47,21 @@ struct AdagradFunctor {
   }
 };
 
-template <typename T>
+template <typename S>
 void launch_functor(const AdagradLaunch& l, cudaStream_t stream) {
-  using Functor = AdagradFunctor<T>;
-  const Functor functor{l.lr,           l.lr_ptr,     l.lr_decay,  l.weight_decay,
-                        l.eps,          l.grad_scale, l.found_inf, l.maximize};
-  void* const* const lists[] = {l.params, l.grads, l.state_sums};
-  multi_tensor_apply(make_tensor_lists<Functor::kDepth>(lists, l.numels, l.steps, l.update_norms,
-                                                       l.num_tensors),
-                     functor, stream);
+  using Functor = AdagradFunctor<S>;
+  const Functor functor{StepScalars::of(l.common), l.lr_decay, l.weight_decay, l.eps, l.maximize};
+  auto lists = optimizer_lists<Functor::kDepth>(l.common);
+  lists.ptrs[kSum] = l.state_sums;
+  multi_tensor_apply(lists, functor, stream);
 }
 
 }  // namespace
 
 void launch_adagrad(const AdagradLaunch& l, cudaStream_t stream) {
-  if (l.num_tensors == 0) return;
-  increment_steps(l.steps, l.num_tensors, l.found_inf, stream);
-  dispatch_dtype(l.dtype, [&](auto storage) { launch_functor<typename decltype(storage)::type>(l, stream); });
+  launch_optimizer(l.common, stream, [&](auto storage) {
+    launch_functor<typename decltype(storage)::type>(l, stream);
+  });
 }
 
 }  // namespace fastopt::cuda

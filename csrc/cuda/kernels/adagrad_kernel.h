@@ -5,31 +5,20 @@
 
 #include <cuda_runtime_api.h>
 
-#include <cstdint>
-
-#include "cuda/kernels/dtype.h"
+#include "cuda/kernels/optimizer_launch.h"
 
 namespace fastopt::cuda {
 
-// One fused Adagrad step over `num_tensors` tensors. Pointer arrays and
-// scalar pointers are as in AdamLaunch (cuda/kernels/adam_kernel.h).
+// One fused Adagrad step: the shared tensors and scalars in `common` (see
+// OptimizerLaunch), the state sums and the hyperparameters. A hyperparameter
+// table has the columns (lr, lr_decay, weight_decay, eps).
 struct AdagradLaunch {
-  int64_t num_tensors;
-  void* const* params;
-  void* const* grads;
+  OptimizerLaunch common;
   void* const* state_sums;
-  float* const* steps;  // step counters, incremented by the launch
-  const int64_t* numels;
-  DType dtype;
-  double lr;
-  const float* lr_ptr;  // Tensor lr; when set, `lr` is ignored
   double lr_decay;
   double weight_decay;
   double eps;
   bool maximize;
-  const float* grad_scale;  // nullable; grads are divided by it and written back unscaled
-  const float* found_inf;   // nullable; when *found_inf != 0 the launch changes nothing
-  double* update_norms;     // nullable; as AdamLaunch::update_norms
 };
 
 // Enqueues the step on `stream`, with the semantics of

@@ -3,17 +3,20 @@
 #include "cuda/kernels/rmsprop_kernel.h"
 
 #include "common/rmsprop_math.h"
-#include "cuda/kernels/multi_tensor_apply.cuh"
+#include "cuda/kernels/optimizer_functor.cuh"
 
 namespace fastopt::cuda {
 namespace {
 
+// Columns of the hyperparameter table.
+enum RMSpropColumn : int { kLr = 0, kAlpha, kEps, kWeightDecay, kMomentumColumn, kColumns };
+
 // List slots: param, grad and square_avg always; grad_avg and momentum_buffer
 // only in the variants that keep them, so no chunk loads an unused list.
-template <typename T, bool CENTERED, bool MOMENTUM>
+template <typename S, bool CENTERED, bool MOMENTUM>
 struct RMSpropFunctor {
-  using storage_t = T;
-  static constexpr int kParam = 0, kGrad = 1, kSquareAvg = 2;
+  using storage_t = S;
+  static constexpr int kParam = 0, kGrad = kGradList, kSquareAvg = 2;
   static constexpr int kGradAvg = 3;              // valid if CENTERED
   static constexpr int kMomentum = 3 + CENTERED;  // valid if MOMENTUM
   static constexpr int kDepth = 3 + CENTERED + MOMENTUM;
@@ -22,26 +25,25 @@ struct RMSpropFunctor {
                                           (CENTERED ? 1u << kGradAvg : 0u) |
                                           (MOMENTUM ? 1u << kMomentum : 0u);
 
-  double lr;
-  const float* lr_ptr;
+  StepScalars scalars;
   double alpha;
   double eps;
   double weight_decay;
   double momentum;
-  const float* grad_scale;
-  const float* found_inf;
   bool maximize;
 
-  __device__ void operator()(const Chunk<T, kDepth>& chunk, const float* /*step*/) const {
-    using M = opmath_t<T>;
-    // Before for_each, so a skipped step adds nothing to the update norms; the
-    // whole block takes this return, as NOTE: [update norms] requires.
-    if (found_inf != nullptr && *found_inf != 0.f) return;
-    const RMSpropCoeffs<M> coeffs(make_rmsprop_scalars<M>(lr_ptr != nullptr ? *lr_ptr : lr, alpha,
-                                                          eps, weight_decay, momentum));
-    const bool has_weight_decay = weight_decay != 0.0;
-    const bool unscale = grad_scale != nullptr;
-    const M scale = unscale ? static_cast<M>(*grad_scale) : M(1);
+  // RMSprop counts steps (for torch's state_dict) but never reads them.
+  __device__ void operator()(const Chunk<S, kDepth>& chunk, const float* /*step*/) const {
+    using M = typename S::opmath;
+    // Before for_each, so a skipped step adds nothing to the update norms.
+    if (scalars.skipped()) return;
+    double h[kColumns] = {0.0, alpha, eps, weight_decay, momentum};
+    scalars.read(chunk.tensor, h);
+    const RMSpropCoeffs<M> coeffs(make_rmsprop_scalars<M>(h[kLr], h[kAlpha], h[kEps],
+                                                          h[kWeightDecay], h[kMomentumColumn]));
+    const bool has_weight_decay = h[kWeightDecay] != 0.0;
+    const bool unscale = scalars.unscale();
+    const M scale = scalars.grad_divisor<M>();
     // torch's fused optimizers store the unscaled gradient, as GradScaler.unscale_ would.
     const uint32_t written = kStateLists | (unscale ? 1u << kGrad : 0u);
 
@@ -57,42 +59,36 @@ struct RMSpropFunctor {
   }
 };
 
-template <typename T, bool CENTERED, bool MOMENTUM>
+template <typename S, bool CENTERED, bool MOMENTUM>
 void launch_functor(const RMSpropLaunch& l, cudaStream_t stream) {
-  using Functor = RMSpropFunctor<T, CENTERED, MOMENTUM>;
-  const Functor functor{l.lr,       l.lr_ptr,     l.alpha,     l.eps,     l.weight_decay,
-                        l.momentum, l.grad_scale, l.found_inf, l.maximize};
-  TensorLists<Functor::kDepth> lists{};
-  lists.ptrs[Functor::kParam] = l.params;
-  lists.ptrs[Functor::kGrad] = l.grads;
+  using Functor = RMSpropFunctor<S, CENTERED, MOMENTUM>;
+  const Functor functor{StepScalars::of(l.common), l.alpha, l.eps, l.weight_decay, l.momentum,
+                        l.maximize};
+  auto lists = optimizer_lists<Functor::kDepth>(l.common);
   lists.ptrs[Functor::kSquareAvg] = l.square_avgs;
   if constexpr (CENTERED) lists.ptrs[Functor::kGradAvg] = l.grad_avgs;
   if constexpr (MOMENTUM) lists.ptrs[Functor::kMomentum] = l.momentum_buffers;
-  lists.numels = l.numels;
-  lists.steps = nullptr;  // the update does not read the step; increment_steps counts it
-  lists.norms = l.update_norms;
-  lists.num_tensors = l.num_tensors;
   multi_tensor_apply(lists, functor, stream);
 }
 
-template <typename T>
-void launch_dtype(const RMSpropLaunch& l, cudaStream_t stream) {
+template <typename S>
+void launch_variant(const RMSpropLaunch& l, cudaStream_t stream) {
   const bool has_momentum = l.momentum > 0.0;
   if (l.centered) {
-    has_momentum ? launch_functor<T, true, true>(l, stream)
-                 : launch_functor<T, true, false>(l, stream);
+    has_momentum ? launch_functor<S, true, true>(l, stream)
+                 : launch_functor<S, true, false>(l, stream);
   } else {
-    has_momentum ? launch_functor<T, false, true>(l, stream)
-                 : launch_functor<T, false, false>(l, stream);
+    has_momentum ? launch_functor<S, false, true>(l, stream)
+                 : launch_functor<S, false, false>(l, stream);
   }
 }
 
 }  // namespace
 
 void launch_rmsprop(const RMSpropLaunch& l, cudaStream_t stream) {
-  if (l.num_tensors == 0) return;
-  increment_steps(l.steps, l.num_tensors, l.found_inf, stream);
-  dispatch_dtype(l.dtype, [&](auto storage) { launch_dtype<typename decltype(storage)::type>(l, stream); });
+  launch_optimizer(l.common, stream, [&](auto storage) {
+    launch_variant<typename decltype(storage)::type>(l, stream);
+  });
 }
 
 }  // namespace fastopt::cuda

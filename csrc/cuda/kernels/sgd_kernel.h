@@ -5,33 +5,23 @@
 
 #include <cuda_runtime_api.h>
 
-#include <cstdint>
-
-#include "cuda/kernels/dtype.h"
+#include "cuda/kernels/optimizer_launch.h"
 
 namespace fastopt::cuda {
 
-// One fused SGD step over `num_tensors` tensors. Pointer arrays and scalar
-// pointers are as in AdamLaunch (cuda/kernels/adam_kernel.h). SGD keeps no
-// step counter.
+// One fused SGD step: the shared tensors and scalars in `common` (see
+// OptimizerLaunch; SGD keeps no step counter, so common.steps is null), the
+// momentum buffers and the hyperparameters. A hyperparameter table has the
+// columns (lr, momentum, dampening, weight_decay).
 struct SgdLaunch {
-  int64_t num_tensors;
-  void* const* params;
-  void* const* grads;
+  OptimizerLaunch common;
   void* const* momentum_buffers;  // null when momentum == 0
-  const int64_t* numels;
-  DType dtype;
-  double lr;
-  const float* lr_ptr;  // Tensor lr; when set, `lr` is ignored
   double momentum;
   double dampening;
   double weight_decay;
   bool nesterov;
   bool maximize;
-  bool is_first_step;       // every momentum buffer is new: it is set to the gradient
-  const float* grad_scale;  // nullable; grads are divided by it and written back unscaled
-  const float* found_inf;   // nullable; when *found_inf != 0 the launch changes nothing
-  double* update_norms;     // nullable; as AdamLaunch::update_norms
+  bool is_first_step;  // every momentum buffer is new: it is set to the gradient
 };
 
 // Enqueues the step on `stream`, with the semantics of torch.optim.SGD.

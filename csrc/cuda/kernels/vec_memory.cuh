@@ -6,6 +6,9 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <type_traits>
+
+#include "common/philox.h"
 
 namespace fastopt::cuda {
 
@@ -23,30 +26,36 @@ constexpr int kVectorBytes = 16;
 template <typename T>
 constexpr int kVecSize = kVectorBytes / static_cast<int>(sizeof(T));
 
-template <typename T>
-struct alignas(kVectorBytes) Vec {
-  T val[kVecSize<T>];
+// N elements of T, aligned as one access of N * sizeof(T) bytes. A list whose
+// elements are narrower than its call's widest list (the 16-bit grads of
+// float32 masters) moves as many elements per access as the widest one, so
+// 8 bytes per access for 4 bfloat16 next to 4 floats.
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Vec {
+  T val[N];
 };
 
-__device__ __forceinline__ bool is_aligned(const void* p) {
-  return reinterpret_cast<uintptr_t>(p) % kVectorBytes == 0;
+// Whether p may be accessed as Vec<T, N>.
+template <int N, typename T>
+__device__ __forceinline__ bool is_aligned(const T* p) {
+  return reinterpret_cast<uintptr_t>(p) % (sizeof(T) * N) == 0;
 }
 
-// `src` must be 16-byte aligned.
-template <typename T>
-__device__ __forceinline__ void load_vec(T (&dst)[kVecSize<T>], const T* src) {
-  const Vec<T> v = *reinterpret_cast<const Vec<T>*>(src);
+// `src` must be aligned for Vec<T, N>.
+template <typename T, int N>
+__device__ __forceinline__ void load_vec(T (&dst)[N], const T* src) {
+  const Vec<T, N> v = *reinterpret_cast<const Vec<T, N>*>(src);
 #pragma unroll
-  for (int i = 0; i < kVecSize<T>; ++i) dst[i] = v.val[i];
+  for (int i = 0; i < N; ++i) dst[i] = v.val[i];
 }
 
-// `dst` must be 16-byte aligned.
-template <typename T>
-__device__ __forceinline__ void store_vec(T* dst, const T (&src)[kVecSize<T>]) {
-  Vec<T> v;
+// `dst` must be aligned for Vec<T, N>.
+template <typename T, int N>
+__device__ __forceinline__ void store_vec(T* dst, const T (&src)[N]) {
+  Vec<T, N> v;
 #pragma unroll
-  for (int i = 0; i < kVecSize<T>; ++i) v.val[i] = src[i];
-  *reinterpret_cast<Vec<T>*>(dst) = v;
+  for (int i = 0; i < N; ++i) v.val[i] = src[i];
+  *reinterpret_cast<Vec<T, N>*>(dst) = v;
 }
 
 // The arithmetic type of a storage type, as at::opmath_type: float for float,
@@ -83,6 +92,18 @@ __device__ __forceinline__ __half from_opmath<__half>(float x) { return __float2
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_opmath<__nv_bfloat16>(float x) {
   return __float2bfloat16_rn(x);
+}
+
+// x rounded to storage type T: to nearest even, or, for bfloat16 with
+// `stochastic`, up or down at random from the 32-bit `word` of NOTE: [rounding
+// stream] (common/philox.h), one definition with the CPU kernels.
+template <typename T>
+__device__ __forceinline__ T round_to(opmath_t<T> x, [[maybe_unused]] bool stochastic,
+                                      [[maybe_unused]] uint32_t word) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    if (stochastic) return __ushort_as_bfloat16(bf16_bits_stochastic(__float_as_uint(x), word));
+  }
+  return from_opmath<T>(x);
 }
 
 }  // namespace fastopt::cuda
