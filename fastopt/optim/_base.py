@@ -322,7 +322,9 @@ class FusedOptimizer(torch.optim.Optimizer):
                 real = as_real(p)
                 device = p.device
                 if layout is None:
-                    row = self._hparam_row(group) if _hparams_on_host(group) else None
+                    # (On the CPU every tensor hyperparameter is readable at once.)
+                    readable = device.type == "cpu" or _hparams_on_host(group)
+                    row = self._hparam_row(group) if readable else None
                     layout = self._layout_keys(group)
                 merge = row is not None
                 key = (
