@@ -215,6 +215,18 @@ class FusedOptimizer(torch.optim.Optimizer):
             if state[key].dtype != torch.float32:
                 state[key] = state[key].to(torch.float32)
 
+    def state_dict(self) -> dict[str, Any]:
+        """torch's ``state_dict``, plus ``"skipped_steps"``, the device count of skipped steps.
+
+        torch's optimizers read only ``"state"`` and ``"param_groups"``, so the
+        dict still loads into them.
+        """
+        state_dict = super().state_dict()
+        skipped = getattr(self, "skipped_steps", None)
+        if skipped is not None:
+            state_dict["skipped_steps"] = skipped
+        return state_dict
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a fastopt or torch ``state_dict``.
 
@@ -222,8 +234,13 @@ class FusedOptimizer(torch.optim.Optimizer):
         parameter's dtype, which would round float32 masters and moments of
         16-bit parameters; with ``master_weights`` those keep their float32
         values here. A torch ``state_dict`` has no masters: they are created
-        from the parameters at the next step.
+        from the parameters at the next step; nor a count of skipped steps,
+        which then stays as it was.
         """
+        saved_skips = state_dict.get("skipped_steps")
+        skipped = getattr(self, "skipped_steps", None)
+        if saved_skips is not None and skipped is not None:
+            skipped.copy_(saved_skips)
         kept: dict[Any, dict[str, Tensor]] = {}
         if getattr(self, "master_weights", False):
             for pid, st in state_dict["state"].items():

@@ -620,3 +620,27 @@ def test_stochastic_rounding_same_stream_on_every_kernel_variant():
     for other in results[1:]:
         assert torch.equal(other[0], results[0][0])
         assert torch.equal(other[1], results[0][1])
+
+
+def test_skipped_steps_survive_a_checkpoint(device, tmp_path):
+    """skipped_steps is in the state_dict, through torch.save, and the dict still loads into torch."""
+    params = make_params(device, torch.float32, ["non_aligned", "bias"])
+    opt = Adam(params, skip_nonfinite=True)
+    for poison in (True, False, True):
+        grads = [torch.randn_like(p) for p in params]
+        if poison:
+            grads[1][0] = math.nan
+        set_grads(params, grads)
+        opt.step()
+    path = tmp_path / "opt.pt"
+    torch.save(opt.state_dict(), path)
+    saved = torch.load(path, weights_only=True)
+    assert saved["skipped_steps"].item() == 2
+    restored = Adam(params, skip_nonfinite=True)
+    restored.load_state_dict(saved)
+    assert restored.skipped_steps.item() == 2
+    assert restored.skipped_steps.device.type == device
+    assert restored.state[params[0]]["step"].item() == 1
+    plain = torch.optim.Adam(params)
+    plain.load_state_dict(saved)  # torch ignores the extra key
+    assert plain.state[params[0]]["exp_avg"].equal(opt.state[params[0]]["exp_avg"])
