@@ -68,4 +68,5 @@ def test_tensors_from_the_cache_behave_like_any_other(fresh_cache, tmp_path):
     expected = y.clone()
     y.resize_(2 * BIG)  # a resize goes through the same allocator and keeps the data
     assert y.numel() == 2 * BIG and torch.equal(y[:BIG], expected)
+    y[BIG:] = 1.0  # the grown half is uninitialised, as any resize_ leaves it (NaN bit patterns included)
     assert torch.equal(torch.from_numpy(y.numpy()), y)  # (numpy() pins the storage's size, as for any tensor)

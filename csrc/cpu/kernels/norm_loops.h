@@ -25,6 +25,12 @@ namespace norm {
 
 using at::vec::Vectorized;
 
+// Fully unrolls a loop over a small array of SIMD registers. Without it GCC
+// kept such arrays (the per-column accumulators of the channels-last
+// reductions) on the stack, each add a load and a store through memory: the
+// BatchNorm channels-last statistics pass ran 1.3x slower.
+#define FASTOPT_UNROLL _Pragma("GCC unroll 16")
+
 template <typename scalar_t>
 struct Types {
   using IO = VecIO<scalar_t>;
