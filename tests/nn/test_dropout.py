@@ -211,3 +211,23 @@ def test_bad_input(device):
         torch.ops.fastopt.dropout(x, seed[:1], 0.5)
     with pytest.raises(RuntimeError, match="bias"):
         torch.ops.fastopt.dropout_add(x, x, torch.randn(3, device=device), seed, 0.5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_large_outputs_written_with_streaming_stores_match_in_place(device, dtype):
+    """Outputs of 8 MB and more take the non-temporal store path; in place does not."""
+    n = (9 << 20) // torch.finfo(dtype).bits * 8 + 3  # over 8 MB, with a scalar tail
+    x = torch.randn(n, device=device).to(dtype)
+    gen = torch.Generator(device=device)
+    y = F.dropout(x, 0.3, generator=gen.manual_seed(7))
+    y_in_place = F.dropout(x.clone(), 0.3, inplace=True, generator=gen.manual_seed(7))
+    assert torch.equal(y, y_in_place)
+    # dropout_add with a bias whose length cuts the runs at unaligned offsets,
+    # against the composition as test_dropout_add_matches_composition builds it.
+    rows = x[: 1000 * (n // 1000)].view(-1, 1000)
+    bias, residual = torch.randn(1000, device=device).to(dtype), torch.randn_like(rows)
+    out = F.dropout_add(rows, residual, 0.3, bias=bias, generator=gen.manual_seed(3))
+    seed = torch.randint(2**62, (2,), device=device, dtype=torch.int64, generator=gen.manual_seed(3))
+    wide = torch.float64 if dtype == torch.float64 else torch.float32
+    expected = torch.ops.fastopt.dropout(rows.to(wide) + bias.to(wide), seed, 0.3) + residual.to(wide)
+    torch.testing.assert_close(out, expected.to(dtype), atol=0, rtol=0)

@@ -147,7 +147,7 @@ struct Run {
 // exactly (x + bias) / (1 - p), as x / (1 - p) computes it in torch; a dropped
 // one is x * 0, which keeps torch's NaN propagation.
 template <bool BROADCAST, typename scalar_t, typename opmath_t>
-void apply_run(const Run<scalar_t>& r, const opmath_t* m, opmath_t q) {
+void apply_run(const Run<scalar_t>& r, const opmath_t* m, opmath_t q, bool stream) {
   using IO = VecIO<scalar_t>;
   using Vec = typename IO::Vec;
   constexpr int K = IO::kVecs;
@@ -172,6 +172,12 @@ void apply_run(const Run<scalar_t>& r, const opmath_t* m, opmath_t q) {
       Vec res[K];
       IO::load(r.residual + i, res);
       for (int k = 0; k < K; ++k) v[k] = v[k] + res[k];
+    }
+    if constexpr (K == 1) {
+      if (stream && can_stream(r.out + i)) {
+        stream_store(r.out + i, v[0]);
+        continue;
+      }
     }
     IO::store(r.out + i, v);
   }
@@ -220,7 +226,7 @@ void dropout_chunk(const DropoutKernelConfig& cfg, const DropoutChunk& c) {
                         dropout_word(cfg.key, static_cast<uint64_t>(channel)) >= cfg.threshold;
       const opmath_t m = keep ? opmath_t(1) : opmath_t(0);
       for_each_bias_run<scalar_t>(cfg, c, i, stop,
-                                  [&](int64_t, const Run<scalar_t>& r) { apply_run<true>(r, &m, q); });
+                                  [&](int64_t, const Run<scalar_t>& r) { apply_run<true>(r, &m, q, cfg.stream); });
       i = stop;
     }
     return;
@@ -237,7 +243,7 @@ void dropout_chunk(const DropoutKernelConfig& cfg, const DropoutChunk& c) {
       if (c.bits_out != nullptr) pack_mask(m, base, nblocks, c.bits_out);
     }
     for_each_bias_run<scalar_t>(cfg, c, tile, stop, [&](int64_t i, const Run<scalar_t>& r) {
-      apply_run<false>(r, m + (i - base), q);
+      apply_run<false>(r, m + (i - base), q, cfg.stream);
     });
     tile = stop;
   }
@@ -245,8 +251,14 @@ void dropout_chunk(const DropoutKernelConfig& cfg, const DropoutChunk& c) {
 
 void dropout_kernel_impl(const DropoutKernelConfig& cfg, const DropoutChunk& c) {
   switch (cfg.dtype) {
-    case c10::ScalarType::Float: return dropout_chunk<float>(cfg, c);
-    case c10::ScalarType::Double: return dropout_chunk<double>(cfg, c);
+    case c10::ScalarType::Float:
+      dropout_chunk<float>(cfg, c);
+      if (cfg.stream) stream_fence();
+      return;
+    case c10::ScalarType::Double:
+      dropout_chunk<double>(cfg, c);
+      if (cfg.stream) stream_fence();
+      return;
     case c10::ScalarType::BFloat16: return dropout_chunk<c10::BFloat16>(cfg, c);
     case c10::ScalarType::Half: return dropout_chunk<c10::Half>(cfg, c);
     // The op validates dtypes before it picks a kernel; nothing here throws

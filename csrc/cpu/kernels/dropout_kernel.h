@@ -31,6 +31,7 @@ struct DropoutKernelConfig {
   double keep_prob;    // 1 - p, the divisor of kept elements; 1 when drop_all
   int64_t group;       // elements sharing one mask index (channel-wise), >= 1
   int64_t bias_numel;  // 0 without bias
+  bool stream;         // write out with non-temporal stores (out-of-place, large; float/double)
 };
 
 // Elements [begin, end) of contiguous tensors; every pointer is the tensor's

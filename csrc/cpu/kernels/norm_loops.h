@@ -14,11 +14,6 @@
 
 #include "cpu/kernels/vec_io.h"
 
-#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-#include <immintrin.h>
-#define FASTOPT_NORM_STREAM 1
-#endif
-
 namespace fastopt::cpu {
 inline namespace CPU_CAPABILITY {
 namespace norm {
@@ -99,29 +94,13 @@ inline void map_elements(const scalar_t* x, const scalar_t* dy, scalar_t* out, i
 }
 
 // ---------------------------------------------------------------- streaming
-#if defined(FASTOPT_NORM_STREAM)
-inline void stream_store(float* p, const Vectorized<float>& v) {
-#if defined(CPU_CAPABILITY_AVX512)
-  _mm512_stream_ps(p, v);
-#else
-  _mm256_stream_ps(p, v);
-#endif
-}
-inline void stream_store(double* p, const Vectorized<double>& v) {
-#if defined(CPU_CAPABILITY_AVX512)
-  _mm512_stream_pd(p, v);
-#else
-  _mm256_stream_pd(p, v);
-#endif
-}
-#endif
-
 // map_elements with non-temporal stores for the aligned SIMD body of a run
-// (float and double; other types and the baseline build store normally).
+// (float and double; other types and the baseline build store normally; see
+// stream_store in vec_io.h).
 // fn sees indices relative to the run's start, as with map_elements.
 template <typename scalar_t, typename Fn>
 void map_streaming(const scalar_t* x, const scalar_t* dy, scalar_t* out, int64_t n, const Fn& fn) {
-#if defined(FASTOPT_NORM_STREAM)
+#if defined(FASTOPT_STREAM_STORES)
   if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
     using Vec = Vectorized<scalar_t>;
     constexpr int64_t kLanes = Vec::size();
@@ -154,15 +133,6 @@ inline void map_run(bool stream, const scalar_t* x, const scalar_t* dy, scalar_t
   } else {
     map_elements<scalar_t>(x, dy, out, n, fn);
   }
-}
-
-// Non-temporal stores are weakly ordered: a kernel that streamed its output
-// fences before returning, so that another thread (or the caller) that reads
-// the output sees it.
-inline void stream_fence() {
-#if defined(FASTOPT_NORM_STREAM)
-  _mm_sfence();
-#endif
 }
 
 // Sums of a SIMD part and a scalar tail.

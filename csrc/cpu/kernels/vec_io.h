@@ -10,8 +10,14 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <cmath>
+#include <cstdint>
 
 #include "common/math_ops.h"
+
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+#include <immintrin.h>
+#define FASTOPT_STREAM_STORES 1
+#endif
 
 namespace fastopt {
 
@@ -64,6 +70,48 @@ struct VecIO {
     }
   }
 };
+
+// Non-temporal stores, for outputs too large to stay in cache until they are
+// read (see stream_output in cpu/output_cache.h): an ordinary store first
+// reads the line it writes from memory, a third stream of traffic in an
+// out-of-place pass. float and double vectors only, at vector-aligned p.
+#if defined(FASTOPT_STREAM_STORES)
+inline void stream_store(float* p, const at::vec::Vectorized<float>& v) {
+#if defined(CPU_CAPABILITY_AVX512)
+  _mm512_stream_ps(p, v);
+#else
+  _mm256_stream_ps(p, v);
+#endif
+}
+inline void stream_store(double* p, const at::vec::Vectorized<double>& v) {
+#if defined(CPU_CAPABILITY_AVX512)
+  _mm512_stream_pd(p, v);
+#else
+  _mm256_stream_pd(p, v);
+#endif
+}
+#endif
+
+// Whether stream_store can write the vector at p.
+template <typename scalar_t>
+inline bool can_stream(const scalar_t* p) {
+#if defined(FASTOPT_STREAM_STORES)
+  constexpr bool kWide = std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>;
+  return kWide && reinterpret_cast<uintptr_t>(p) % sizeof(at::vec::Vectorized<scalar_t>) == 0;
+#else
+  (void)p;
+  return false;
+#endif
+}
+
+// Non-temporal stores are weakly ordered: a kernel that streamed its output
+// fences before returning, so that another thread (or the caller) that reads
+// the output sees it.
+inline void stream_fence() {
+#if defined(FASTOPT_STREAM_STORES)
+  _mm_sfence();
+#endif
+}
 
 }  // namespace CPU_CAPABILITY
 }  // namespace cpu
