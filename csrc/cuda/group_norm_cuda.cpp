@@ -90,15 +90,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_bwd_cuda(
   const GroupNormShape& s = in.shape;
   check_backward_args(kOp, grad_out, input, mean, rstd,
                       GroupNormDims{s.N, s.C, s.S, s.G, s.channels_last});
+  // Checked before like_layout, whose copy into x's layout would otherwise
+  // move a grad_out of another device (but only when its strides differ).
+  check_device(kOp, "grad_out", grad_out, in.x);
   // dy in x's layout: a copy only when autograd hands over another layout.
   const at::Tensor dy = like_layout(grad_out, in.x);
   const at::Tensor mean_c = mean.to(in.opmath).contiguous();
   const at::Tensor rstd_c = rstd.to(in.opmath).contiguous();
   const at::Tensor gamma = channel_param(kOp, "weight", weight, s.C, in.opmath);
   const at::Tensor beta = channel_param(kOp, "bias", bias, s.C, in.opmath);
-  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"grad_out", dy},
-                                {"mean", mean_c}, {"rstd", rstd_c}, {"weight", gamma},
-                                {"bias", beta}}) {
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"mean", mean_c},
+                                {"rstd", rstd_c}, {"weight", gamma}, {"bias", beta}}) {
     check_device(kOp, name, t, in.x);
   }
   at::Tensor dx = at::empty_like(in.x);

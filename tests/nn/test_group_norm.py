@@ -9,12 +9,18 @@ import torch.nn.functional as F
 import fastopt.nn
 from fastopt.nn import functional as FF
 
+from .tensors import unaligned
+
 ACTIVATIONS = {None: lambda y: y, "relu": F.relu, "silu": F.silu}
 
 
-def _run(fn, x, w, b, grad):
-    """Output and (dx, dw, db) of fn(x, w, b) under the upstream gradient `grad`."""
-    leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (x, w, b)]
+def _run(fn, x, w, b, grad, copy=lambda t: t.detach().clone()):
+    """Output and (dx, dw, db) of fn(x, w, b) under the upstream gradient `grad`.
+
+    The leaves are `copy` of x, w and b: by default a clone, which is a fresh,
+    aligned allocation (misaligned leaves come from tensors.unaligned).
+    """
+    leaves = [copy(t).requires_grad_() if t is not None else None for t in (x, w, b)]
     y = fn(*leaves)
     y.backward(grad)
     return y.detach(), [t.grad if t is not None else None for t in leaves]
@@ -95,8 +101,17 @@ def test_non_contiguous_and_empty(device):
     # A strided view that is neither layout: copied to contiguous, not an error.
     x = torch.randn(2, 8, 6, 10, device=device)[..., ::2]
     torch.testing.assert_close(FF.group_norm(x, 4), F.group_norm(x, 4))
-    # No samples: an empty output of the same shape.
-    assert FF.group_norm(torch.randn(0, 8, 3, device=device), 4).shape == (0, 8, 3)
+    # No samples: an empty output of the same shape, and zero weight
+    # gradients in the weight's dtype (the kernels launch nothing).
+    x = torch.randn(0, 8, 3, device=device, requires_grad=True)
+    w = torch.randn(8, device=device, requires_grad=True)
+    b = torch.randn(8, device=device, requires_grad=True)
+    y = FF.group_norm(x, 4, w, b, activation="silu")
+    assert y.shape == (0, 8, 3)
+    y.sum().backward()
+    assert x.grad.shape == (0, 8, 3)
+    for p in (w, b):
+        assert p.grad.dtype == p.dtype and torch.equal(p.grad, torch.zeros_like(p))
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -132,14 +147,6 @@ def test_large_output_written_with_streaming_stores_matches_torch(device, fmt):
     torch.testing.assert_close(torch.autograd.grad(out, rows, out)[0], torch.autograd.grad(out_ref, rows, out_ref)[0])
 
 
-def _unaligned(x: torch.Tensor) -> torch.Tensor:
-    """x's values in a contiguous tensor whose data starts one element past an aligned address."""
-    buf = torch.empty(x.numel() + 1, dtype=x.dtype, device=x.device)
-    out = buf[1:].view(x.shape)
-    out.copy_(x)
-    return out
-
-
 # Larger cases for the paths a GPU takes: groups and row chunks long enough
 # to be split across several partial sums, sizes that allow 16-byte vectors,
 # sizes that do not (odd S, C = 6), and a misaligned start.
@@ -150,15 +157,21 @@ LONG_CASES = [
 ]
 
 
-@pytest.mark.parametrize("shape,groups,unaligned", LONG_CASES)
+@pytest.mark.parametrize("shape,groups,misaligned", LONG_CASES)
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_long_groups_match_float64(device, shape, groups, unaligned, channels_last):
-    x, w, b, grad = _inputs(shape, groups, torch.float32, False, device)
-    if unaligned:
-        x, grad = _unaligned(x), _unaligned(grad)
+def test_long_groups_match_float64(device, shape, groups, misaligned, channels_last):
+    x, w, b, grad = _inputs(shape, groups, torch.float32, channels_last, device)
     if channels_last:
-        x, grad = x.to(memory_format=torch.channels_last), grad.to(memory_format=torch.channels_last)
-    y, grads = _run(lambda x, w, b: FF.group_norm(x, groups, w, b, 1e-5, "silu"), x, w, b, grad)
+        grad = grad.to(memory_format=torch.channels_last)
+    if misaligned:
+        grad = unaligned(grad)
+
+    # Misaligned in the layout under test: the leaf itself, not a clone of it.
+    def leaf(t: torch.Tensor) -> torch.Tensor:
+        return unaligned(t) if misaligned and t is x else t.detach().clone()
+
+    fn = lambda x, w, b: FF.group_norm(x, groups, w, b, 1e-5, "silu")  # noqa: E731
+    y, grads = _run(fn, x, w, b, grad, leaf)
     exact = lambda x, w, b: F.silu(F.group_norm(x, groups, w, b, 1e-5))  # noqa: E731
     y_ref, grads_ref = _run(exact, *(t.double() for t in (x, w, b)), grad.double())
     torch.testing.assert_close(y.double(), y_ref, atol=1e-5, rtol=1e-5)
@@ -175,3 +188,14 @@ def test_bitwise_reproducible(device, channels_last):
     (y1, g1), (y2, g2) = _run(fn, x, w, b, grad), _run(fn, x, w, b, grad)
     assert torch.equal(y1, y2)
     assert all(torch.equal(a, c) for a, c in zip(g1, g2))
+
+
+def test_backward_rejects_grad_on_another_device(device):
+    if device == "cpu":
+        pytest.skip("needs a device other than the CPU")
+    x = torch.randn(2, 4, 3, 5, device=device)
+    y, mean, rstd = torch.ops.fastopt.group_norm_fwd(x, None, None, 2, 1e-5, 0)
+    # On the CPU and in another layout: a layout copy must not move it over.
+    grad = torch.randn(2, 4, 3, 5).to(memory_format=torch.channels_last)
+    with pytest.raises(RuntimeError, match="grad_out"):
+        torch.ops.fastopt.group_norm_bwd(grad, x, mean, rstd, None, None, 2, 0)

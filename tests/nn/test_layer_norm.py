@@ -7,6 +7,8 @@ import torch
 
 import fastopt.nn
 
+from .tensors import unaligned
+
 
 @pytest.mark.parametrize("normalized_shape", [(24,), (3, 10), (2, 3, 5)])
 @pytest.mark.parametrize("affine,bias", [(True, True), (True, False), (False, False)])
@@ -35,8 +37,9 @@ def test_matches_torch(device, normalized_shape, affine, bias):
 
 # Row lengths for the kernels' row teams (a warp; a block of 64 and 512
 # threads) and for a row too long for any team, which takes the general path;
-# 1000 and 9000 are not multiples of 16-byte vectors of every dtype.
-ROW_LENGTHS = [24, 1000, 5000, 9000]
+# each as a multiple of every dtype's 16-byte vector (vector access) and as an
+# odd length (element access).
+ROW_LENGTHS = [24, 1000, 5000, 9000, 23, 1001, 5001, 9001]
 
 
 @pytest.mark.parametrize("C", ROW_LENGTHS)
@@ -76,6 +79,26 @@ def test_low_precision_within_twice_torch_error(device, dtype, C):
         err = (got.double() - true).abs().max().item()
         torch_err = (ref.double() - true).abs().max().item()
         assert err <= 2 * torch_err + 1e-6 * true.abs().max().item(), (err, torch_err)
+
+
+@pytest.mark.parametrize("C", [24, 600])
+@pytest.mark.parametrize("misaligned", [False, True])
+def test_many_rows_match_float64(device, C, misaligned):
+    """More rows than the row kernels' grid covers in one pass: a grid-stride
+    loop whose last pass leaves some teams without a row (which must still
+    join their block's reductions), from an aligned or a misaligned start."""
+    N = 4103
+    x = torch.randn(N, C, device=device) * 3 + 2
+    w, b, grad = torch.randn(C, device=device), torch.randn(C, device=device), torch.randn_like(x)
+    leaves = [unaligned(x) if misaligned else x.clone(), w.clone(), b.clone()]
+    leaves = [t.requires_grad_() for t in leaves]
+    y = fastopt.nn.functional.layer_norm(leaves[0], (C,), leaves[1], leaves[2])
+    y.backward(unaligned(grad) if misaligned else grad)
+    exact = [t.double().requires_grad_() for t in (x, w, b)]
+    y_ref = torch.nn.functional.layer_norm(exact[0], (C,), exact[1], exact[2])
+    y_ref.backward(grad.double())
+    for got, ref in zip([y, *(t.grad for t in leaves)], [y_ref, *(t.grad for t in exact)]):
+        torch.testing.assert_close(got.double(), ref.detach(), atol=1e-4, rtol=1e-4)
 
 
 def test_gradcheck(device):
