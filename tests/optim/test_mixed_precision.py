@@ -89,6 +89,24 @@ def test_grad_norm_nonfinite_flag(device, bad, where):
     assert not torch.isfinite(total)
 
 
+
+@pytest.mark.parametrize("where", [0, 70000, 1000002], ids=["first", "middle_chunk", "tail"])
+def test_grad_norm_neg_inf_sees_signed_zero_and_nan(device, where):
+    """The -inf norm is min |x|: -0.0 counts as 0, and a NaN anywhere makes it NaN.
+
+    Large enough for many CUDA blocks, whose minima are combined by bits:
+    a sign bit or a NaN must not be lost there (-0.0's bits sort above every
+    positive double, and NaN's above +inf).
+    """
+    grads = [torch.rand(1000003, device=device) + 0.5, torch.rand(17, device=device) + 0.5]
+    grads[0][where] = -0.0
+    total, nonfinite = grad_norm(grads, -math.inf)
+    assert total.item() == 0.0 and nonfinite.item() == 0.0
+    grads[0][where] = 0.75
+    grads[1][3] = math.nan
+    total, nonfinite = grad_norm(grads, -math.inf)
+    assert math.isnan(total.item()) and nonfinite.item() == 1.0
+
 def test_grad_norm_overflow_is_not_nonfinite(device):
     """A norm that overflows float32 from finite gradients is not an inf/NaN gradient."""
     grads = [torch.full((64,), 3e38, device=device)]

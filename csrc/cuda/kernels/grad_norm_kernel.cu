@@ -18,7 +18,11 @@ __device__ __forceinline__ double identity() {
 
 template <NormKind KIND, typename M>
 __device__ __forceinline__ M accumulate(M acc, M x, M p) {
-  const M a = x < M(0) ? -x : x;
+  // fabs, not x < 0 ? -x : x, which keeps the sign bit of -0.0 and of a
+  // negative NaN: atomic_combine orders values by their bits, and a set sign
+  // bit sorts above every positive double, so -0.0 would lose the -inf norm's
+  // atomicMin to any positive block minimum.
+  const M a = fabs(x);
   if constexpr (KIND == NormKind::Two) {
     return acc + x * x;
   } else if constexpr (KIND == NormKind::One) {
@@ -45,14 +49,32 @@ __device__ __forceinline__ double combine(double a, double b) {
   }
 }
 
-// Non-negative doubles (and NaN, whose bits sort above +inf) order like their
-// bit patterns, so max and min are integer atomics on the bits.
+// Values of acc[1], the flag word: raised with atomicMax on the bits, so a
+// block that saw a NaN is not overwritten by one that saw only an inf.
+constexpr double kSawNonfinite = 1.0;
+constexpr double kSawNaNMinimum = 2.0;  // the -inf norm is NaN; see atomic_combine
+
+__device__ __forceinline__ void raise_flag(double* flag, double value) {
+  atomicMax(reinterpret_cast<unsigned long long*>(flag),
+            static_cast<unsigned long long>(__double_as_longlong(value)));
+}
+
+// Non-negative doubles (and positive NaN, whose bits sort above +inf) order
+// like their bit patterns, so max and min are integer atomics on the bits.
+// That makes NaN win atomicMax but lose atomicMin, so a NaN block minimum
+// raises kSawNaNMinimum instead and finish_kernel returns NaN, as torch does.
 template <NormKind KIND>
 __device__ __forceinline__ void atomic_combine(double* acc, double value) {
   if constexpr (KIND == NormKind::Inf) {
-    atomicMax(reinterpret_cast<unsigned long long*>(acc), __double_as_longlong(value));
+    atomicMax(reinterpret_cast<unsigned long long*>(acc),
+              static_cast<unsigned long long>(__double_as_longlong(value)));
   } else if constexpr (KIND == NormKind::NegInf) {
-    atomicMin(reinterpret_cast<unsigned long long*>(acc), __double_as_longlong(value));
+    if (value != value) {
+      raise_flag(acc + 1, kSawNaNMinimum);
+    } else {
+      atomicMin(reinterpret_cast<unsigned long long*>(acc),
+                static_cast<unsigned long long>(__double_as_longlong(value)));
+    }
   } else {
     atomicAdd(acc, value);
   }
@@ -98,7 +120,7 @@ struct GradNormFunctor {
       const double b = warp_combine<KIND>(lane < num_warps ? partial[lane] : identity<KIND>());
       if (lane == 0) {
         atomic_combine<KIND>(acc, b);
-        if (bad) acc[1] = 1.0;
+        if (bad) raise_flag(acc + 1, kSawNonfinite);
       }
     }
     // The block's next chunk reuses the shared arrays.
@@ -116,6 +138,7 @@ __global__ void finish_kernel(NormKind kind, double p, const double* acc, void* 
   double value = acc[0];
   if (kind == NormKind::Two) value = sqrt(value);
   if (kind == NormKind::P) value = pow(value, 1.0 / p);
+  if (kind == NormKind::NegInf && acc[1] == kSawNaNMinimum) value = NAN;
   if (norm_is_double) {
     *static_cast<double*>(norm) = value;
   } else {
