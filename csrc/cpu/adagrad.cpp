@@ -24,8 +24,7 @@ void adagrad_cpu(const AdagradArgs& a) {
   const bool unscale = a.grad_scale.has_value();
   enum Column : int { kLr = 0, kLrDecay, kWeightDecay, kEps };
   const Hyperparams h(a.hparams, {lr, a.lr_decay, a.weight_decay, a.eps});
-  const AdagradKernelConfig cfg{dtype, a.maximize, h.any_nonzero(kWeightDecay, a.params.size()),
-                                unscale,
+  const AdagradKernelConfig cfg{dtype, a.maximize, false /* per tensor, below */, unscale,
                                 unscale ? read_scalar("grad_scale", *a.grad_scale) : 1.0};
 
   const ParamStorage storage = param_storage(a.grads, a.param_copies, a.rounding_seed);
@@ -42,7 +41,9 @@ void adagrad_cpu(const AdagradArgs& a) {
   }
   const AdagradKernelFn kernel = adagrad_kernel();
   run_fused_step<3>(flat, a.update_norms, [&](size_t tensor, const AdagradChunk& chunk) {
-    kernel(cfg, coeffs[tensor], chunk);
+    AdagradKernelConfig c = cfg;
+    c.has_weight_decay = h.nonzero(tensor, kWeightDecay);
+    kernel(c, coeffs[tensor], chunk);
   }, &storage);
 }
 

@@ -20,13 +20,12 @@ void adam_cpu(const AdamArgs& a) {
   check_supported_dtype("fastopt.adam_", dtype);
   const double lr = a.lr_tensor != nullptr ? read_scalar("lr", *a.lr_tensor) : a.lr;
   const bool unscale = a.grad_scale.has_value();
-  const size_t n = a.params.size();
   enum Column : int { kLr = 0, kBeta1, kBeta2, kWeightDecay, kEps };
   const Hyperparams h(a.hparams, {lr, a.beta1, a.beta2, a.weight_decay, a.eps});
   const AdamKernelConfig cfg{dtype,
                              a.decoupled_weight_decay,
                              a.maximize,
-                             h.any_nonzero(kWeightDecay, n),
+                             false,  // has_weight_decay: per tensor, below
                              a.amsgrad,
                              unscale,
                              unscale ? read_scalar("grad_scale", *a.grad_scale) : 1.0};
@@ -47,7 +46,9 @@ void adam_cpu(const AdamArgs& a) {
   }
   const AdamKernelFn kernel = adam_kernel();
   run_fused_step<5>(flat, a.update_norms, [&](size_t tensor, const AdamChunk& chunk) {
-    kernel(cfg, scalars[tensor], chunk);
+    AdamKernelConfig c = cfg;
+    c.has_weight_decay = h.nonzero(tensor, kWeightDecay);
+    kernel(c, scalars[tensor], chunk);
   }, &storage);
 }
 

@@ -64,15 +64,10 @@ class Hyperparams {
     return data_ != nullptr ? data_[tensor * scalars_.size() + column] : scalars_[column];
   }
 
-  // Whether any tensor has a nonzero value in `column` (e.g. weight decay,
-  // whose code the kernels compile out when it is zero everywhere).
-  bool any_nonzero(int column, size_t num_tensors) const {
-    if (data_ == nullptr) return scalars_[column] != 0.0;
-    for (size_t i = 0; i < num_tensors; ++i) {
-      if ((*this)(i, column) != 0.0) return true;
-    }
-    return false;
-  }
+  // Whether tensor i has a nonzero value in `column`. Weight decay is decided
+  // per tensor, as torch decides it per param group: a zero rate must add
+  // nothing, not 0 * an inf parameter (NaN), and its kernels skip the term.
+  bool nonzero(size_t i, int column) const { return (*this)(i, column) != 0.0; }
 
  private:
   std::vector<double> scalars_;

@@ -27,7 +27,7 @@ void rmsprop_cpu(const RMSpropArgs& a) {
                                 a.centered,
                                 a.has_momentum(),
                                 a.maximize,
-                                h.any_nonzero(kWeightDecay, n),
+                                h.nonzero(0, kWeightDecay),  // per tensor with a table, below
                                 unscale,
                                 unscale ? read_scalar("grad_scale", *a.grad_scale) : 1.0,
                                 lr,
@@ -55,6 +55,7 @@ void rmsprop_cpu(const RMSpropArgs& a) {
     cfgs[i].alpha = h(i, kAlpha);
     cfgs[i].eps = h(i, kEps);
     cfgs[i].weight_decay = h(i, kWeightDecay);
+    cfgs[i].has_weight_decay = h.nonzero(i, kWeightDecay);
     cfgs[i].momentum = h(i, kMomentum);
   }
   const RMSpropKernelFn kernel = rmsprop_kernel();

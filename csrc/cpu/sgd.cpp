@@ -27,7 +27,7 @@ void sgd_cpu(const SgdArgs& a) {
   const Hyperparams h(a.hparams, {lr, a.momentum, a.dampening, a.weight_decay});
   const SgdKernelConfig cfg{dtype,
                             !a.momentum_buffers.empty(),
-                            SgdOptions{a.maximize, h.any_nonzero(kWeightDecay, n), a.nesterov,
+                            SgdOptions{a.maximize, false /* per tensor, below */, a.nesterov,
                                        a.is_first_step},
                             unscale,
                             unscale ? read_scalar("grad_scale", *a.grad_scale) : 1.0};
@@ -46,7 +46,9 @@ void sgd_cpu(const SgdArgs& a) {
   const SgdKernelFn kernel = sgd_kernel();
   run_fused_step<3>(flat, a.update_norms,
                     [&](size_t tensor, const SgdChunk& chunk) {
-                      kernel(cfg, coeffs[coeffs.size() == 1 ? 0 : tensor], chunk);
+                      SgdKernelConfig c = cfg;
+                      c.options.has_weight_decay = h.nonzero(tensor, kWeightDecay);
+                      kernel(c, coeffs[coeffs.size() == 1 ? 0 : tensor], chunk);
                     }, &storage);
 }
 

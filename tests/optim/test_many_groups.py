@@ -149,3 +149,23 @@ def test_hparams_table_errors(device):
         # CPU params read their table on the CPU
         with pytest.raises(RuntimeError, match="hparams must be on the CPU or on the params' device"):
             torch.ops.fastopt.adam_(*lists, hparams=torch.zeros(1, 5, dtype=torch.float64, device="cuda"), **kw)
+
+
+@pytest.mark.parametrize("opt", OPTIMIZERS, ids=IDS)
+def test_zero_weight_decay_adds_nothing_to_an_inf_parameter(opt, device):
+    """Weight decay is per group, as in torch: a group with weight_decay=0 merged
+    with decaying groups must not see 0 * inf = NaN from the decay term."""
+    ours_cls, ref_cls, _, _ = opt
+    ref_params = [torch.nn.Parameter(torch.randn(8, device=device)) for _ in range(2)]
+    with torch.no_grad():
+        ref_params[1][3] = float("inf")
+    ours_params = clone_params(ref_params)
+    groups = lambda ps: [{"params": [ps[0]], "weight_decay": 0.1}, {"params": [ps[1]], "weight_decay": 0.0}]  # noqa: E731
+    ref, ours = ref_cls(groups(ref_params), foreach=False), ours_cls(groups(ours_params))
+    grads = [torch.randn(8, device=device) for _ in range(2)]
+    set_grads(ref_params, grads)
+    set_grads(ours_params, grads)
+    ref.step()
+    ours.step()
+    assert not ours_params[1].isnan().any()
+    torch.testing.assert_close(ours_params[1], ref_params[1])
