@@ -395,11 +395,14 @@ class FusedOptimizer(torch.optim.Optimizer):
             return torch.tensor(rows, dtype=torch.float64)
         cache: dict[tuple[Any, ...], tuple[list[list[float]], Tensor]]
         cache = self.__dict__.setdefault("_device_hparams", {})
-        cached = cache.get(key)
+        # Per stream: the copy is ordered on the stream that made it, and a
+        # step on another stream must not read the table before it lands.
+        cache_key = (*key, torch.cuda.current_stream(device).cuda_stream)
+        cached = cache.get(cache_key)
         if cached is not None and cached[0] == rows:
             return cached[1]
         table = torch.tensor(rows, dtype=torch.float64).pin_memory().to(device, non_blocking=True)
-        cache[key] = (rows, table)
+        cache[cache_key] = (rows, table)
         return table
 
     @torch.no_grad()
