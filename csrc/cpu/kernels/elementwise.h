@@ -20,6 +20,7 @@
 #include <c10/util/Half.h>
 
 #include "common/philox.h"
+#include "common/storage.h"
 #include "cpu/kernels/kernel_chunk.h"
 #include "cpu/kernels/update_norms.h"
 #include "cpu/kernels/vec_io.h"
@@ -48,29 +49,15 @@ struct Broadcast {
   }
 };
 
-// The storage types of one op call: value_t for list 0 (params, or float32
-// masters) and the state lists, grad_t for list 1 (the gradients) and for the
-// rounded param copies written with master weights.
-template <typename V, typename G = V>
-struct Storage {
-  using value_t = V;
-  using grad_t = G;
-  using opmath_t = at::opmath_type<V>;
-  static_assert(std::is_same_v<opmath_t, at::opmath_type<G>>, "one arithmetic type per call");
+// The arithmetic type of a storage type or of a Storage<V, G> (common/storage.h).
+template <typename S>
+struct OpmathOf {
+  using type = at::opmath_type<typename as_storage_t<S>::value_t>;
+  static_assert(std::is_same_v<type, at::opmath_type<typename as_storage_t<S>::grad_t>>,
+                "one arithmetic type per call");
 };
-
-template <typename T>
-struct AsStorage {
-  using type = Storage<T>;
-};
-template <typename V, typename G>
-struct AsStorage<Storage<V, G>> {
-  using type = Storage<V, G>;
-};
-
-// The arithmetic type of a storage type or of a Storage<V, G>.
-template <typename T>
-using opmath_of = typename AsStorage<T>::type::opmath_t;
+template <typename S>
+using opmath_of = typename OpmathOf<S>::type;
 
 // Loads and stores K arithmetic vectors (one block) of a storage type.
 template <typename storage_t, int K>
@@ -191,7 +178,7 @@ void for_each_element_impl(void* const (&ptrs)[DEPTH], int64_t n, uint32_t writt
                            UpdateNorms* norms, const RunStore& run) {
   using V = typename S::value_t;
   using G = typename S::grad_t;
-  using opmath_t = typename S::opmath_t;
+  using opmath_t = opmath_of<S>;
   using Vec = at::vec::Vectorized<opmath_t>;
   // Arithmetic vectors per block: enough for one SIMD vector of the narrower
   // storage type, so a bf16 grad and a float32 master load the same elements.
@@ -344,7 +331,7 @@ void for_each_element_impl(void* const (&ptrs)[DEPTH], int64_t n, uint32_t writt
 template <typename S, int DEPTH, typename Op>
 void for_each_element(void* const (&ptrs)[DEPTH], int64_t n, uint32_t written, const Op& op,
                       UpdateNorms* norms, const RunStore& run) {
-  using St = typename AsStorage<S>::type;
+  using St = as_storage_t<S>;
   if (norms != nullptr) {
     for_each_element_impl<true, St>(ptrs, n, written, op, norms, run);
   } else {

@@ -29,7 +29,7 @@ struct AdamFunctor {
   bool maximize;
 
   __device__ void operator()(const Chunk<S, kDepth>& chunk, const float* step) const {
-    using M = typename S::opmath;
+    using M = storage_opmath_t<S>;
     // Before for_each, so a skipped step adds nothing to the update norms.
     if (scalars.skipped()) return;
     double h[kColumns] = {0.0, beta1, beta2, weight_decay, eps};

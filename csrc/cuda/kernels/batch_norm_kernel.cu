@@ -196,30 +196,12 @@ int64_t batch_norm_reduce_workspace(const BatchNormShape& shape) {
 
 void launch_batch_norm_reduce(const BatchNormReduceLaunch& l, cudaStream_t stream) {
   if (l.shape.C == 0) return;
-  switch (l.shape.dtype) {
-    case DType::Float32:
-      return reduce_typed<float>(l, stream);
-    case DType::Float64:
-      return reduce_typed<double>(l, stream);
-    case DType::Float16:
-      return reduce_typed<__half>(l, stream);
-    case DType::BFloat16:
-      return reduce_typed<__nv_bfloat16>(l, stream);
-  }
+  dispatch_dtype(l.shape.dtype, [&](auto t) { reduce_typed<typename decltype(t)::type>(l, stream); });
 }
 
 void launch_batch_norm_affine(const BatchNormAffineLaunch& l, cudaStream_t stream) {
   if (l.shape.N * l.shape.C * l.shape.S == 0) return;
-  switch (l.shape.dtype) {
-    case DType::Float32:
-      return affine_typed<float>(l, stream);
-    case DType::Float64:
-      return affine_typed<double>(l, stream);
-    case DType::Float16:
-      return affine_typed<__half>(l, stream);
-    case DType::BFloat16:
-      return affine_typed<__nv_bfloat16>(l, stream);
-  }
+  dispatch_dtype(l.shape.dtype, [&](auto t) { affine_typed<typename decltype(t)::type>(l, stream); });
 }
 
 }  // namespace fastopt::cuda

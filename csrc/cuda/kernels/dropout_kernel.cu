@@ -140,16 +140,7 @@ void launch_typed(const DropoutLaunch& l, cudaStream_t stream) {
 
 void launch_dropout(const DropoutLaunch& l, cudaStream_t stream) {
   if (l.numel == 0) return;
-  switch (l.dtype) {
-    case DType::Float32:
-      return launch_typed<float>(l, stream);
-    case DType::Float64:
-      return launch_typed<double>(l, stream);
-    case DType::Float16:
-      return launch_typed<__half>(l, stream);
-    case DType::BFloat16:
-      return launch_typed<__nv_bfloat16>(l, stream);
-  }
+  dispatch_dtype(l.dtype, [&](auto t) { launch_typed<typename decltype(t)::type>(l, stream); });
 }
 
 }  // namespace fastopt::cuda

@@ -1093,25 +1093,6 @@ void bwd_typed(const GroupNormBwdLaunch& l, cudaStream_t stream) {
 
 int64_t opmath_bytes(DType dtype) { return dtype == DType::Float64 ? 8 : 4; }
 
-template <typename T>
-struct TypeTag {
-  using type = T;
-};
-
-// Calls fn(TypeTag<T>{}) with the storage type of `dtype`.
-template <typename Fn>
-void with_dtype(DType dtype, const Fn& fn) {
-  switch (dtype) {
-    case DType::Float32:
-      return fn(TypeTag<float>{});
-    case DType::Float64:
-      return fn(TypeTag<double>{});
-    case DType::Float16:
-      return fn(TypeTag<__half>{});
-    case DType::BFloat16:
-      return fn(TypeTag<__nv_bfloat16>{});
-  }
-}
 
 }  // namespace
 
@@ -1127,12 +1108,12 @@ int64_t group_norm_bwd_workspace(const GroupNormShape& shape) {
 
 void launch_group_norm_fwd(const GroupNormFwdLaunch& l, cudaStream_t stream) {
   if (numel(l.shape) == 0) return;
-  with_dtype(l.shape.dtype, [&](auto tag) { fwd_typed<typename decltype(tag)::type>(l, stream); });
+  dispatch_dtype(l.shape.dtype, [&](auto tag) { fwd_typed<typename decltype(tag)::type>(l, stream); });
 }
 
 void launch_group_norm_bwd(const GroupNormBwdLaunch& l, cudaStream_t stream) {
   if (numel(l.shape) == 0) return;
-  with_dtype(l.shape.dtype, [&](auto tag) { bwd_typed<typename decltype(tag)::type>(l, stream); });
+  dispatch_dtype(l.shape.dtype, [&](auto tag) { bwd_typed<typename decltype(tag)::type>(l, stream); });
 }
 
 }  // namespace fastopt::cuda

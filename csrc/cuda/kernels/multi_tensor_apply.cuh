@@ -39,6 +39,7 @@
 #include <type_traits>
 
 #include "common/philox.h"
+#include "common/storage.h"
 #include "cuda/kernels/dtype.h"
 #include "cuda/kernels/vec_memory.cuh"
 
@@ -114,36 +115,26 @@ inline bool large_kernel_args() {
 #endif
 }
 
-// The element types of one call's lists: V for list 0 (the parameter, or its
-// float32 master) and the state lists, G for list 1 (the gradient).
+// The element types of one call's lists (Storage, common/storage.h): V for
+// list 0 (the parameter, or its float32 master) and the state lists, G for
+// list 1 (the gradient).
 //
 // NOTE: [master weights]
 // With G != V the call has master weights: V is float, the lists are float32
 // masters and float32 state, the gradients keep the model's 16-bit dtype G,
 // and each updated master is also written, rounded to G, to the parameter
-// copy in the same pass (TensorLists::copies). The CPU kernels define the
-// same storage (csrc/cpu/kernels/elementwise.h, Storage).
-template <typename V, typename G = V>
-struct Storage {
-  using value_t = V;
-  using grad_t = G;
-  using opmath = opmath_t<V>;
-  static constexpr bool kCopies = !std::is_same_v<V, G>;
-  static_assert(std::is_same_v<opmath_t<V>, opmath_t<G>>, "one arithmetic type per call");
-  static_assert(!kCopies || std::is_same_v<V, float>, "masters are float32");
-};
+// copy in the same pass (TensorLists::copies). The CPU kernels use the same
+// Storage.
 
-template <typename T>
-struct AsStorage {
-  using type = Storage<T>;
-};
-template <typename V, typename G>
-struct AsStorage<Storage<V, G>> {
-  using type = Storage<V, G>;
-};
-// A functor's storage_t may be a plain element type: Storage<T>.
+// The arithmetic type of a storage type or of a Storage<V, G>.
 template <typename S>
-using as_storage_t = typename AsStorage<S>::type;
+struct StorageOpmath {
+  using type = opmath_t<typename as_storage_t<S>::value_t>;
+  static_assert(std::is_same_v<type, opmath_t<typename as_storage_t<S>::grad_t>>,
+                "one arithmetic type per call");
+};
+template <typename S>
+using storage_opmath_t = typename StorageOpmath<S>::type;
 
 // The list that holds gradients, of Storage::grad_t.
 constexpr int kGradList = 1;
@@ -256,7 +247,7 @@ struct Chunk {
   using St = as_storage_t<S>;
   using V = typename St::value_t;
   using G = typename St::grad_t;
-  using M = typename St::opmath;
+  using M = storage_opmath_t<St>;
 
   void* ptrs[DEPTH];  // list d's elements (G for kGradList, else V), from the chunk's first one
   G* copy;            // with master weights, the param copy's elements; else null
@@ -546,22 +537,6 @@ TensorLists<DEPTH> make_tensor_lists(void* const* const (&lists)[N], const int64
   out.norms = norms;
   out.num_tensors = num_tensors;
   return out;
-}
-
-template <typename T>
-struct StorageType {
-  using type = T;
-};
-
-// Calls fn(StorageType<T>{}) with the storage type T of `dtype`.
-template <typename Fn>
-void dispatch_dtype(DType dtype, Fn&& fn) {
-  switch (dtype) {
-    case DType::Float32: return fn(StorageType<float>{});
-    case DType::Float64: return fn(StorageType<double>{});
-    case DType::Float16: return fn(StorageType<__half>{});
-    case DType::BFloat16: return fn(StorageType<__nv_bfloat16>{});
-  }
 }
 
 // multi_tensor_apply with a kernel-argument budget of ARG_BYTES.

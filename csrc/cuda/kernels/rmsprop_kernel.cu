@@ -34,7 +34,7 @@ struct RMSpropFunctor {
 
   // RMSprop counts steps (for torch's state_dict) but never reads them.
   __device__ void operator()(const Chunk<S, kDepth>& chunk, const float* /*step*/) const {
-    using M = typename S::opmath;
+    using M = storage_opmath_t<S>;
     // Before for_each, so a skipped step adds nothing to the update norms.
     if (scalars.skipped()) return;
     double h[kColumns] = {0.0, alpha, eps, weight_decay, momentum};

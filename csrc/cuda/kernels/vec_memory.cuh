@@ -9,6 +9,7 @@
 #include <type_traits>
 
 #include "common/philox.h"
+#include "cuda/kernels/dtype.h"
 
 namespace fastopt::cuda {
 
@@ -70,6 +71,23 @@ struct OpMath<double> {
 };
 template <typename T>
 using opmath_t = typename OpMath<T>::type;
+
+template <typename T>
+struct StorageType {
+  using type = T;
+};
+
+// Calls fn(StorageType<T>{}) with the storage type T of `dtype`: the one
+// switch from the launch structs' DType to the kernels' element types.
+template <typename Fn>
+void dispatch_dtype(DType dtype, Fn&& fn) {
+  switch (dtype) {
+    case DType::Float32: return fn(StorageType<float>{});
+    case DType::Float64: return fn(StorageType<double>{});
+    case DType::Float16: return fn(StorageType<__half>{});
+    case DType::BFloat16: return fn(StorageType<__nv_bfloat16>{});
+  }
+}
 
 // NOTE: [explicit half conversions]
 // torch.utils.cpp_extension compiles with -D__CUDA_NO_HALF_CONVERSIONS__ and
