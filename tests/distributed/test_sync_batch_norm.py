@@ -14,11 +14,10 @@ import tempfile
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import fastopt.nn
 
-from .test_data_parallel import WORLD_SIZE, _free_port
+from .processes import WORLD_SIZE, init, run
 
 STEPS = 3
 C = 5
@@ -69,7 +68,7 @@ def _run(module, batches, shard):
 
 
 def _worker(rank: int, port: int, index: int, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE)
+    init(rank, port)
     try:
         _, shape, fmt, kwargs = CASES[index]
         model = fastopt.nn.SyncBatchNorm.convert_sync_batchnorm(torch.nn.Sequential(_module(kwargs)))
@@ -84,7 +83,7 @@ def _worker(rank: int, port: int, index: int, out_dir: str) -> None:
 def test_two_processes_match_one_batch_norm_over_the_whole_batch(index):
     _, shape, fmt, kwargs = CASES[index]
     with tempfile.TemporaryDirectory() as out_dir:
-        mp.spawn(_worker, args=(_free_port(), index, out_dir), nprocs=WORLD_SIZE, join=True)
+        run(_worker, index, out_dir)
         ranks = [torch.load(os.path.join(out_dir, f"rank{r}.pt")) for r in range(WORLD_SIZE)]
 
     ref = _module(kwargs)
