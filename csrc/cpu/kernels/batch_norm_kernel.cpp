@@ -77,18 +77,15 @@ void reduce_channels_first(const BatchNormConfig& cfg, const BatchNormReduceArgs
       const int64_t base = (n * C + c) * S;
       for (int64_t off = 0; off < S; off += kRun) {
         const int64_t len = std::min(kRun, S - off);
-        Accumulator<M> acc1, acc2;
         const scalar_t* dyp = SUMS == BatchNormSums::Gradient ? dy + base + off : nullptr;
-        map_elements<scalar_t>(x + base + off, dyp, nullptr, len, [&](int64_t, auto v, auto g) {
+        const auto sums = sum_elements<2, scalar_t>(x + base + off, dyp, len, [&](int64_t, auto v, auto g) {
           using T = decltype(v);
           T u, w;
           summands<SUMS>(T(v - T(k)), g, u, w);
-          acc1.add(u);
-          acc2.add(T(u * w));
-          return v;
+          return std::array{u, T(u * w)};
         });
-        a.sum1[c] += static_cast<double>(acc1.total());
-        a.sum2[c] += static_cast<double>(acc2.total());
+        a.sum1[c] += static_cast<double>(sums[0]);
+        a.sum2[c] += static_cast<double>(sums[1]);
       }
     }
   }

@@ -82,20 +82,13 @@ struct Act {
 // cancel when the mean is large against the spread.
 template <typename scalar_t, typename M = typename Types<scalar_t>::M>
 void run_moments(const scalar_t* x, int64_t n, M& mean, M& m2) {
-  Accumulator<M> sum;
-  map_elements<scalar_t>(x, nullptr, nullptr, n, [&](int64_t, auto v, auto) {
-    sum.add(v);
-    return v;
-  });
-  mean = sum.total() / static_cast<M>(n);
-  Accumulator<M> sq;
-  map_elements<scalar_t>(x, nullptr, nullptr, n, [&](int64_t, auto v, auto) {
+  mean = sum_elements<1, scalar_t>(x, nullptr, n, [](int64_t, auto v, auto) { return std::array{v}; })[0] /
+         static_cast<M>(n);
+  m2 = sum_elements<1, scalar_t>(x, nullptr, n, [mean](int64_t, auto v, auto) {
     using T = decltype(v);
     const T d = v - T(mean);
-    sq.add(d * d);
-    return v;
-  });
-  m2 = sq.total();
+    return std::array{T(d * d)};
+  })[0];
 }
 
 template <typename M>
@@ -292,16 +285,13 @@ void backward(const GroupNormConfig& cfg, const GroupNormSample& s) {
     for (int64_t c = 0; c < C; ++c) {
       const auto dz_of = grad_z(Uniform<M>{scale[c]}, Uniform<M>{shift[c]});
       const M m = mean_c[c];
-      Accumulator<M> sum_dz, sum_dz_xc;
-      map_elements<scalar_t>(x + c * S, dy + c * S, nullptr, S, [&](int64_t i, auto v, auto g) {
+      const auto sums = sum_elements<2, scalar_t>(x + c * S, dy + c * S, S, [&](int64_t i, auto v, auto g) {
         using T = decltype(v);
         const T dz = dz_of(i, v, g);
-        sum_dz.add(dz);
-        sum_dz_xc.add(dz * (v - T(m)));
-        return v;
+        return std::array{dz, T(dz * (v - T(m)))};
       });
-      a[c] = sum_dz.total();
-      b[c] = sum_dz_xc.total();
+      a[c] = sums[0];
+      b[c] = sums[1];
     }
   }
 
@@ -435,21 +425,18 @@ void backward_row(const GroupNormConfig& cfg, const GroupNormSample& s) {
         return Act<ACT>::grad(row_affine(v, i, mu, r, gamma, beta), g);
       }
     };
-    Accumulator<M> sum_a, sum_b;
-    map_elements<scalar_t>(x, dy, nullptr, cfg.C, [&](int64_t i, auto v, auto g) {
+    const auto sums = sum_elements<2, scalar_t>(x, dy, cfg.C, [&](int64_t i, auto v, auto g) {
       using T = decltype(v);
       const T dz = dz_of(i, v, g);
       const T centred = v - T(mu);
       const T dzw = dz * gamma.template at<T>(i);
-      sum_a.add(dzw);
-      sum_b.add(dzw * centred);
       if (dgamma != nullptr) add_at(dgamma, i, dz * centred * T(r));
       if (dbeta != nullptr) add_at(dbeta, i, dz);
-      return v;
+      return std::array{dzw, T(dzw * centred)};
     });
     const M inv_c = M(1) / static_cast<M>(cfg.C);
-    const M q = -r * r * r * inv_c * sum_b.total();
-    const M rr = -r * inv_c * sum_a.total();
+    const M q = -r * r * r * inv_c * sums[1];
+    const M rr = -r * inv_c * sums[0];
     map_run<scalar_t>(cfg.stream, x, dy, static_cast<scalar_t*>(s.out), cfg.C,
                       [&](int64_t i, auto v, auto g) {
                         using T = decltype(v);
