@@ -23,9 +23,10 @@ void check_input(const char* op, const char* name, const at::Tensor& t, double p
   TORCH_CHECK(t.device().type() == device_type, op, ": ", name, " must be a ", device_type,
               " tensor, got one on ", t.device());
   const c10::ScalarType dtype = t.scalar_type();
-  TORCH_CHECK_TYPE(dtype == c10::kFloat || dtype == c10::kDouble || dtype == c10::kBFloat16 ||
-                       dtype == c10::kHalf,
-                   op, ": supports float32, float64, bfloat16 and float16 tensors, got ", dtype);
+  // RuntimeError, as torch's dropout raises for an integer tensor.
+  TORCH_CHECK(dtype == c10::kFloat || dtype == c10::kDouble || dtype == c10::kBFloat16 ||
+                  dtype == c10::kHalf,
+              op, ": supports float32, float64, bfloat16 and float16 tensors, got ", dtype);
   TORCH_CHECK_VALUE(p >= 0.0 && p <= 1.0, op,
                     ": dropout probability has to be between 0 and 1, but got ", p);
 }

@@ -48,10 +48,12 @@ inline at::Tensor like_layout(const at::Tensor& t, const at::Tensor& x) {
   return out;
 }
 
+// NotImplementedError, as torch's normalization kernels raise for a dtype
+// they have no kernel for.
 inline void check_dtype(const char* op, c10::ScalarType dtype) {
-  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 ||
-                       dtype == at::kHalf,
-                   op, ": supports float32, float64, bfloat16 and float16, got ", dtype);
+  TORCH_CHECK_NOT_IMPLEMENTED(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 ||
+                                  dtype == at::kHalf,
+                              op, ": supports float32, float64, bfloat16 and float16, got ", dtype);
 }
 
 // A [C] weight or bias in the arithmetic type, or an undefined tensor.

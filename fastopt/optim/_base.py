@@ -120,6 +120,9 @@ class FusedOptimizer(torch.optim.Optimizer):
     # first update differs from later ones (SGD's momentum buffer starts as the
     # gradient). Such tensors then get an op call of their own: see Bucket.new_state.
     _new_state_in_op = False
+    # torch's error for a sparse gradient, for optimizers that refuse them as
+    # torch's do; SGD and Adagrad update them instead (see _sparse_update).
+    _sparse_message = "{} does not support sparse gradients"
 
     def track_update_ratios(self, enabled: bool = True) -> None:
         """Compute ||update|| / ||param|| per parameter inside each fused step.
@@ -293,7 +296,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         """
         raise NotImplementedError
 
-    def _buckets(self) -> list[tuple[dict[str, Any], Bucket]]:
+    def _buckets(self, sparse: list[tuple[dict[str, Any], Tensor]]) -> list[tuple[dict[str, Any], Bucket]]:
         """The tensors with gradients, in buckets of one op call each.
 
         A bucket holds the tensors of one (device, dtype, master weights, new
@@ -304,7 +307,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         hundreds. A group whose hyperparameters are device tensors (a CUDA lr
         for graph capture) keeps buckets of its own: reading them into a table
         would wait for the GPU. Each bucket comes with the group whose options
-        the op call reads. State is initialised here, lazily.
+        the op call reads. State is initialised here, lazily. Parameters
+        with sparse gradients go, with their group, into ``sparse``.
         """
         # torch never touches self.state for a parameter without state (SGD
         # without momentum), so its state_dict stays empty; so does ours.
@@ -323,9 +327,9 @@ class FusedOptimizer(torch.optim.Optimizer):
                 if grad is None:
                     continue
                 if grad.is_sparse:
-                    raise RuntimeError(
-                        f"{type(self).__name__} does not support sparse gradients"
-                    )
+                    self._check_sparse(p)
+                    sparse.append((group, p))
+                    continue
                 state = self.state[p] if has_state else {}
                 new_state = has_state and len(state) == 0
                 if new_state:
@@ -421,9 +425,10 @@ class FusedOptimizer(torch.optim.Optimizer):
         found_inf: Tensor | None = getattr(self, "found_inf", None)
         # Every bucket of every group first: the global gradient norm (for
         # clipping and skipping) must be known before any update.
-        work = self._buckets()
-        if work:
-            grad_scale, found_inf = self._clip_and_skip(work, grad_scale, found_inf)
+        sparse: list[tuple[dict[str, Any], Tensor]] = []
+        work = self._buckets(sparse)
+        if work or sparse:
+            grad_scale, found_inf = self._clip_and_skip(work, sparse, grad_scale, found_inf)
         on_device: dict[tuple[int, torch.device], Tensor] = {}
 
         def to_device(t: Tensor | None, device: torch.device) -> Tensor | None:
@@ -451,7 +456,56 @@ class FusedOptimizer(torch.optim.Optimizer):
             self._update(
                 group, bucket, to_device(grad_scale, device), to_device(found_inf, device), norms
             )
+        if sparse:
+            self._sparse_steps(sparse, grad_scale, found_inf)
         return loss
+
+    # ------------------------------------------------------------ sparse gradients
+    # An embedding with sparse=True gives its weight a sparse gradient, which
+    # torch's SGD and Adagrad accept. Such parameters take torch's own
+    # single-tensor update (a fused pass over every row would cost what the
+    # sparse gradient saves), with the same state entries, so that results
+    # and checkpoints match torch's. The rest of the step stays fused.
+
+    def _check_sparse(self, param: Tensor) -> None:
+        """Refuse a sparse gradient where it cannot be updated as torch would."""
+        name = type(self).__name__
+        if type(self)._sparse_update is FusedOptimizer._sparse_update:
+            raise RuntimeError(self._sparse_message.format(name))
+        if self._uses_master(param) or getattr(self, "stochastic_rounding", False):
+            raise RuntimeError(
+                f"{name}: master_weights and stochastic_rounding do not support sparse gradients"
+            )
+
+    def _sparse_steps(
+        self,
+        sparse: list[tuple[dict[str, Any], Tensor]],
+        grad_scale: Tensor | None,
+        found_inf: Tensor | None,
+    ) -> None:
+        """Update the parameters with sparse gradients, group by group.
+
+        AMP's found_inf (which GradScaler computed over these gradients too)
+        and the clip factor in grad_scale are applied here: torch's
+        single-tensor update takes neither. Reading found_inf waits for the
+        device; only steps with sparse gradients pay that.
+        """
+        if found_inf is not None and bool(found_inf.ne(0).any()):
+            return
+        by_group: dict[int, tuple[dict[str, Any], list[Tensor], list[Tensor]]] = {}
+        for group, p in sparse:
+            grad = p.grad
+            if grad_scale is not None:
+                grad = grad / grad_scale.to(grad.device)
+            entry = by_group.setdefault(id(group), (group, [], []))
+            entry[1].append(p)
+            entry[2].append(grad)
+        for group, params, grads in by_group.values():
+            self._sparse_update(group, params, grads)
+
+    def _sparse_update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+        """torch's update of ``params`` by their sparse ``grads``, keeping state in ``self.state``."""
+        raise NotImplementedError
 
     def _hparam_row(self, group: dict[str, Any]) -> list[float] | None:
         """The group's hyperparameters as one row of the op's hparams table.
@@ -473,6 +527,7 @@ class FusedOptimizer(torch.optim.Optimizer):
     def _clip_and_skip(
         self,
         work: list[tuple[dict[str, Any], Bucket]],
+        sparse: list[tuple[dict[str, Any], Tensor]],
         grad_scale: Tensor | None,
         found_inf: Tensor | None,
     ) -> tuple[Tensor | None, Tensor | None]:
@@ -486,7 +541,10 @@ class FusedOptimizer(torch.optim.Optimizer):
         max_norm = getattr(self, "max_grad_norm", None)
         skip = getattr(self, "skip_nonfinite", False)
         if max_norm is not None or skip:
-            total_norm, nonfinite = grad_norm([g for _, b in work for g in b.grads])
+            # A sparse gradient's norm is that of its coalesced values.
+            grads = [g for _, b in work for g in b.grads]
+            grads += [p.grad.coalesce().values() for _, p in sparse]
+            total_norm, nonfinite = grad_norm(grads)
             if grad_scale is not None:
                 # The gradients are still scaled by AMP: so is their norm.
                 total_norm = total_norm / grad_scale.to(total_norm.device)

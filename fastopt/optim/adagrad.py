@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim.adagrad import adagrad as torch_adagrad
 from torch.optim.optimizer import ParamsT
 
 from .._ops import ops
@@ -23,7 +24,8 @@ class Adagrad(FusedOptimizer, torch.optim.Adagrad):
     are accepted for compatibility and do not change the result;
     ``differentiable=True`` is refused. Works with AMP's GradScaler: a step
     skipped for inf/NaN gradients leaves parameters and state, step counters
-    included, unchanged.
+    included, unchanged. Sparse gradients, which torch's Adagrad accepts,
+    take torch's own single-tensor update; the dense parameters stay fused.
 
     Beyond torch's arguments it takes ``max_grad_norm``, ``skip_nonfinite``,
     ``master_weights`` and ``stochastic_rounding`` (keyword-only, off by
@@ -83,6 +85,28 @@ class Adagrad(FusedOptimizer, torch.optim.Adagrad):
         super()._init_state(group, param, state)
         value = self.defaults["initial_accumulator_value"]
         state["sum"].fill_(complex(value, value) if param.is_complex() else value)
+
+    def _sparse_update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+        states = []
+        for p in params:
+            state = self.state[p]
+            if len(state) == 0:
+                self._init_state(group, p, state)
+            states.append(state)
+        torch_adagrad(
+            params,
+            grads,
+            [s["sum"] for s in states],
+            [s["step"] for s in states],
+            has_sparse_grad=True,
+            foreach=False,
+            has_complex=any(p.is_complex() for p in params),
+            lr=group["lr"],
+            weight_decay=group["weight_decay"],
+            lr_decay=group["lr_decay"],
+            eps=group["eps"],
+            maximize=group["maximize"],
+        )
 
     def _hparam_row(self, group: dict[str, Any]) -> list[float] | None:
         return [float(group["lr"]), float(group["lr_decay"]), float(group["weight_decay"]), float(group["eps"])]

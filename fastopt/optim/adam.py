@@ -30,6 +30,9 @@ class Adam(FusedOptimizer, torch.optim.Adam):
     docs/mixed_precision.md.
     """
 
+    # torch's wording, which AdamW shares.
+    _sparse_message = "Adam does not support sparse gradients, please consider SparseAdam instead"
+
     def __init__(
         self,
         params: ParamsT,

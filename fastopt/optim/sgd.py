@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
+from torch.optim.sgd import sgd as torch_sgd
 
 from .._ops import ops
 from ._base import Bucket, FusedOptimizer, reject_differentiable
@@ -31,6 +32,10 @@ class SGD(FusedOptimizer, torch.optim.SGD):
     the zeroed buffer as history (``buf = (1 - dampening) * grad``), where
     torch would start it at ``grad``; with ``dampening=0`` (the default) the
     two agree exactly.
+
+    Sparse gradients (``nn.Embedding(sparse=True)``), which torch's SGD
+    accepts, take torch's own single-tensor update, state included; the
+    dense parameters of the same step stay fused.
 
     Beyond torch's arguments it takes ``max_grad_norm``, ``skip_nonfinite``,
     ``master_weights`` and ``stochastic_rounding`` (keyword-only, off by
@@ -81,6 +86,30 @@ class SGD(FusedOptimizer, torch.optim.SGD):
             master_weights=master_weights,
             stochastic_rounding=stochastic_rounding,
         )
+
+    def _sparse_update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+        momentum = group["momentum"]
+        # As torch reads them: a parameter's first sparse step starts its buffer
+        # from the gradient (a sparse buffer, as in torch).
+        buffers: list[Tensor | None] = [None] * len(params)
+        if momentum != 0:
+            buffers = [self.state[p].get("momentum_buffer") for p in params]
+        torch_sgd(
+            params,
+            grads,
+            buffers,
+            has_sparse_grad=True,
+            foreach=False,
+            weight_decay=group["weight_decay"],
+            momentum=momentum,
+            lr=group["lr"],
+            dampening=group["dampening"],
+            nesterov=group["nesterov"],
+            maximize=group["maximize"],
+        )
+        if momentum != 0:
+            for p, buf in zip(params, buffers):
+                self.state[p]["momentum_buffer"] = buf
 
     def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
         return ("momentum_buffer",) if group["momentum"] != 0 else ()
