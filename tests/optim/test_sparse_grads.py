@@ -118,6 +118,30 @@ def test_amp_skip_and_unscale(device):
         torch.testing.assert_close(p, q)
 
 
+def test_grad_scaler_end_to_end(device):
+    """torch.amp.GradScaler, with one step overflowing: the same parameters and scale as torch."""
+    model = Model().to(device)
+    ref = copy.deepcopy(model)
+    hyper = {"lr": 0.1, "momentum": 0.9}
+    runs = [
+        (model, fastopt.optim.SGD(model.parameters(), **hyper)),
+        (ref, torch.optim.SGD(ref.parameters(), foreach=False, **hyper)),
+    ]
+    scalers = [torch.amp.GradScaler(device, init_scale=2.0**10) for _ in runs]
+    for step, (ids, target) in enumerate(_batches(device)):
+        for (m, opt), scaler in zip(runs, scalers):
+            opt.zero_grad()
+            loss = torch.nn.functional.mse_loss(m(ids), target)
+            if step == 3:
+                loss = loss * float("inf")  # the scaler skips this step and halves its scale
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+    assert scalers[0].get_scale() == scalers[1].get_scale() == 2.0**9
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q)
+
+
 def test_clipping_counts_sparse_gradients(device):
     model = Model().to(device)
     opt = fastopt.optim.SGD(model.parameters(), lr=0.1, max_grad_norm=1e9)
