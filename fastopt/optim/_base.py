@@ -143,7 +143,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         parameter's device (no host synchronisation happens here). Requires
         :meth:`track_update_ratios`. A parameter that was zero before the step
         has an infinite (or NaN, if unchanged) ratio; a step skipped by AMP
-        reports the ratios of zero updates.
+        reports the ratios of zero updates. Parameters with sparse gradients,
+        which torch's own update handles (see _sparse_update), are not tracked.
         """
         if not getattr(self, "_track_ratios", False):
             raise RuntimeError(
