@@ -77,6 +77,29 @@ struct Act {
 };
 
 // ---------------------------------------------------------------- statistics
+// p[i] += v for a scalar, or for the vector of lanes starting at i.
+template <typename M, typename T>
+inline void add_at(M* p, int64_t i, const T& v) {
+  if constexpr (std::is_same_v<T, M>) {
+    p[i] += v;
+  } else {
+    (T::loadu(p + i) + v).store(p + i);
+  }
+}
+
+// p[i] += u and q[i] += u * w (fused where SIMD): the per-channel sums that
+// the channels-last passes accumulate down the rows.
+template <typename M, typename T>
+inline void add_pair_at(M* p, M* q, int64_t i, const T& u, const T& w) {
+  if constexpr (std::is_same_v<T, M>) {
+    p[i] += u;
+    q[i] += u * w;
+  } else {
+    (T::loadu(p + i) + u).store(p + i);
+    at::vec::fmadd(u, w, T::loadu(q + i)).store(q + i);
+  }
+}
+
 // Mean and sum of squared deviations of a contiguous run, in two passes: the
 // second reads the run from cache, and unlike E[x^2] - E[x]^2 it does not
 // cancel when the mean is large against the spread.
@@ -96,13 +119,16 @@ inline M rstd_of(M m2, int64_t count, double eps) {
   return M(1) / std::sqrt(m2 / static_cast<M>(count) + static_cast<M>(eps));
 }
 
-template <typename scalar_t, typename M>
-void channels_first_stats(const GroupNormConfig& cfg, const scalar_t* x, M* mean, M* rstd) {
+// Calls then(g) after each group's statistics.
+template <typename scalar_t, typename M, typename Then>
+void channels_first_stats(const GroupNormConfig& cfg, const scalar_t* x, M* mean, M* rstd,
+                          const Then& then) {
   const int64_t L = cfg.C / cfg.G * cfg.S;
   for (int64_t g = 0; g < cfg.G; ++g) {
     M m2;
     run_moments(x + g * L, L, mean[g], m2);
     rstd[g] = rstd_of(m2, L, cfg.eps);
+    then(g);
   }
 }
 
@@ -135,13 +161,7 @@ void channels_last_stats(const GroupNormConfig& cfg, const scalar_t* x, M* mean,
     map_elements<scalar_t>(x + s * C, nullptr, nullptr, C, [&](int64_t c, auto v, auto) {
       using T = decltype(v);
       const T d = v - k.template at<T>(c);
-      if constexpr (std::is_same_v<T, M>) {
-        s1[c] += d;
-        s2[c] += d * d;
-      } else {
-        (T::loadu(s1 + c) + d).store(s1 + c);
-        at::vec::fmadd(d, d, T::loadu(s2 + c)).store(s2 + c);
-      }
+      add_pair_at(s1, s2, c, d, d);
       return v;
     });
   }
@@ -164,18 +184,20 @@ void channels_last_stats(const GroupNormConfig& cfg, const scalar_t* x, M* mean,
 
 // ---------------------------------------------------------------- shared step 2
 // y = act(x * scale_c + shift_c): the normalization and affine folded per channel.
+// Of group g's channels, or with g < 0 of every channel.
 template <typename M>
-void affine_coefficients(const GroupNormConfig& cfg, const GroupNormSample& s, M* scale, M* shift) {
+void affine_coefficients(const GroupNormConfig& cfg, const GroupNormSample& s, M* scale, M* shift,
+                         int64_t g = -1) {
   const M* gamma = static_cast<const M*>(s.gamma);
   const M* beta = static_cast<const M*>(s.beta);
   const M* mean = static_cast<const M*>(s.mean);
   const M* rstd = static_cast<const M*>(s.rstd);
   const int64_t D = cfg.C / cfg.G;
   // Group by group, so that the channel loop has no division and vectorizes.
-  for (int64_t g = 0; g < cfg.G; ++g) {
-    for (int64_t c = g * D; c < (g + 1) * D; ++c) {
-      scale[c] = rstd[g] * (gamma != nullptr ? gamma[c] : M(1));
-      shift[c] = (beta != nullptr ? beta[c] : M(0)) - mean[g] * scale[c];
+  for (int64_t k = g < 0 ? 0 : g; k < (g < 0 ? cfg.G : g + 1); ++k) {
+    for (int64_t c = k * D; c < (k + 1) * D; ++c) {
+      scale[c] = rstd[k] * (gamma != nullptr ? gamma[c] : M(1));
+      shift[c] = (beta != nullptr ? beta[c] : M(0)) - mean[k] * scale[c];
     }
   }
 }
@@ -191,14 +213,7 @@ void forward(const GroupNormConfig& cfg, const GroupNormSample& s) {
   M* scratch = static_cast<M*>(s.scratch);
   M* scale = scratch;
   M* shift = scratch + cfg.C;
-  const int64_t C = cfg.C, S = cfg.S;
-
-  if (cfg.channels_last) {
-    channels_last_stats(cfg, x, mean, rstd, scratch);
-  } else {
-    channels_first_stats(cfg, x, mean, rstd);
-  }
-  affine_coefficients(cfg, s, scale, shift);
+  const int64_t C = cfg.C, S = cfg.S, D = C / cfg.G;
 
   auto normalize = [](const auto& a, const auto& b) {
     return [a, b](int64_t i, auto v, auto) {
@@ -207,14 +222,22 @@ void forward(const GroupNormConfig& cfg, const GroupNormSample& s) {
     };
   };
   if (cfg.channels_last) {
+    channels_last_stats(cfg, x, mean, rstd, scratch);
+    affine_coefficients(cfg, s, scale, shift);
     const auto fn = normalize(PerElement<M>{scale}, PerElement<M>{shift});
     for (int64_t p = 0; p < S; ++p) map_run<scalar_t>(cfg.stream, x + p * C, nullptr, y + p * C, C, fn);
-  } else {
-    for (int64_t c = 0; c < C; ++c) {
+    return;
+  }
+  // Channels first, a group at a time: a group's D planes are one contiguous
+  // run, normalized right after its statistics pass while it is still in
+  // L1/L2, rather than after every group's (a sample can outgrow L2).
+  channels_first_stats(cfg, x, mean, rstd, [&](int64_t g) {
+    affine_coefficients(cfg, s, scale, shift, g);
+    for (int64_t c = g * D; c < (g + 1) * D; ++c) {
       map_run<scalar_t>(cfg.stream, x + c * S, nullptr, y + c * S, S,
                         normalize(Uniform<M>{scale[c]}, Uniform<M>{shift[c]}));
     }
-  }
+  });
 }
 
 // ---------------------------------------------------------------- backward
@@ -261,45 +284,11 @@ void backward(const GroupNormConfig& cfg, const GroupNormSample& s) {
     };
   };
 
-  // Pass 1: a_c and b_c.
-  if (cfg.channels_last) {
-    for (int64_t c = 0; c < C; ++c) a[c] = b[c] = M(0);
-    const auto dz_of = grad_z(PerElement<M>{scale}, PerElement<M>{shift});
-    const PerElement<M> m{mean_c};
-    for (int64_t p = 0; p < S; ++p) {
-      map_elements<scalar_t>(x + p * C, dy + p * C, nullptr, C, [&](int64_t c, auto v, auto g) {
-        using T = decltype(v);
-        const T dz = dz_of(c, v, g);
-        const T centred = v - m.template at<T>(c);
-        if constexpr (std::is_same_v<T, M>) {
-          a[c] += dz;
-          b[c] += dz * centred;
-        } else {
-          (T::loadu(a + c) + dz).store(a + c);
-          at::vec::fmadd(dz, centred, T::loadu(b + c)).store(b + c);
-        }
-        return v;
-      });
-    }
-  } else {
-    for (int64_t c = 0; c < C; ++c) {
-      const auto dz_of = grad_z(Uniform<M>{scale[c]}, Uniform<M>{shift[c]});
-      const M m = mean_c[c];
-      const auto sums = sum_elements<2, scalar_t>(x + c * S, dy + c * S, S, [&](int64_t i, auto v, auto g) {
-        using T = decltype(v);
-        const T dz = dz_of(i, v, g);
-        return std::array{dz, T(dz * (v - T(m)))};
-      });
-      a[c] = sums[0];
-      b[c] = sums[1];
-    }
-  }
-
-  // Step 2: weight gradients and the per-channel coefficients of dx.
+  // Step 2 of group g: weight gradients and the per-channel coefficients of dx.
   M* dgamma = static_cast<M*>(s.dgamma);
   M* dbeta = static_cast<M*>(s.dbeta);
   const M inv_l = M(1) / static_cast<M>(D * S);
-  for (int64_t g = 0; g < cfg.G; ++g) {
+  auto coefficients = [&](int64_t g) {
     M sum_a = 0, sum_b = 0;
     for (int64_t c = g * D; c < (g + 1) * D; ++c) {
       const M w = gamma != nullptr ? gamma[c] : M(1);
@@ -315,9 +304,7 @@ void backward(const GroupNormConfig& cfg, const GroupNormSample& s) {
       b[c] = q;
       r[c] = rg;
     }
-  }
-
-  // Pass 2: dx.
+  };
   auto input_grad = [&grad_z](const auto& sc, const auto& sh, const auto& p, const auto& m,
                               const auto& q, const auto& rr) {
     const auto dz_of = grad_z(sc, sh);
@@ -328,12 +315,44 @@ void backward(const GroupNormConfig& cfg, const GroupNormSample& s) {
              rr.template at<T>(i);
     };
   };
+
   if (cfg.channels_last) {
+    // Pass 1: a_c and b_c, down the rows.
+    for (int64_t c = 0; c < C; ++c) a[c] = b[c] = M(0);
+    const auto dz_of = grad_z(PerElement<M>{scale}, PerElement<M>{shift});
+    const PerElement<M> m{mean_c};
+    for (int64_t p = 0; p < S; ++p) {
+      map_elements<scalar_t>(x + p * C, dy + p * C, nullptr, C, [&](int64_t c, auto v, auto g) {
+        using T = decltype(v);
+        const T dz = dz_of(c, v, g);
+        add_pair_at(a, b, c, dz, T(v - m.template at<T>(c)));
+        return v;
+      });
+    }
+    for (int64_t g = 0; g < cfg.G; ++g) coefficients(g);
+    // Pass 2: dx.
     const auto fn = input_grad(PerElement<M>{scale}, PerElement<M>{shift}, PerElement<M>{a},
                                PerElement<M>{mean_c}, PerElement<M>{b}, PerElement<M>{r});
     for (int64_t p = 0; p < S; ++p) map_run<scalar_t>(cfg.stream, x + p * C, dy + p * C, dx + p * C, C, fn);
-  } else {
-    for (int64_t c = 0; c < C; ++c) {
+    return;
+  }
+  // Channels first, a group at a time, as in the forward: dx of a group
+  // needs only that group's sums, so pass 2 re-reads x and dy from L1/L2
+  // right after pass 1 rather than after the whole sample.
+  for (int64_t g = 0; g < cfg.G; ++g) {
+    for (int64_t c = g * D; c < (g + 1) * D; ++c) {  // pass 1: a_c and b_c
+      const auto dz_of = grad_z(Uniform<M>{scale[c]}, Uniform<M>{shift[c]});
+      const M m = mean_c[c];
+      const auto sums = sum_elements<2, scalar_t>(x + c * S, dy + c * S, S, [&](int64_t i, auto v, auto gv) {
+        using T = decltype(v);
+        const T dz = dz_of(i, v, gv);
+        return std::array{dz, T(dz * (v - T(m)))};
+      });
+      a[c] = sums[0];
+      b[c] = sums[1];
+    }
+    coefficients(g);
+    for (int64_t c = g * D; c < (g + 1) * D; ++c) {  // pass 2: dx
       map_run<scalar_t>(
           cfg.stream, x + c * S, dy + c * S, dx + c * S, S,
           input_grad(Uniform<M>{scale[c]}, Uniform<M>{shift[c]}, Uniform<M>{a[c]},
@@ -364,16 +383,6 @@ inline void with_params(const M* gamma, const M* beta, const Fn& fn) {
     with_beta(PerElement<M>{gamma});
   } else {
     with_beta(Uniform<M>{M(1)});
-  }
-}
-
-// p[i] += v for a scalar, or for the vector of lanes starting at i.
-template <typename M, typename T>
-inline void add_at(M* p, int64_t i, const T& v) {
-  if constexpr (std::is_same_v<T, M>) {
-    p[i] += v;
-  } else {
-    (T::loadu(p + i) + v).store(p + i);
   }
 }
 
