@@ -473,7 +473,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         name = type(self).__name__
         if type(self)._sparse_update is FusedOptimizer._sparse_update:
             raise RuntimeError(self._sparse_message.format(name))
-        if self._uses_master(param) or getattr(self, "stochastic_rounding", False):
+        rounded = getattr(self, "stochastic_rounding", False) and param.dtype == torch.bfloat16
+        if self._uses_master(param) or rounded:
             raise RuntimeError(
                 f"{name}: master_weights and stochastic_rounding do not support sparse gradients"
             )

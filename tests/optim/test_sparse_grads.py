@@ -152,12 +152,26 @@ def test_clipping_counts_sparse_gradients(device):
     torch.testing.assert_close(opt.last_grad_norm.to(want.dtype), want)
 
 
-def test_master_weights_refuse_sparse_gradients():
+@pytest.mark.parametrize("option", ["master_weights", "stochastic_rounding"])
+def test_rounding_options_refuse_sparse_bf16_gradients(option):
     weight = torch.nn.Parameter(torch.randn(10, 4, dtype=torch.bfloat16))
-    opt = fastopt.optim.SGD([weight], lr=0.1, master_weights=True)
+    opt = fastopt.optim.SGD([weight], lr=0.1, **{option: True})
     weight.grad = torch.zeros(10, 4, dtype=torch.bfloat16).to_sparse()
     with pytest.raises(RuntimeError, match="master_weights and stochastic_rounding do not support sparse"):
         opt.step()
+
+
+def test_stochastic_rounding_leaves_float32_sparse_gradients_alone():
+    """The option rounds bfloat16 parameters only; a float32 embedding trains as in torch."""
+    model = Model()
+    ref = copy.deepcopy(model)
+    opt = fastopt.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, stochastic_rounding=True)
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9, foreach=False)
+    batches = _batches("cpu")
+    _train(model, opt, batches)
+    _train(ref, ref_opt, batches)
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q)
 
 
 def _step_errors(cls: type, grad: torch.Tensor, **hyper: Any) -> list[str]:
