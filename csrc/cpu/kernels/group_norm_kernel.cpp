@@ -183,22 +183,20 @@ void channels_last_stats(const GroupNormConfig& cfg, const scalar_t* x, M* mean,
 }
 
 // ---------------------------------------------------------------- shared step 2
-// y = act(x * scale_c + shift_c): the normalization and affine folded per channel.
-// Of group g's channels, or with g < 0 of every channel.
+// y = act(x * scale_c + shift_c): the normalization and affine folded per
+// channel, for the channels of group g (so the loop has no division and
+// vectorizes).
 template <typename M>
-void affine_coefficients(const GroupNormConfig& cfg, const GroupNormSample& s, M* scale, M* shift,
-                         int64_t g = -1) {
+void affine_coefficients(const GroupNormConfig& cfg, const GroupNormSample& s, int64_t g, M* scale,
+                         M* shift) {
   const M* gamma = static_cast<const M*>(s.gamma);
   const M* beta = static_cast<const M*>(s.beta);
-  const M* mean = static_cast<const M*>(s.mean);
-  const M* rstd = static_cast<const M*>(s.rstd);
+  const M mean = static_cast<const M*>(s.mean)[g];
+  const M rstd = static_cast<const M*>(s.rstd)[g];
   const int64_t D = cfg.C / cfg.G;
-  // Group by group, so that the channel loop has no division and vectorizes.
-  for (int64_t k = g < 0 ? 0 : g; k < (g < 0 ? cfg.G : g + 1); ++k) {
-    for (int64_t c = k * D; c < (k + 1) * D; ++c) {
-      scale[c] = rstd[k] * (gamma != nullptr ? gamma[c] : M(1));
-      shift[c] = (beta != nullptr ? beta[c] : M(0)) - mean[k] * scale[c];
-    }
+  for (int64_t c = g * D; c < (g + 1) * D; ++c) {
+    scale[c] = rstd * (gamma != nullptr ? gamma[c] : M(1));
+    shift[c] = (beta != nullptr ? beta[c] : M(0)) - mean * scale[c];
   }
 }
 
@@ -223,7 +221,7 @@ void forward(const GroupNormConfig& cfg, const GroupNormSample& s) {
   };
   if (cfg.channels_last) {
     channels_last_stats(cfg, x, mean, rstd, scratch);
-    affine_coefficients(cfg, s, scale, shift);
+    for (int64_t g = 0; g < cfg.G; ++g) affine_coefficients(cfg, s, g, scale, shift);
     const auto fn = normalize(PerElement<M>{scale}, PerElement<M>{shift});
     for (int64_t p = 0; p < S; ++p) map_run<scalar_t>(cfg.stream, x + p * C, nullptr, y + p * C, C, fn);
     return;
@@ -232,7 +230,7 @@ void forward(const GroupNormConfig& cfg, const GroupNormSample& s) {
   // run, normalized right after its statistics pass while it is still in
   // L1/L2, rather than after every group's (a sample can outgrow L2).
   channels_first_stats(cfg, x, mean, rstd, [&](int64_t g) {
-    affine_coefficients(cfg, s, scale, shift, g);
+    affine_coefficients(cfg, s, g, scale, shift);
     for (int64_t c = g * D; c < (g + 1) * D; ++c) {
       map_run<scalar_t>(cfg.stream, x + c * S, nullptr, y + c * S, S,
                         normalize(Uniform<M>{scale[c]}, Uniform<M>{shift[c]}));
@@ -267,7 +265,9 @@ void backward(const GroupNormConfig& cfg, const GroupNormSample& s) {
   M* b = scratch + 4 * C;       // then q_g
   M* r = scratch + 5 * C;
 
-  if (ACT != NormActivation::None) affine_coefficients(cfg, s, scale, shift);
+  if (ACT != NormActivation::None) {
+    for (int64_t g = 0; g < cfg.G; ++g) affine_coefficients(cfg, s, g, scale, shift);
+  }
   for (int64_t g = 0; g < cfg.G; ++g) {
     for (int64_t c = g * D; c < (g + 1) * D; ++c) mean_c[c] = mean[g];
   }
