@@ -61,6 +61,10 @@ class Bucket:
         return args
 
 
+# Parameters with sparse gradients, with their param group: one entry per group.
+SparseParams = list[tuple[dict[str, Any], list[Tensor]]]
+
+
 def _identity(t: Tensor) -> Tensor:
     return t
 
@@ -297,7 +301,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         """
         raise NotImplementedError
 
-    def _buckets(self, sparse: list[tuple[dict[str, Any], Tensor]]) -> list[tuple[dict[str, Any], Bucket]]:
+    def _buckets(self, sparse: SparseParams) -> list[tuple[dict[str, Any], Bucket]]:
         """The tensors with gradients, in buckets of one op call each.
 
         A bucket holds the tensors of one (device, dtype, master weights, new
@@ -309,7 +313,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         for graph capture) keeps buckets of its own: reading them into a table
         would wait for the GPU. Each bucket comes with the group whose options
         the op call reads. State is initialised here, lazily. Parameters
-        with sparse gradients go, with their group, into ``sparse``.
+        with sparse gradients go, grouped by param group, into ``sparse``.
         """
         # torch never touches self.state for a parameter without state (SGD
         # without momentum), so its state_dict stays empty; so does ours.
@@ -329,7 +333,9 @@ class FusedOptimizer(torch.optim.Optimizer):
                     continue
                 if grad.is_sparse:
                     self._check_sparse(p)
-                    sparse.append((group, p))
+                    if not sparse or sparse[-1][0] is not group:
+                        sparse.append((group, []))
+                    sparse[-1][1].append(p)
                     continue
                 state = self.state[p] if has_state else {}
                 new_state = has_state and len(state) == 0
@@ -426,7 +432,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         found_inf: Tensor | None = getattr(self, "found_inf", None)
         # Every bucket of every group first: the global gradient norm (for
         # clipping and skipping) must be known before any update.
-        sparse: list[tuple[dict[str, Any], Tensor]] = []
+        sparse: SparseParams = []
         work = self._buckets(sparse)
         if work or sparse:
             grad_scale, found_inf = self._clip_and_skip(work, sparse, grad_scale, found_inf)
@@ -479,12 +485,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                 f"{name}: master_weights and stochastic_rounding do not support sparse gradients"
             )
 
-    def _sparse_steps(
-        self,
-        sparse: list[tuple[dict[str, Any], Tensor]],
-        grad_scale: Tensor | None,
-        found_inf: Tensor | None,
-    ) -> None:
+    def _sparse_steps(self, sparse: SparseParams, grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
         """Update the parameters with sparse gradients, group by group.
 
         AMP's found_inf (which GradScaler computed over these gradients too)
@@ -494,15 +495,10 @@ class FusedOptimizer(torch.optim.Optimizer):
         """
         if found_inf is not None and bool(found_inf.ne(0).any()):
             return
-        by_group: dict[int, tuple[dict[str, Any], list[Tensor], list[Tensor]]] = {}
-        for group, p in sparse:
-            grad = p.grad
+        for group, params in sparse:
+            grads = [p.grad for p in params]
             if grad_scale is not None:
-                grad = grad / grad_scale.to(grad.device)
-            entry = by_group.setdefault(id(group), (group, [], []))
-            entry[1].append(p)
-            entry[2].append(grad)
-        for group, params, grads in by_group.values():
+                grads = [g / grad_scale.to(g.device) for g in grads]
             self._sparse_update(group, params, grads)
 
     def _sparse_update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
@@ -529,7 +525,7 @@ class FusedOptimizer(torch.optim.Optimizer):
     def _clip_and_skip(
         self,
         work: list[tuple[dict[str, Any], Bucket]],
-        sparse: list[tuple[dict[str, Any], Tensor]],
+        sparse: SparseParams,
         grad_scale: Tensor | None,
         found_inf: Tensor | None,
     ) -> tuple[Tensor | None, Tensor | None]:
@@ -545,7 +541,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         if max_norm is not None or skip:
             # A sparse gradient's norm is that of its coalesced values.
             grads = [g for _, b in work for g in b.grads]
-            grads += [p.grad.coalesce().values() for _, p in sparse]
+            grads += [p.grad.coalesce().values() for _, params in sparse for p in params]
             total_norm, nonfinite = grad_norm(grads)
             if grad_scale is not None:
                 # The gradients are still scaled by AMP: so is their norm.

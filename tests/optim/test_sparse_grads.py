@@ -57,21 +57,32 @@ def _train(model: Model, opt: torch.optim.Optimizer, batches: list[Any]) -> None
         opt.step()
 
 
+def _pair(
+    ours: type, theirs: type, device: str, hyper: dict[str, Any], **extra: Any
+) -> tuple[Model, torch.optim.Optimizer, Model, torch.optim.Optimizer]:
+    """One model with a fastopt optimizer, and an identical one with torch's (for-loop path)."""
+    model = Model().to(device)
+    ref = copy.deepcopy(model)
+    return model, ours(model.parameters(), **hyper, **extra), ref, theirs(ref.parameters(), foreach=False, **hyper)
+
+
+def _assert_same_params(model: Model, ref: Model) -> None:
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q)
+
+
 def _dense(t: Any) -> Any:
     return t.to_dense() if isinstance(t, torch.Tensor) and t.is_sparse else t
 
 
 @pytest.mark.parametrize("name, ours, theirs, hyper", CASES, ids=[c[0] for c in CASES])
 def test_matches_torch(name, ours, theirs, hyper, device):
-    model = Model().to(device)
-    ref = copy.deepcopy(model)
-    opt = ours(model.parameters(), **hyper)
-    ref_opt = theirs(ref.parameters(), foreach=False, **hyper)
+    model, opt, ref, ref_opt = _pair(ours, theirs, device, hyper)
     batches = _batches(device)
     _train(model, opt, batches)
     _train(ref, ref_opt, batches)
+    _assert_same_params(model, ref)
     for p, q in zip(model.parameters(), ref.parameters()):
-        torch.testing.assert_close(p, q)
         assert opt.state[p].keys() == ref_opt.state[q].keys()
         for key in ref_opt.state[q]:
             torch.testing.assert_close(_dense(opt.state[p][key]), _dense(ref_opt.state[q][key]))
@@ -88,17 +99,12 @@ def test_checkpoint_loads_into_torch(name, ours, theirs, hyper, device):
     ref_opt.load_state_dict(copy.deepcopy(opt.state_dict()))
     _train(model, opt, batches[5:])
     _train(ref, ref_opt, batches[5:])
-    for p, q in zip(model.parameters(), ref.parameters()):
-        torch.testing.assert_close(p, q)
+    _assert_same_params(model, ref)
 
 
 def test_amp_skip_and_unscale(device):
     """found_inf skips the sparse update too; grad_scale divides the sparse gradient."""
-    model = Model().to(device)
-    ref = copy.deepcopy(model)
-    hyper = {"lr": 0.1, "momentum": 0.9}
-    opt = fastopt.optim.SGD(model.parameters(), **hyper)
-    ref_opt = torch.optim.SGD(ref.parameters(), foreach=False, **hyper)
+    model, opt, ref, ref_opt = _pair(fastopt.optim.SGD, torch.optim.SGD, device, {"lr": 0.1, "momentum": 0.9})
     ids, target = _batches(device)[0]
     scale = 1024.0
     torch.nn.functional.mse_loss(model(ids), target).mul(scale).backward()
@@ -114,32 +120,25 @@ def test_amp_skip_and_unscale(device):
     opt.found_inf = torch.tensor(0.0, device=device)
     opt.step()
     ref_opt.step()
-    for p, q in zip(model.parameters(), ref.parameters()):
-        torch.testing.assert_close(p, q)
+    _assert_same_params(model, ref)
 
 
 def test_grad_scaler_end_to_end(device):
     """torch.amp.GradScaler, with one step overflowing: the same parameters and scale as torch."""
-    model = Model().to(device)
-    ref = copy.deepcopy(model)
-    hyper = {"lr": 0.1, "momentum": 0.9}
-    runs = [
-        (model, fastopt.optim.SGD(model.parameters(), **hyper)),
-        (ref, torch.optim.SGD(ref.parameters(), foreach=False, **hyper)),
-    ]
+    model, opt, ref, ref_opt = _pair(fastopt.optim.SGD, torch.optim.SGD, device, {"lr": 0.1, "momentum": 0.9})
+    runs = [(model, opt), (ref, ref_opt)]
     scalers = [torch.amp.GradScaler(device, init_scale=2.0**10) for _ in runs]
     for step, (ids, target) in enumerate(_batches(device)):
-        for (m, opt), scaler in zip(runs, scalers):
-            opt.zero_grad()
-            loss = torch.nn.functional.mse_loss(m(ids), target)
+        for (module, optimizer), scaler in zip(runs, scalers):
+            optimizer.zero_grad()
+            loss = torch.nn.functional.mse_loss(module(ids), target)
             if step == 3:
                 loss = loss * float("inf")  # the scaler skips this step and halves its scale
             scaler.scale(loss).backward()
-            scaler.step(opt)
+            scaler.step(optimizer)
             scaler.update()
     assert scalers[0].get_scale() == scalers[1].get_scale() == 2.0**9
-    for p, q in zip(model.parameters(), ref.parameters()):
-        torch.testing.assert_close(p, q)
+    _assert_same_params(model, ref)
 
 
 def test_clipping_counts_sparse_gradients(device):
@@ -163,15 +162,13 @@ def test_rounding_options_refuse_sparse_bf16_gradients(option):
 
 def test_stochastic_rounding_leaves_float32_sparse_gradients_alone():
     """The option rounds bfloat16 parameters only; a float32 embedding trains as in torch."""
-    model = Model()
-    ref = copy.deepcopy(model)
-    opt = fastopt.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, stochastic_rounding=True)
-    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9, foreach=False)
+    model, opt, ref, ref_opt = _pair(
+        fastopt.optim.SGD, torch.optim.SGD, "cpu", {"lr": 0.1, "momentum": 0.9}, stochastic_rounding=True
+    )
     batches = _batches("cpu")
     _train(model, opt, batches)
     _train(ref, ref_opt, batches)
-    for p, q in zip(model.parameters(), ref.parameters()):
-        torch.testing.assert_close(p, q)
+    _assert_same_params(model, ref)
 
 
 def _step_errors(cls: type, grad: torch.Tensor, **hyper: Any) -> list[str]:
