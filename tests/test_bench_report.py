@@ -183,5 +183,7 @@ def test_cache_is_scrubbed_before_every_timed_call() -> None:
     assert timed[0::2] == ["scrub"] * 6 and sorted(timed[1::2]) == ["a"] * 3 + ["b"] * 3
     scrubber = CacheScrubber(torch.device("cpu"))
     assert scrubber.buffer.numel() * 4 >= 64 * 2**20
+    # It only reads: a writing scrub leaves dirty lines for the timed call to write back.
+    before = scrubber.buffer.clone()
     scrubber()
-    assert float(scrubber.buffer[0]) == 1.0
+    assert torch.equal(scrubber.buffer, before)
