@@ -65,11 +65,6 @@ class Bucket:
 SparseParams = list[tuple[dict[str, Any], list[Tensor]]]
 
 
-def _as_real(t: Tensor) -> Tensor:
-    # torch.optim updates complex parameters as pairs of reals; so do we.
-    return torch.view_as_real(t) if t.is_complex() else t
-
-
 def new_step_counter(param: Tensor) -> Tensor:
     """A zero step counter where torch's fused optimizers keep it.
 
@@ -364,8 +359,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                         row = self._hparam_row(group) if readable else None
                         layout = self._layout_keys(group)
                     merge = row is not None
-                    real_dtype = _as_real(p).dtype
-                    key = (device, real_dtype, master, fresh, layout if merge else id(group))
+                    key = (device, dtype.to_real(), master, fresh, layout if merge else id(group))
                     entry = buckets.get(key)
                     if entry is None:
                         entry = buckets[key] = (group, Bucket(state={k: [] for k in keys}, new_state=fresh))
@@ -377,21 +371,20 @@ class FusedOptimizer(torch.optim.Optimizer):
                     last = (dtype, device, fresh, entry[1], on_cpu)
                 bucket, on_cpu = last[3], last[4]
                 bucket.sources.append(p)
-                if master:
-                    bucket.params.append(state["master_param"])
-                    bucket.copies.append(p)
-                elif dtype.is_complex:
-                    bucket.params.append(_as_real(p))
-                else:
-                    bucket.params.append(p)
                 if dtype.is_complex:
-                    bucket.grads.append(_as_real(grad))
+                    # torch.optim updates complex parameters as pairs of reals;
+                    # so do we. (Never with master weights: those are 16-bit.)
+                    bucket.params.append(torch.view_as_real(p))
+                    bucket.grads.append(torch.view_as_real(grad))
                     for k in keys:
-                        bucket.state[k].append(_as_real(state[k]))
+                        bucket.state[k].append(torch.view_as_real(state[k]))
                 else:
+                    bucket.params.append(state["master_param"] if master else p)
                     bucket.grads.append(grad)
                     for k in keys:
                         bucket.state[k].append(state[k])
+                if master:
+                    bucket.copies.append(p)
                 if has_step:
                     step = state["step"]
                     if not on_cpu and step.is_cpu:
