@@ -359,7 +359,9 @@ class FusedOptimizer(torch.optim.Optimizer):
                         row = self._hparam_row(group) if readable else None
                         layout = self._layout_keys(group)
                     merge = row is not None
-                    key = (device, dtype.to_real(), master, fresh, layout if merge else id(group))
+                    # (Not dtype.to_real(): torch.compile cannot trace it.)
+                    real_dtype = torch.view_as_real(p).dtype if dtype.is_complex else dtype
+                    key = (device, real_dtype, master, fresh, layout if merge else id(group))
                     entry = buckets.get(key)
                     if entry is None:
                         entry = buckets[key] = (group, Bucket(state={k: [] for k in keys}, new_state=fresh))
