@@ -29,6 +29,7 @@
 
 #include "cpu/kernels/batch_norm_kernel.h"
 #include "cpu/output_cache.h"
+#include "cpu/stream_fence.h"
 #include "common/norm_layout.h"
 
 namespace fastopt::cpu {
@@ -143,6 +144,7 @@ void affine_all(const Input& in, BatchNormAffineArgs args) {
     for (int64_t blk = last - 1; blk >= first; --blk) {
       kernel(cfg, args, blk * items / blocks, (blk + 1) * items / blocks);
     }
+    if (args.stream) stream_fence();
   });
 }
 

@@ -8,6 +8,7 @@
 #include "cpu/kernels/dropout_kernel.h"
 #include "cpu/multi_tensor_apply.h"
 #include "cpu/output_cache.h"
+#include "cpu/stream_fence.h"
 
 namespace fastopt::cpu {
 namespace {
@@ -43,12 +44,16 @@ void run_dropout(const DropoutInputs& in, const at::Tensor& seed, double p, cons
   // The chunks of WorkItems are multiples of a Philox block (64 elements), so
   // no block is drawn twice and each chunk owns whole bytes of a mask array.
   const WorkItems items({n});
-  items.parallel_for([&](size_t, const WorkItem& item) {
-    DropoutChunk c = whole;
-    c.begin = item.begin;
-    c.end = item.end;
-    kernel(cfg, c);
-  });
+  items.parallel_for(
+      [&](size_t, const WorkItem& item) {
+        DropoutChunk c = whole;
+        c.begin = item.begin;
+        c.end = item.end;
+        kernel(cfg, c);
+      },
+      [&] {
+        if (cfg.stream) stream_fence();
+      });
 }
 
 }  // namespace

@@ -21,6 +21,7 @@
 #include "common/group_norm_shape.h"
 #include "common/norm_layout.h"
 #include "cpu/output_cache.h"
+#include "cpu/stream_fence.h"
 
 namespace fastopt::cpu {
 namespace {
@@ -29,13 +30,15 @@ using namespace ::fastopt::norm;
 
 constexpr int64_t kBlocks = 64;
 
-// Calls fn(block, n) for every sample n, blocks spread over the threads.
+// Calls fn(block, n) for every sample n, blocks spread over the threads;
+// a thread that streamed its output fences after its last sample.
 template <typename Fn>
-void for_each_sample(int64_t N, int64_t blocks, const Fn& fn) {
+void for_each_sample(int64_t N, int64_t blocks, bool stream, const Fn& fn) {
   at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
     for (int64_t blk = first; blk < last; ++blk) {
       for (int64_t n = blk * N / blocks; n < (blk + 1) * N / blocks; ++n) fn(blk, n);
     }
+    if (stream) stream_fence();
   });
 }
 
@@ -91,7 +94,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_fwd_cpu(
   char* sp = static_cast<char*>(scratch.mutable_data_ptr());
   const int64_t stat_bytes = shape.G * mean.element_size();
   const int64_t scratch_bytes = scratch.size(1) * scratch.element_size();
-  for_each_sample(shape.N, blocks, [&](int64_t blk, int64_t n) {
+  for_each_sample(shape.N, blocks, cfg.stream, [&](int64_t blk, int64_t n) {
     kernel(cfg, GroupNormSample{xp + n * sample * item, nullptr, yp + n * sample * item,
                                 ptr_or_null(gamma), ptr_or_null(beta), mp + n * stat_bytes,
                                 rp + n * stat_bytes, nullptr, nullptr, sp + blk * scratch_bytes});
@@ -137,7 +140,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_bwd_cpu(
     char* wp = static_cast<char*>(work.mutable_data_ptr());
     const int64_t op_size = work.element_size();
     const int64_t stat_bytes = shape.G * op_size, row_bytes = work.size(1) * op_size;
-    for_each_sample(shape.N, blocks, [&](int64_t blk, int64_t n) {
+    for_each_sample(shape.N, blocks, cfg.stream, [&](int64_t blk, int64_t n) {
       char* row = wp + blk * row_bytes;
       if (n == blk * shape.N / blocks) std::memset(row, 0, 2 * shape.C * op_size);
       kernel(cfg, GroupNormSample{xp + n * sample * item, dyp + n * sample * item,

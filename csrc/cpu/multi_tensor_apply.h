@@ -49,12 +49,20 @@ class WorkItems {
   // that start in its range of the concatenated elements. (Split by item
   // count, a ResNet-50's layout, small tensors among large ones, gave one of
   // two threads 2.5 times the other's elements.)
-  template <typename Fn>
-  void parallel_for(const Fn& fn) const {
+  //
+  // Each thread then calls done() once, after its last item: the place for
+  // work owed once per thread, such as the fence after streamed stores.
+  template <typename Fn, typename Done>
+  void parallel_for(const Fn& fn, const Done& done) const {
     at::parallel_for(0, total_, kChunkElements, [&](int64_t begin, int64_t end) {
       size_t k = std::lower_bound(starts_.begin(), starts_.end(), begin) - starts_.begin();
       for (; k < items_.size() && starts_[k] < end; ++k) fn(k, items_[k]);
+      done();
     });
+  }
+  template <typename Fn>
+  void parallel_for(const Fn& fn) const {
+    parallel_for(fn, [] {});
   }
 
  private:

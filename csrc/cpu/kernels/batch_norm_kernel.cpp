@@ -219,7 +219,6 @@ void affine(const BatchNormConfig& cfg, const BatchNormAffineArgs& a, int64_t be
       map_run<scalar_t>(a.stream, x + j * S, HAS_DY ? dy + j * S : nullptr, out + j * S, S, fn);
     }
   }
-  if (a.stream) stream_fence();
 }
 
 // ---------------------------------------------------------------- dispatch

@@ -251,14 +251,8 @@ void dropout_chunk(const DropoutKernelConfig& cfg, const DropoutChunk& c) {
 
 void dropout_kernel_impl(const DropoutKernelConfig& cfg, const DropoutChunk& c) {
   switch (cfg.dtype) {
-    case c10::ScalarType::Float:
-      dropout_chunk<float>(cfg, c);
-      if (cfg.stream) stream_fence();
-      return;
-    case c10::ScalarType::Double:
-      dropout_chunk<double>(cfg, c);
-      if (cfg.stream) stream_fence();
-      return;
+    case c10::ScalarType::Float: return dropout_chunk<float>(cfg, c);
+    case c10::ScalarType::Double: return dropout_chunk<double>(cfg, c);
     case c10::ScalarType::BFloat16: return dropout_chunk<c10::BFloat16>(cfg, c);
     case c10::ScalarType::Half: return dropout_chunk<c10::Half>(cfg, c);
     // The op validates dtypes before it picks a kernel; nothing here throws

@@ -468,7 +468,6 @@ struct Forward {
     } else {
       forward<scalar_t, ACT>(cfg, s);
     }
-    if (cfg.stream) stream_fence();
   }
 };
 template <typename scalar_t, NormActivation ACT>
@@ -479,7 +478,6 @@ struct Backward {
     } else {
       backward<scalar_t, ACT>(cfg, s);
     }
-    if (cfg.stream) stream_fence();
   }
 };
 

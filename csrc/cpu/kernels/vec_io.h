@@ -75,6 +75,7 @@ struct VecIO {
 // read (see stream_output in cpu/output_cache.h): an ordinary store first
 // reads the line it writes from memory, a third stream of traffic in an
 // out-of-place pass. float and double vectors only, at vector-aligned p.
+// The op fences once per thread after the kernels (cpu/stream_fence.h).
 #if defined(FASTOPT_STREAM_STORES)
 inline void stream_store(float* p, const at::vec::Vectorized<float>& v) {
 #if defined(CPU_CAPABILITY_AVX512)
@@ -101,15 +102,6 @@ inline bool can_stream(const scalar_t* p) {
 #else
   (void)p;
   return false;
-#endif
-}
-
-// Non-temporal stores are weakly ordered: a kernel that streamed its output
-// fences before returning, so that another thread (or the caller) that reads
-// the output sees it.
-inline void stream_fence() {
-#if defined(FASTOPT_STREAM_STORES)
-  _mm_sfence();
 #endif
 }
 
