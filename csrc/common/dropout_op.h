@@ -28,8 +28,9 @@ struct DropoutInputs {
 };
 
 // Bytes of a bit-packed mask of n elements: one bit per element, rounded up
-// to whole Philox blocks (8 bytes per 64 elements), so that the CPU's chunks
-// and CUDA's warps each own whole bytes. The bits past n are unspecified.
+// to a multiple of 64 elements (8 bytes, a CUDA Philox block), so that CUDA's
+// half-warps store whole 16-bit words; the CPU writes only the bytes of its
+// n elements. The bits past n are unspecified.
 inline int64_t dropout_mask_bytes(int64_t n) {
   return (n + 63) / 64 * 8;
 }

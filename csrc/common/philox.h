@@ -50,20 +50,43 @@ FASTOPT_HOST_DEVICE FASTOPT_INLINE void philox4x32_10(uint32_t (&c)[4], uint32_t
 // NOTE: [dropout stream]
 // A dropout call draws two 64-bit words from torch's generator: the Philox
 // key and the high half of the 128-bit counter (the "offset"). Mask index j
-// (the element's index in the tensor's logical, row-major order, divided by
-// the channel size for channel-wise dropout) reads
+// is the element's index in the tensor's logical, row-major order (divided by
+// the channel size for channel-wise dropout). Each backend reads a uniform
+// 32-bit word u(j) from Philox and keeps element j iff u(j) >= threshold
+// (dropout_threshold below), so P(keep) = 1 - p up to 2^-33 on both. The
+// backends lay the words out differently, so the same key gives a CPU tensor
+// and a CUDA tensor different masks; the layout is fixed independently of the
+// instruction set, the thread count and the memory layout.
+//
+// CUDA (cuda_dropout_word): one block of 64 indices is 16 Philox calls
+// ("lanes"), and u(j) is a whole output word:
 //
 //   counter = (j / 64) * 16 + j % 16   (64 bits, in Philox words 0 and 1)
-//   word    = (j % 64) / 16            (which of the 4 output words)
+//   u(j)    = output word (j % 64) / 16 of that counter
 //
-// so one block of 64 indices is 16 Philox calls ("lanes") and output word w
-// of lane l is index 64 * block + 16 * w + l. A 16-lane SIMD Philox on the
-// CPU thus yields 16 consecutive indices per output word without a transpose,
-// and a CUDA thread handles one lane: 4 elements 16 apart. The layout fixes
-// the stream independently of the instruction set, the thread count and the
-// memory layout. Element j is kept iff its word >= threshold (below).
+// A CUDA thread handles one lane: 4 elements 16 apart.
+//
+// CPU (cpu_dropout_keep): one block of 128 indices is 16 lanes, each 32-bit
+// output word giving two elements 16 bits each:
+//
+//   counter = (j / 128) * 16 + j % 16
+//   high(j) = 16-bit half (j % 32) / 16 (0: low half) of output word
+//             (j % 128) / 32 of that counter
+//   low(j)  = the low 16 bits of output word 0 of counter j + 2^63
+//   u(j)    = high(j) * 2^16 + low(j)
+//
+// low(j) decides only when high(j) equals the threshold's high half, once in
+// 65536 elements, so the vector kernel draws it alone for those elements and
+// one Philox call serves 8 elements instead of 4. The CPU is bound by Philox's
+// arithmetic, not by memory, and this halves it while keeping the 32-bit
+// threshold, that is p exactly as with whole words (a 16-bit word alone would
+// round p to a multiple of 2^-16). The tie counters, with bit 63 set, never
+// meet the block counters, which stay below 2^60. A 16-lane SIMD Philox yields
+// 16 consecutive indices per half word without a transpose.
 constexpr int kDropoutLanes = 16;
-constexpr int kDropoutBlock = 4 * kDropoutLanes;
+constexpr int kDropoutBlock = 4 * kDropoutLanes;     // CUDA: indices per block
+constexpr int kCpuDropoutBlock = 8 * kDropoutLanes;  // CPU: indices per block
+constexpr uint64_t kDropoutTieCounter = 1ull << 63;
 
 struct DropoutKey {
   uint32_t k0, k1;  // Philox key
@@ -86,14 +109,38 @@ inline uint32_t dropout_threshold(double p) {
   return t >= 4294967295.0 ? 0xFFFFFFFFu : static_cast<uint32_t>(t);
 }
 
-// The random word of mask index j, computed alone (4 words, 1 used).
-FASTOPT_HOST_DEVICE FASTOPT_INLINE uint32_t dropout_word(const DropoutKey& key, uint64_t j) {
-  const uint64_t counter = (j / kDropoutBlock) * kDropoutLanes + j % kDropoutLanes;
+// Output word `word` of Philox at a 64-bit counter under the call's key.
+FASTOPT_HOST_DEVICE FASTOPT_INLINE uint32_t dropout_philox_word(const DropoutKey& key,
+                                                                uint64_t counter, int word) {
   uint32_t c[4] = {static_cast<uint32_t>(counter), static_cast<uint32_t>(counter >> 32), key.o0,
                    key.o1};
   philox4x32_10(c, key.k0, key.k1);
-  const int word = static_cast<int>((j % kDropoutBlock) / kDropoutLanes);
   return c[word];
+}
+
+// u(j) of the CUDA layout, computed alone (4 words, 1 used).
+FASTOPT_HOST_DEVICE FASTOPT_INLINE uint32_t cuda_dropout_word(const DropoutKey& key, uint64_t j) {
+  const uint64_t counter = (j / kDropoutBlock) * kDropoutLanes + j % kDropoutLanes;
+  return dropout_philox_word(key, counter, static_cast<int>((j % kDropoutBlock) / kDropoutLanes));
+}
+
+// low(j) of the CPU layout: the tie-break bits.
+FASTOPT_HOST_DEVICE FASTOPT_INLINE uint32_t cpu_dropout_low_bits(const DropoutKey& key,
+                                                                 uint64_t j) {
+  return dropout_philox_word(key, j | kDropoutTieCounter, 0) & 0xFFFFu;
+}
+
+// Whether the CPU layout keeps mask index j: u(j) >= threshold, with low(j)
+// drawn only when high(j) does not decide. The scalar definition that the
+// vector kernel reproduces.
+inline bool cpu_dropout_keep(const DropoutKey& key, uint64_t j, uint32_t threshold) {
+  const uint64_t counter = (j / kCpuDropoutBlock) * kDropoutLanes + j % kDropoutLanes;
+  const uint32_t word =
+      dropout_philox_word(key, counter, static_cast<int>((j % kCpuDropoutBlock) / 32));
+  const uint32_t high = (j % 32 < 16) ? (word & 0xFFFFu) : (word >> 16);
+  const uint32_t t_high = threshold >> 16;
+  if (high != t_high) return high > t_high;
+  return cpu_dropout_low_bits(key, j) >= (threshold & 0xFFFFu);
 }
 
 // NOTE: [rounding stream]

@@ -40,9 +40,17 @@ void run_dropout(const DropoutInputs& in, const at::Tensor& seed, double p, cons
                            in.bits_in.defined() ? in.bits_in.const_data_ptr<uint8_t>() : nullptr,
                            0,
                            n};
+  if (in.bits_out.defined()) {
+    // The kernel writes the bytes of the n elements; the array's rounding to
+    // 64 elements (dropout_mask_bytes) is zeroed, so the output is a function
+    // of the inputs.
+    in.bits_out.narrow(0, (n + 7) / 8, in.bits_out.numel() - (n + 7) / 8).zero_();
+  }
   const DropoutKernelFn kernel = dropout_kernel();
-  // The chunks of WorkItems are multiples of a Philox block (64 elements), so
-  // no block is drawn twice and each chunk owns whole bytes of a mask array.
+  // The chunks of WorkItems are multiples of a CPU Philox block (128
+  // elements), so no block is drawn twice and each chunk owns whole bytes of
+  // a mask array.
+  static_assert(kChunkElements % kCpuDropoutBlock == 0, "chunks hold whole Philox blocks");
   const WorkItems items({n});
   items.parallel_for(
       [&](size_t, const WorkItem& item) {

@@ -1,8 +1,8 @@
 """Inverted dropout on a counter-based RNG: ``torch.nn.functional`` drop-ins.
 
-The mask of a call is Philox 4x32-10 of each element's index under a key
-drawn from torch's generator (see NOTE: [dropout stream] in
-csrc/common/philox.h). Backward regenerates it from the key, so autograd keeps
+The mask of a call is drawn from Philox 4x32-10 at counters given by each
+element's index, under a key drawn from torch's generator (see NOTE: [dropout
+stream] in csrc/common/philox.h for the CPU and CUDA layouts). Backward regenerates it from the key, so autograd keeps
 two int64 words for a dropout instead of torch's bool or float mask.
 
 Random streams: the key is drawn with :func:`torch.randint` from ``generator``

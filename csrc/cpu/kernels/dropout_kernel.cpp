@@ -2,11 +2,13 @@
 // every symbol here lives in the CPU_CAPABILITY namespace or carries its name.
 //
 // A chunk is processed in tiles of kTile elements: first the tile's mask is
-// drawn into an L1-resident array of 0/1 multipliers (16 Philox lanes at a
-// time, see NOTE: [dropout stream] in common/philox.h), then one vector pass
-// reads x (and bias, residual), applies it and writes out. Splitting the two
-// keeps the Philox loop free of loads and dtype conversions, so the compiler
-// vectorizes it over the lanes (zmm registers in the AVX-512 build).
+// drawn into an L1-resident array of keep bits (16 Philox lanes at a time, the
+// CPU layout of NOTE: [dropout stream] in common/philox.h), then one vector
+// pass reads x (and bias, residual), applies it and writes out. Splitting the
+// two keeps the Philox loop free of loads and dtype conversions, so the
+// compiler vectorizes it over the lanes (zmm registers in the AVX-512 build).
+// The bits are also the format of the 1-bit mask mode, which so only copies
+// them out (bits_out) or in (bits_in) in place of the draw.
 #include "cpu/kernels/dropout_kernel.h"
 
 #include <ATen/cpu/vec/functional.h>
@@ -18,6 +20,7 @@
 #endif
 
 #include <algorithm>
+#include <cstring>
 #include <type_traits>
 
 #include "cpu/kernels/vec_io.h"
@@ -26,9 +29,13 @@ namespace fastopt::cpu {
 inline namespace CPU_CAPABILITY {
 namespace {
 
-// 1024 elements: a 4 KB float mask stays in L1 next to the data streaming by.
+// 1024 elements: their 128-byte mask stays in L1 next to the data streaming by.
 constexpr int64_t kTile = 1024;
-static_assert(kTile % kDropoutBlock == 0, "tiles hold whole Philox blocks");
+static_assert(kTile % kCpuDropoutBlock == 0, "tiles hold whole Philox blocks");
+constexpr int64_t kTileBytes = kTile / 8;
+// A tile's mask array has this much slack past kTileBytes, so that the 4-byte
+// reads of mask_bits_at never leave it.
+constexpr int64_t kMaskSlack = 4;
 
 // 16 Philox lanes in GCC/Clang vector types, which the compiler maps to zmm
 // registers (AVX-512), ymm (AVX2) or xmm (baseline) from the same code. (Plain
@@ -44,8 +51,6 @@ static_assert(kTile % kDropoutBlock == 0, "tiles hold whole Philox blocks");
 using U64x8 = uint64_t __attribute__((vector_size(64)));
 using U32x16 = uint32_t __attribute__((vector_size(64)));
 using I32x16 = int32_t __attribute__((vector_size(64)));
-using F32x16 = float __attribute__((vector_size(64)));
-using F64x16 = double __attribute__((vector_size(128)));
 static_assert(kDropoutLanes == 16, "two U64x8 hold the lanes of a Philox block");
 constexpr uint64_t kLow32 = 0xFFFFFFFFull;
 
@@ -74,21 +79,64 @@ inline void philox_lanes(U64x8 (&c)[4], uint32_t k0, uint32_t k1) {
   }
 }
 
-// m[0, 64 * nblocks) = keep multipliers (1 or 0) of mask indices starting at
-// 64 * first_block; the scalar definition is dropout_word in common/philox.h.
-template <typename opmath_t>
+// Bit l set iff lane l of `cond` (0 or all ones per lane) is set.
+inline uint32_t lane_bits(I32x16 cond) {
+#if defined(CPU_CAPABILITY_AVX512)
+  return _mm512_movepi32_mask(reinterpret_cast<__m512i>(cond));
+#elif defined(CPU_CAPABILITY_AVX2)
+  __m256i half[2];
+  __builtin_memcpy(half, &cond, sizeof(half));
+  return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(half[0]))) |
+         static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(half[1]))) << 8;
+#else
+  uint32_t bits = 0;
+  for (int l = 0; l < 16; ++l) bits |= (static_cast<uint32_t>(cond[l]) & 1u) << l;
+  return bits;
+#endif
+}
+
+// The lanes of 16 half words h above, and equal to, the threshold's high half.
+struct HalfCompare {
+  uint32_t above, tie;
+};
+inline HalfCompare compare_half(U32x16 h, uint32_t t_high) {
+#if defined(CPU_CAPABILITY_AVX512)
+  // Straight into mask registers, without the 0/-1 vectors of the form below.
+  const __m512i hv = reinterpret_cast<__m512i>(h), tv = _mm512_set1_epi32(static_cast<int>(t_high));
+  return {_mm512_cmpgt_epu32_mask(hv, tv), _mm512_cmpeq_epi32_mask(hv, tv)};
+#else
+  return {lane_bits(reinterpret_cast<I32x16>(h > t_high)),
+          lane_bits(reinterpret_cast<I32x16>(h == t_high))};
+#endif
+}
+
+// The lanes of `tie` (mask indices first + l) that low(j) keeps, as bits:
+// about one element in 65536 gets here.
+__attribute__((noinline)) uint32_t break_ties(const DropoutKernelConfig& cfg, uint64_t first,
+                                              uint32_t tie) {
+  uint32_t keep = 0;
+  for (; tie != 0; tie &= tie - 1) {
+    const int l = __builtin_ctz(tie);
+    if (cpu_dropout_low_bits(cfg.key, first + l) >= (cfg.threshold & 0xFFFFu)) keep |= 1u << l;
+  }
+  return keep;
+}
+
+// bits[0, 16 * nblocks) <- the keep bits of the 128 * nblocks mask indices
+// from 128 * first_block, index i at bit i % 8 of byte i / 8; the scalar
+// definition is cpu_dropout_keep in common/philox.h.
 void fill_mask(const DropoutKernelConfig& cfg, uint64_t first_block, int64_t nblocks,
-               opmath_t* m) {
+               uint8_t* bits) {
   if (cfg.drop_all) {
-    std::fill(m, m + nblocks * kDropoutBlock, opmath_t(0));
+    std::memset(bits, 0, nblocks * (kCpuDropoutBlock / 8));
     return;
   }
-  using OpVec = std::conditional_t<std::is_same_v<opmath_t, double>, F64x16, F32x16>;
   const U64x8 even_lane = {0, 2, 4, 6, 8, 10, 12, 14};
   const DropoutKey key = cfg.key;
-  const uint32_t t = cfg.threshold;
-  for (int64_t b = 0; b < nblocks; ++b, m += kDropoutBlock) {
-    const uint64_t counter = (first_block + static_cast<uint64_t>(b)) * kDropoutLanes;
+  const uint32_t t_high = cfg.threshold >> 16;
+  for (int64_t b = 0; b < nblocks; ++b, bits += kCpuDropoutBlock / 8) {
+    const uint64_t block = first_block + static_cast<uint64_t>(b);
+    const uint64_t counter = block * kDropoutLanes;
     // counter is a multiple of 16, so adding the lane never carries into c[1].
     const U64x8 c0 = even_lane + (counter & kLow32);
     const U64x8 c1 = U64x8{} + (counter >> 32), c2 = U64x8{} + key.o0, c3 = U64x8{} + key.o1;
@@ -98,38 +146,82 @@ void fill_mask(const DropoutKernelConfig& cfg, uint64_t first_block, int64_t nbl
     philox_lanes(odd, key.k0, key.k1);
     for (int w = 0; w < 4; ++w) {
       const U32x16 word = reinterpret_cast<U32x16>((even[w] & kLow32) | (odd[w] << 32));
-      // A vector comparison gives -1 (true) or 0 per lane.
-      const I32x16 keep = -reinterpret_cast<I32x16>(word >= t);
-      const OpVec v = __builtin_convertvector(keep, OpVec);
-      __builtin_memcpy(m + w * kDropoutLanes, &v, sizeof(v));
+      for (int half = 0; half < 2; ++half) {
+        HalfCompare cmp = compare_half(half == 0 ? (word & 0xFFFFu) : (word >> 16), t_high);
+        if (__builtin_expect(cmp.tie != 0, 0)) {
+          cmp.above |= break_ties(cfg, block * kCpuDropoutBlock + 32 * w + 16 * half, cmp.tie);
+        }
+        bits[4 * w + 2 * half] = static_cast<uint8_t>(cmp.above);
+        bits[4 * w + 2 * half + 1] = static_cast<uint8_t>(cmp.above >> 8);
+      }
     }
   }
 }
 
-// The 1-bit mask mode. Both functions cover whole Philox blocks, the unit in
-// which the mask arrays are sized, starting at element `first` (a multiple of
-// kDropoutBlock, so of 8): m[j] is the multiplier of element first + j.
+// The 0/1 multipliers of a run. BitMask reads the tile's keep bits, element
+// i of the run at bit `first + i`; BroadcastMask has one for the whole run
+// (channel-wise dropout).
+struct BitMask {
+  const uint8_t* bits;
+  int64_t first;
 
-// bits <- m[0, 64 * nblocks), each m[j] exactly 0 or 1.
-template <typename opmath_t>
-void pack_mask(const opmath_t* m, int64_t first, int64_t nblocks, uint8_t* bits) {
-  uint8_t* out = bits + first / 8;
-  for (int64_t byte = 0; byte < nblocks * (kDropoutBlock / 8); ++byte, m += 8) {
-    uint32_t v = 0;
-    for (int k = 0; k < 8; ++k) v |= static_cast<uint32_t>(m[k] != opmath_t(0)) << k;
-    out[byte] = static_cast<uint8_t>(v);
+  // Bits first + i .. first + i + 24 (at least) of the mask, from bit 0 up.
+  uint32_t bits_at(int64_t i) const {
+    const int64_t pos = first + i;
+    const uint8_t* b = bits + pos / 8;
+    const uint32_t w = static_cast<uint32_t>(b[0]) | static_cast<uint32_t>(b[1]) << 8 |
+                       static_cast<uint32_t>(b[2]) << 16 | static_cast<uint32_t>(b[3]) << 24;
+    return w >> (pos % 8);
   }
-}
+  template <typename opmath_t>
+  opmath_t at(int64_t i) const {
+    const int64_t pos = first + i;
+    return static_cast<opmath_t>((bits[pos / 8] >> (pos % 8)) & 1u);
+  }
+  template <typename Vec>
+  Vec vec(int64_t i) const;
+};
 
-// m[0, 64 * nblocks) <- the stored bits, as 0/1 multipliers.
 template <typename opmath_t>
-void unpack_mask(const uint8_t* bits, int64_t first, int64_t nblocks, opmath_t* m) {
-  const uint8_t* in = bits + first / 8;
-  for (int64_t byte = 0; byte < nblocks * (kDropoutBlock / 8); ++byte, m += 8) {
-    const uint32_t v = in[byte];
-    for (int k = 0; k < 8; ++k) m[k] = static_cast<opmath_t>((v >> k) & 1u);
+struct BroadcastMask {
+  opmath_t m;
+  template <typename T>
+  T at(int64_t) const {
+    return m;
   }
+  template <typename Vec>
+  Vec vec(int64_t) const {
+    return Vec(m);
+  }
+};
+
+#if defined(CPU_CAPABILITY_AVX512)
+template <>
+inline at::vec::Vectorized<float> BitMask::vec(int64_t i) const {
+  return _mm512_maskz_mov_ps(static_cast<__mmask16>(bits_at(i)), _mm512_set1_ps(1.0f));
 }
+template <>
+inline at::vec::Vectorized<double> BitMask::vec(int64_t i) const {
+  return _mm512_maskz_mov_pd(static_cast<__mmask8>(bits_at(i)), _mm512_set1_pd(1.0));
+}
+#elif defined(CPU_CAPABILITY_AVX2)
+// Lane l tests bit l: a broadcast of the bits, and with each lane's bit,
+// compared with it.
+template <>
+inline at::vec::Vectorized<float> BitMask::vec(int64_t i) const {
+  const __m256i lane = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  const __m256i set = _mm256_cmpeq_epi32(
+      _mm256_and_si256(_mm256_set1_epi32(static_cast<int>(bits_at(i))), lane), lane);
+  return _mm256_and_ps(_mm256_castsi256_ps(set), _mm256_set1_ps(1.0f));
+}
+template <>
+inline at::vec::Vectorized<double> BitMask::vec(int64_t i) const {
+  const __m256i lane = _mm256_setr_epi64x(1, 2, 4, 8);
+  const __m256i set = _mm256_cmpeq_epi64(
+      _mm256_and_si256(_mm256_set1_epi64x(static_cast<long long>(bits_at(i))), lane), lane);
+  return _mm256_and_pd(_mm256_castsi256_pd(set), _mm256_set1_pd(1.0));
+}
+#endif
 
 // Pointers to the first element of a run of n elements.
 template <typename scalar_t>
@@ -141,13 +233,12 @@ struct Run {
   int64_t n;
 };
 
-// out = (x + bias) * m / q + residual over one run. m is one multiplier per
-// element, or with BROADCAST one for the whole run (channel-wise dropout).
+// out = (x + bias) * m / q + residual over one run, m the mask's multipliers.
 // Multiplying by exactly 1 or 0 and then dividing makes a kept element
 // exactly (x + bias) / (1 - p), as x / (1 - p) computes it in torch; a dropped
 // one is x * 0, which keeps torch's NaN propagation.
-template <bool BROADCAST, typename scalar_t, typename opmath_t>
-void apply_run(const Run<scalar_t>& r, const opmath_t* m, opmath_t q, bool stream) {
+template <typename scalar_t, typename Mask, typename opmath_t>
+void apply_run(const Run<scalar_t>& r, const Mask& mask, opmath_t q, bool stream) {
   using IO = VecIO<scalar_t>;
   using Vec = typename IO::Vec;
   constexpr int K = IO::kVecs;
@@ -165,7 +256,7 @@ void apply_run(const Run<scalar_t>& r, const opmath_t* m, opmath_t q, bool strea
       for (int k = 0; k < K; ++k) v[k] = v[k] + b[k];
     }
     for (int k = 0; k < K; ++k) {
-      const Vec mk = BROADCAST ? Vec(m[0]) : Vec::loadu(m + i + k * Vec::size());
+      const Vec mk = mask.template vec<Vec>(i + k * Vec::size());
       v[k] = v[k] * mk / qv;
     }
     if (r.residual != nullptr) {
@@ -185,7 +276,7 @@ void apply_run(const Run<scalar_t>& r, const opmath_t* m, opmath_t q, bool strea
   for (; i < r.n; ++i) {
     opmath_t v = static_cast<opmath_t>(r.x[i]);
     if (r.bias != nullptr) v += static_cast<opmath_t>(r.bias[i]);
-    v = v * m[BROADCAST ? 0 : i] / q;
+    v = v * mask.template at<opmath_t>(i) / q;
     if (r.residual != nullptr) v += static_cast<opmath_t>(r.residual[i]);
     r.out[i] = static_cast<scalar_t>(v);
   }
@@ -218,32 +309,35 @@ void dropout_chunk(const DropoutKernelConfig& cfg, const DropoutChunk& c) {
   using opmath_t = at::opmath_type<scalar_t>;
   const auto q = static_cast<opmath_t>(cfg.keep_prob);
   if (cfg.group > 1) {
-    // Channel-wise: one Philox word per channel, broadcast over its elements.
+    // Channel-wise: one mask index per channel, broadcast over its elements.
     for (int64_t i = c.begin; i < c.end;) {
       const int64_t channel = i / cfg.group;
       const int64_t stop = std::min(c.end, (channel + 1) * cfg.group);
       const bool keep = !cfg.drop_all &&
-                        dropout_word(cfg.key, static_cast<uint64_t>(channel)) >= cfg.threshold;
-      const opmath_t m = keep ? opmath_t(1) : opmath_t(0);
+                        cpu_dropout_keep(cfg.key, static_cast<uint64_t>(channel), cfg.threshold);
+      const BroadcastMask<opmath_t> mask{keep ? opmath_t(1) : opmath_t(0)};
       for_each_bias_run<scalar_t>(cfg, c, i, stop,
-                                  [&](int64_t, const Run<scalar_t>& r) { apply_run<true>(r, &m, q, cfg.stream); });
+                                  [&](int64_t, const Run<scalar_t>& r) { apply_run(r, mask, q, cfg.stream); });
       i = stop;
     }
     return;
   }
-  alignas(64) opmath_t m[kTile];
+  alignas(64) uint8_t bits[kTileBytes + kMaskSlack] = {};
   for (int64_t tile = c.begin; tile < c.end;) {
-    const int64_t base = tile - tile % kDropoutBlock;  // first index of m
+    const int64_t base = tile - tile % kCpuDropoutBlock;  // the index of bit 0 of `bits`
     const int64_t stop = std::min(c.end, base + kTile);
-    const int64_t nblocks = (stop - base + kDropoutBlock - 1) / kDropoutBlock;
+    // Mask arrays end within the last Philox block of 64 (dropout_mask_bytes),
+    // so the copies cover only the bytes of [base, stop).
+    const int64_t bytes = (stop - base + 7) / 8;
     if (c.bits_in != nullptr) {
-      unpack_mask(c.bits_in, base, nblocks, m);
+      std::memcpy(bits, c.bits_in + base / 8, bytes);
     } else {
-      fill_mask(cfg, static_cast<uint64_t>(base / kDropoutBlock), nblocks, m);
-      if (c.bits_out != nullptr) pack_mask(m, base, nblocks, c.bits_out);
+      fill_mask(cfg, static_cast<uint64_t>(base / kCpuDropoutBlock),
+                (stop - base + kCpuDropoutBlock - 1) / kCpuDropoutBlock, bits);
+      if (c.bits_out != nullptr) std::memcpy(c.bits_out + base / 8, bits, bytes);
     }
     for_each_bias_run<scalar_t>(cfg, c, tile, stop, [&](int64_t i, const Run<scalar_t>& r) {
-      apply_run<false>(r, m + (i - base), q, cfg.stream);
+      apply_run(r, BitMask{bits, i - base}, q, cfg.stream);
     });
     tile = stop;
   }

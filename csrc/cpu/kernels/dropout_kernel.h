@@ -8,9 +8,9 @@
 //
 // The 1-bit mask mode (element-wise dropout only) adds two optional streams:
 // `bits_out` receives keep(i) as bit i % 8 of byte i / 8, and `bits_in`
-// replaces the Philox draw with those stored bits. Both arrays hold whole
-// Philox blocks (dropout_mask_bytes in common/dropout_op.h), so a chunk that
-// starts on a block boundary owns every byte it touches.
+// replaces the Philox draw with those stored bits. Both arrays hold
+// dropout_mask_bytes (common/dropout_op.h); a chunk that starts on a Philox
+// block boundary owns every byte it touches.
 #pragma once
 
 #include <c10/core/ScalarType.h>

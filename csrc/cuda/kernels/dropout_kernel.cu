@@ -1,4 +1,5 @@
-// CUDA dropout kernels on the Philox stream of common/philox.h.
+// CUDA dropout kernels on the CUDA layout of the Philox stream (NOTE:
+// [dropout stream] in common/philox.h).
 //
 // Element-wise dropout: one thread per Philox lane. A lane's counter is its
 // global index, and its 4 output words are the mask of 4 elements 16 apart
@@ -102,7 +103,7 @@ __global__ void __launch_bounds__(kThreads) dropout_group_kernel(DropoutArgs<T> 
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < a.numel;
        i += stride) {
-    a.apply(i, a.multiplier(dropout_word(key, static_cast<uint64_t>(i / a.group))));
+    a.apply(i, a.multiplier(cuda_dropout_word(key, static_cast<uint64_t>(i / a.group))));
   }
 }
 

@@ -13,8 +13,8 @@ namespace fastopt::cuda {
 
 // out[i] = (x[i] + bias[i % bias_numel]) * keep(i / group) / keep_prob + residual[i]
 // over `numel` elements of contiguous device arrays, bias and residual terms
-// present only when set. keep(j) follows NOTE: [dropout stream] in
-// common/philox.h, with the key and offset read from `seed` on the device.
+// present only when set. keep(j) follows the CUDA layout of NOTE: [dropout
+// stream] in common/philox.h, with the key and offset read from `seed` on the device.
 struct DropoutLaunch {
   DType dtype;
   const void* x;
