@@ -15,8 +15,10 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
-#if defined(CPU_CAPABILITY_AVX512)
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
 #include <immintrin.h>
+#elif defined(__SSE2__)
+#include <emmintrin.h>
 #endif
 
 #include <algorithm>
@@ -50,7 +52,6 @@ constexpr int64_t kMaskSlack = 4;
 // low halves are exactly the scalar philox4x32_10 of common/philox.h.
 using U64x8 = uint64_t __attribute__((vector_size(64)));
 using U32x16 = uint32_t __attribute__((vector_size(64)));
-using I32x16 = int32_t __attribute__((vector_size(64)));
 static_assert(kDropoutLanes == 16, "two U64x8 hold the lanes of a Philox block");
 constexpr uint64_t kLow32 = 0xFFFFFFFFull;
 
@@ -61,6 +62,17 @@ inline U64x8 mul_wide(U64x8 a, uint32_t m) {
   // several times slower on Zen 4; vpmuludq is what is meant.
   return reinterpret_cast<U64x8>(_mm512_mul_epu32(reinterpret_cast<__m512i>(a),
                                                   _mm512_set1_epi64(static_cast<long long>(m))));
+#elif defined(CPU_CAPABILITY_AVX2)
+  // Without AVX-512 the portable form is a full 64-bit multiply emulated in
+  // three vpmuludq; one per half is what is meant.
+  __m256i h[2];
+  __builtin_memcpy(h, &a, sizeof(h));
+  const __m256i mv = _mm256_set1_epi64x(static_cast<long long>(m));
+  h[0] = _mm256_mul_epu32(h[0], mv);
+  h[1] = _mm256_mul_epu32(h[1], mv);
+  U64x8 r;
+  __builtin_memcpy(&r, h, sizeof(r));
+  return r;
 #else
   return (a & kLow32) * static_cast<uint64_t>(m);
 #endif
@@ -79,34 +91,36 @@ inline void philox_lanes(U64x8 (&c)[4], uint32_t k0, uint32_t k1) {
   }
 }
 
-// Bit l set iff lane l of `cond` (0 or all ones per lane) is set.
-inline uint32_t lane_bits(I32x16 cond) {
-#if defined(CPU_CAPABILITY_AVX512)
-  return _mm512_movepi32_mask(reinterpret_cast<__m512i>(cond));
-#elif defined(CPU_CAPABILITY_AVX2)
-  __m256i half[2];
-  __builtin_memcpy(half, &cond, sizeof(half));
-  return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(half[0]))) |
-         static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(half[1]))) << 8;
-#else
-  uint32_t bits = 0;
-  for (int l = 0; l < 16; ++l) bits |= (static_cast<uint32_t>(cond[l]) & 1u) << l;
-  return bits;
-#endif
-}
-
 // The lanes of 16 half words h above, and equal to, the threshold's high half.
 struct HalfCompare {
   uint32_t above, tie;
 };
 inline HalfCompare compare_half(U32x16 h, uint32_t t_high) {
 #if defined(CPU_CAPABILITY_AVX512)
-  // Straight into mask registers, without the 0/-1 vectors of the form below.
+  // Straight into mask registers.
   const __m512i hv = reinterpret_cast<__m512i>(h), tv = _mm512_set1_epi32(static_cast<int>(t_high));
   return {_mm512_cmpgt_epu32_mask(hv, tv), _mm512_cmpeq_epi32_mask(hv, tv)};
+#elif defined(__SSE2__)
+  // Comparisons of the 64-byte vector types themselves are lowered to scalar
+  // code without AVX-512 (GCC 12), which made the AVX2 and baseline builds
+  // over ten times slower; so quarters of 4 lanes in SSE2, whose signed
+  // comparisons order half words (below 2^16) as unsigned ones would.
+  __m128i q[4];
+  __builtin_memcpy(q, &h, sizeof(q));
+  const __m128i tv = _mm_set1_epi32(static_cast<int>(t_high));
+  HalfCompare r{0, 0};
+  for (int k = 0; k < 4; ++k) {
+    r.above |= static_cast<uint32_t>(_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpgt_epi32(q[k], tv)))) << (4 * k);
+    r.tie |= static_cast<uint32_t>(_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(q[k], tv)))) << (4 * k);
+  }
+  return r;
 #else
-  return {lane_bits(reinterpret_cast<I32x16>(h > t_high)),
-          lane_bits(reinterpret_cast<I32x16>(h == t_high))};
+  HalfCompare r{0, 0};
+  for (int l = 0; l < 16; ++l) {
+    r.above |= static_cast<uint32_t>(h[l] > t_high) << l;
+    r.tie |= static_cast<uint32_t>(h[l] == t_high) << l;
+  }
+  return r;
 #endif
 }
 
