@@ -124,10 +124,10 @@ FASTOPT_HOST_DEVICE FASTOPT_INLINE uint32_t cuda_dropout_word(const DropoutKey& 
   return dropout_philox_word(key, counter, static_cast<int>((j % kDropoutBlock) / kDropoutLanes));
 }
 
-// low(j) of the CPU layout: the tie-break bits.
-FASTOPT_HOST_DEVICE FASTOPT_INLINE uint32_t cpu_dropout_low_bits(const DropoutKey& key,
-                                                                 uint64_t j) {
-  return dropout_philox_word(key, j | kDropoutTieCounter, 0) & 0xFFFFu;
+// Whether the CPU layout keeps mask index j when high(j) equals the
+// threshold's high half: low(j), the tie-break bits, decide.
+inline bool cpu_dropout_tie_keeps(const DropoutKey& key, uint64_t j, uint32_t threshold) {
+  return (dropout_philox_word(key, j | kDropoutTieCounter, 0) & 0xFFFFu) >= (threshold & 0xFFFFu);
 }
 
 // Whether the CPU layout keeps mask index j: u(j) >= threshold, with low(j)
@@ -140,7 +140,7 @@ inline bool cpu_dropout_keep(const DropoutKey& key, uint64_t j, uint32_t thresho
   const uint32_t high = (j % 32 < 16) ? (word & 0xFFFFu) : (word >> 16);
   const uint32_t t_high = threshold >> 16;
   if (high != t_high) return high > t_high;
-  return cpu_dropout_low_bits(key, j) >= (threshold & 0xFFFFu);
+  return cpu_dropout_tie_keeps(key, j, threshold);
 }
 
 // NOTE: [rounding stream]

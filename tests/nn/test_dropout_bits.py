@@ -18,7 +18,7 @@ def _nonzero_randn(*shape: int, device: str, dtype: torch.dtype = torch.float32)
     return torch.where(x == 0, torch.ones_like(x), x)
 
 
-def _unpack(bits: torch.Tensor, n: int) -> torch.Tensor:
+def unpack_bits(bits: torch.Tensor, n: int) -> torch.Tensor:
     """Bit i % 8 of byte i // 8, as a bool tensor of n elements (the documented layout)."""
     shifts = torch.arange(8, device=bits.device, dtype=torch.uint8)
     return ((bits.unsqueeze(1) >> shifts) & 1).flatten()[:n].bool()
@@ -37,7 +37,7 @@ def test_same_mask_as_recompute_mode_and_bits_match_it(device, dtype, n):
     y, bits = torch.ops.fastopt.dropout_bits(x, seed, 0.3)
     assert torch.equal(y, expected)
     assert bits.dtype == torch.uint8 and bits.numel() == (n + 63) // 64 * 8
-    assert torch.equal(_unpack(bits, n), expected != 0)
+    assert torch.equal(unpack_bits(bits, n), expected != 0)
     torch.manual_seed(7)
     assert torch.equal(F.dropout(x, 0.3, mask="bits"), expected)
 

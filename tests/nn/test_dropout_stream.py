@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from ..cpu_isa import cpu_capability, supported_isas
+from .test_dropout_bits import unpack_bits
 
 _M0, _M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
 _W0, _W1 = 0x9E3779B9, 0xBB67AE85
@@ -84,9 +85,7 @@ def test_element_mask_is_the_documented_stream(device, p):
     for isa in _isas(device):
         with cpu_capability(isa):
             y, bits = torch.ops.fastopt.dropout_bits(x, seed, p)
-        shifts = torch.arange(8, dtype=torch.uint8)
-        kept_bits = ((bits.cpu().unsqueeze(1) >> shifts) & 1).flatten()[:N].bool()
-        assert torch.equal(kept_bits, expected), isa
+        assert torch.equal(unpack_bits(bits.cpu(), N), expected), isa
         assert torch.equal(y.cpu() != 0, expected), isa
         assert torch.equal(y.cpu()[expected], torch.full((int(expected.sum()),), 1 / (1 - p))), isa
 

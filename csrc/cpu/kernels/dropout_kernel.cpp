@@ -36,7 +36,7 @@ constexpr int64_t kTile = 1024;
 static_assert(kTile % kCpuDropoutBlock == 0, "tiles hold whole Philox blocks");
 constexpr int64_t kTileBytes = kTile / 8;
 // A tile's mask array has this much slack past kTileBytes, so that the 4-byte
-// reads of mask_bits_at never leave it.
+// reads of BitMask::bits_at never leave it.
 constexpr int64_t kMaskSlack = 4;
 
 // 16 Philox lanes in GCC/Clang vector types, which the compiler maps to zmm
@@ -148,7 +148,7 @@ __attribute__((noinline)) uint32_t break_ties(const DropoutKernelConfig& cfg, ui
   uint32_t keep = 0;
   for (; tie != 0; tie &= tie - 1) {
     const int l = __builtin_ctz(tie);
-    if (cpu_dropout_low_bits(cfg.key, first + l) >= (cfg.threshold & 0xFFFFu)) keep |= 1u << l;
+    if (cpu_dropout_tie_keeps(cfg.key, first + l, cfg.threshold)) keep |= 1u << l;
   }
   return keep;
 }
