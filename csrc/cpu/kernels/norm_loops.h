@@ -70,17 +70,32 @@ struct PerElement {
   }
 };
 
+// Asks for the cache lines of x[i] and dy[i] (dy may be null). Prefetching
+// an address outside any mapping is harmless: it never faults.
+template <typename scalar_t>
+inline void prefetch_inputs(const scalar_t* x, const scalar_t* dy, int64_t i) {
+  __builtin_prefetch(x + i, 0, 2);
+  if (dy != nullptr) __builtin_prefetch(dy + i, 0, 2);
+}
+
 // Calls fn(i, x_i, ...) for each element i of n, where each listed input is
 // loaded and widened; `x_i` is a Vec in the SIMD part and an M in the tail.
 // fn returns the value to store at out[i], when out is not null.
+//
+// A nonzero `ahead` also prefetches the inputs `ahead` elements past each
+// SIMD block, one request per block: an elementwise pass that rereads its
+// inputs from cache leaves the memory's read side idle, and this lets it
+// fetch the caller's next piece of work meanwhile (see NOTE: [prefetch the
+// next unit] in group_norm_kernel.cpp).
 template <typename scalar_t, typename Fn>
 inline void map_elements(const scalar_t* x, const scalar_t* dy, scalar_t* out, int64_t n,
-                         const Fn& fn) {
+                         const Fn& fn, int64_t ahead = 0) {
   using T = Types<scalar_t>;
   using Vec = typename T::Vec;
   const int64_t end = vector_end<scalar_t>(n);
   int64_t i = 0;
   for (; i < end; i += T::IO::kBlock) {
+    if (ahead != 0) prefetch_inputs(x, dy, i + ahead);
     Vec xv[T::K], dv[T::K], r[T::K];
     T::IO::load(x + i, xv);
     if (dy != nullptr) T::IO::load(dy + i, dv);
@@ -100,7 +115,8 @@ inline void map_elements(const scalar_t* x, const scalar_t* dy, scalar_t* out, i
 // stream_store in vec_io.h).
 // fn sees indices relative to the run's start, as with map_elements.
 template <typename scalar_t, typename Fn>
-void map_streaming(const scalar_t* x, const scalar_t* dy, scalar_t* out, int64_t n, const Fn& fn) {
+void map_streaming(const scalar_t* x, const scalar_t* dy, scalar_t* out, int64_t n, const Fn& fn,
+                   int64_t ahead = 0) {
 #if defined(FASTOPT_STREAM_STORES)
   if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
     using Vec = Vectorized<scalar_t>;
@@ -110,9 +126,10 @@ void map_streaming(const scalar_t* x, const scalar_t* dy, scalar_t* out, int64_t
     // Elements before the first vector-aligned output address.
     const int64_t head = std::min<int64_t>(
         n, addr % sizeof(scalar_t) != 0 ? n : (kAlign - addr % kAlign) % kAlign / sizeof(scalar_t));
-    map_elements<scalar_t>(x, dy, out, head, fn);
+    map_elements<scalar_t>(x, dy, out, head, fn, ahead);
     int64_t i = head;
     for (; i + kLanes <= n; i += kLanes) {
+      if (ahead != 0) prefetch_inputs(x, dy, i + ahead);
       const Vec g = dy != nullptr ? Vec::loadu(dy + i) : Vec(0);
       stream_store(out + i, fn(i, Vec::loadu(x + i), g));
     }
@@ -122,17 +139,17 @@ void map_streaming(const scalar_t* x, const scalar_t* dy, scalar_t* out, int64_t
     return;
   }
 #endif
-  map_elements<scalar_t>(x, dy, out, n, fn);
+  map_elements<scalar_t>(x, dy, out, n, fn, ahead);
 }
 
 // Runs map_streaming or map_elements.
 template <typename scalar_t, typename Fn>
 inline void map_run(bool stream, const scalar_t* x, const scalar_t* dy, scalar_t* out, int64_t n,
-                    const Fn& fn) {
+                    const Fn& fn, int64_t ahead = 0) {
   if (stream) {
-    map_streaming<scalar_t>(x, dy, out, n, fn);
+    map_streaming<scalar_t>(x, dy, out, n, fn, ahead);
   } else {
-    map_elements<scalar_t>(x, dy, out, n, fn);
+    map_elements<scalar_t>(x, dy, out, n, fn, ahead);
   }
 }
 
