@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 
 import fastopt
+
+from .cpu_isa import cpu_capability, supported_isas
 
 
 def available_devices() -> list[str]:
@@ -26,3 +30,16 @@ def device(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(params=supported_isas())
+def each_cpu_isa(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Runs the test once under each CPU kernel variant this machine supports
+    (csrc/cpu/isa.h): the baseline and AVX2 builds differ from AVX-512 in their
+    loops and sums, and are what a CPU without AVX-512 runs. A test on another
+    device runs once, under the default variant."""
+    isa = request.param
+    if request.node.callspec.params.get("device", "cpu") != "cpu" and isa != supported_isas()[-1]:
+        pytest.skip("the CPU kernel variants apply to CPU tensors only")
+    with cpu_capability(isa):
+        yield isa

@@ -12,6 +12,9 @@ import torch.nn.functional as F
 import fastopt.nn
 from fastopt.nn import functional as FF
 
+# Every test under each compiled CPU kernel variant (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("each_cpu_isa")
+
 MODULES = {
     1: (fastopt.nn.BatchNorm1d, torch.nn.BatchNorm1d),
     2: (fastopt.nn.BatchNorm2d, torch.nn.BatchNorm2d),

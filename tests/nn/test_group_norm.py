@@ -11,6 +11,9 @@ from fastopt.nn import functional as FF
 
 from .tensors import unaligned
 
+# Every test under each compiled CPU kernel variant (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("each_cpu_isa")
+
 ACTIVATIONS = {None: lambda y: y, "relu": F.relu, "silu": F.silu}
 
 

@@ -7,6 +7,9 @@ import torch
 
 import fastopt.nn
 
+# Every test under each compiled CPU kernel variant (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("each_cpu_isa")
+
 CASES = [
     (fastopt.nn.InstanceNorm1d, torch.nn.InstanceNorm1d, (3, 5, 11)),
     (fastopt.nn.InstanceNorm2d, torch.nn.InstanceNorm2d, (3, 5, 4, 7)),

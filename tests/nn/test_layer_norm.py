@@ -9,6 +9,9 @@ import fastopt.nn
 
 from .tensors import unaligned
 
+# Every test under each compiled CPU kernel variant (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("each_cpu_isa")
+
 
 @pytest.mark.parametrize("normalized_shape", [(24,), (3, 10), (2, 3, 5)])
 @pytest.mark.parametrize("affine,bias", [(True, True), (True, False), (False, False)])

@@ -15,6 +15,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <algorithm>
 #include <cmath>
 #include <type_traits>
 
@@ -133,10 +134,13 @@ void channels_first_stats(const GroupNormConfig& cfg, const scalar_t* x, M* mean
 }
 
 // Channels last: one pass over the [S, C] rows accumulates, per channel, the
-// sums of (x - shift_c) and its square, shifted by the channel's first value
-// so that a large mean does not cancel; Chan's formula then merges the D
-// channels of each group exactly. At S = 1 (LayerNorm) each group is a
-// contiguous run instead.
+// sums of (x - shift_c) and its square, shifted by the mean of the channel's
+// first kShiftRows values so that a large mean does not cancel (a single
+// value can lie far enough from the mean to cost digits; see channel_shifts
+// in cpu/batch_norm.cpp); Chan's formula then merges the D channels of each
+// group exactly. At S = 1 (LayerNorm) each group is a contiguous run instead.
+constexpr int64_t kShiftRows = 16;
+
 template <typename scalar_t, typename M>
 void channels_last_stats(const GroupNormConfig& cfg, const scalar_t* x, M* mean, M* rstd,
                          M* scratch) {
@@ -152,12 +156,14 @@ void channels_last_stats(const GroupNormConfig& cfg, const scalar_t* x, M* mean,
   M* shift = scratch;
   M* s1 = scratch + C;
   M* s2 = scratch + 2 * C;
-  for (int64_t c = 0; c < C; ++c) {
-    shift[c] = static_cast<M>(x[c]);
-    s1[c] = s2[c] = M(0);
+  const int64_t shift_rows = std::min(S, kShiftRows);
+  for (int64_t c = 0; c < C; ++c) shift[c] = s1[c] = s2[c] = M(0);
+  for (int64_t s = 0; s < shift_rows; ++s) {
+    for (int64_t c = 0; c < C; ++c) shift[c] += static_cast<M>(x[s * C + c]);
   }
+  for (int64_t c = 0; c < C; ++c) shift[c] /= static_cast<M>(shift_rows);
   const PerElement<M> k{shift};
-  for (int64_t s = 1; s < S; ++s) {  // row 0 deviates by zero
+  for (int64_t s = 0; s < S; ++s) {
     map_elements<scalar_t>(x + s * C, nullptr, nullptr, C, [&](int64_t c, auto v, auto) {
       using T = decltype(v);
       const T d = v - k.template at<T>(c);

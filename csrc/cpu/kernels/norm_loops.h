@@ -196,16 +196,22 @@ inline std::array<typename Types<scalar_t>::M, R> sum_elements(const scalar_t* x
     for (int c = 0; c < kChains; ++c) add_block(i + c * kStep, c);
   }
   for (; i < end; i += kStep) add_block(i, 0);
-  std::array<M, R> total{};
+  // The scalar part sums in double: it is a short tail after the SIMD part,
+  // but in the baseline build it is the whole run, and a single float chain
+  // over tens of thousands of values lost digits that the SIMD builds' many
+  // accumulators keep (GroupNorm over 73728-value groups: 4e-5 off torch).
+  std::array<double, R> tail{};
   for (; i < n; ++i) {
     const std::array<M, R> u = fn(i, static_cast<M>(x[i]), dy != nullptr ? static_cast<M>(dy[i]) : M(0));
-    for (int r = 0; r < R; ++r) total[r] += u[r];
+    for (int r = 0; r < R; ++r) tail[r] += static_cast<double>(u[r]);
   }
+  std::array<M, R> total{};
   const auto add = [](Vec a, Vec b) { return a + b; };
   FASTOPT_UNROLL
   for (int r = 0; r < R; ++r) {
     static_assert(kChains == 4, "the pairwise sum below names four chains");
-    total[r] += at::vec::vec_reduce_all(add, (acc[0][r] + acc[1][r]) + (acc[2][r] + acc[3][r]));
+    const M simd = at::vec::vec_reduce_all(add, (acc[0][r] + acc[1][r]) + (acc[2][r] + acc[3][r]));
+    total[r] = static_cast<M>(tail[r] + static_cast<double>(simd));
   }
   return total;
 }
