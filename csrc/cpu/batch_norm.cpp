@@ -164,22 +164,13 @@ void reduce_then_affine(const Input& in, const BatchNormReduceArgs& reduce,
   affine_all(in, affine);
 }
 
-// The shift of every channel's moment sums (N * S > 0): the mean, in double,
-// of the channel's first values in memory order, up to kShiftValues of them
-// (the first positions of the first samples). The shifted sums lose about
-// log2(1 + (shift - mean)^2 / var) bits to cancellation, so the shift must be
-// close to the mean: a single value, the first, is often two standard
-// deviations away, which cost float32 running_var 3.7e-6 against torch's
-// 3.7e-7 in the AVX2 build at (3, 20, 5, 6); the mean of 16 values is about
-// a quarter of one away, which costs under a tenth of a bit.
-constexpr int64_t kShiftValues = 16;
-
+// The shift of every channel's moment sums (N * S > 0), NOTE: [moment shift]
+// in common/norm_layout.h: the mean, in double, of the channel's first values.
 template <typename M>
 void channel_shifts(const Input& in, M* shift) {
   const BatchNormConfig& cfg = in.cfg;
   const int64_t C = cfg.C, S = cfg.S;
-  const int64_t s0 = std::min(S, kShiftValues);
-  const int64_t n0 = std::min(cfg.N, (kShiftValues + s0 - 1) / s0);
+  const auto [n0, s0] = shift_extent(cfg.N, S);
   std::vector<double> sum(C, 0.0);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.x.scalar_type(), "channel_shifts", [&] {
     const scalar_t* x = in.x.const_data_ptr<scalar_t>();

@@ -80,13 +80,13 @@ void affine(const Input& in, const at::Tensor& dy, const at::Tensor& out, const 
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// mean and M2 of every channel (double), from moment sums shifted by the
-// channel's first value.
+// mean and M2 of every channel (double), from moment sums shifted as in
+// NOTE: [moment shift] (common/norm_layout.h).
 std::tuple<at::Tensor, at::Tensor> moments(const Input& in) {
   const int64_t C = in.shape.C;
   const auto f64 = in.x.options().dtype(at::kDouble);
   if (in.x.numel() == 0) return {at::zeros({C}, f64), at::zeros({C}, f64)};
-  const at::Tensor shift = channel_first_values(in.x, in.opmath);
+  const at::Tensor shift = channel_shift(in.x, in.opmath);
   const at::Tensor sums = channel_sums(in, false, {}, shift);
   const at::Tensor d = sums[0] / static_cast<double>(in.count());
   return {shift.to(at::kDouble) + d, (sums[1] - sums[0] * d).clamp_min(0)};

@@ -135,10 +135,10 @@ void channels_first_stats(const GroupNormConfig& cfg, const scalar_t* x, M* mean
 
 // Channels last: one pass over the [S, C] rows accumulates, per channel, the
 // sums of (x - shift_c) and its square, shifted by the mean of the channel's
-// first kShiftRows values so that a large mean does not cancel (a single
-// value can lie far enough from the mean to cost digits; see channel_shifts
-// in cpu/batch_norm.cpp); Chan's formula then merges the D channels of each
-// group exactly. At S = 1 (LayerNorm) each group is a contiguous run instead.
+// first kShiftRows values so that a large mean does not cancel (why a single
+// value is not enough: NOTE: [moment shift] in common/norm_layout.h); Chan's
+// formula then merges the D channels of each group exactly. At S = 1
+// (LayerNorm) each group is a contiguous run instead.
 constexpr int64_t kShiftRows = 16;
 
 template <typename scalar_t, typename M>
