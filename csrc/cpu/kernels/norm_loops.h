@@ -70,12 +70,18 @@ struct PerElement {
   }
 };
 
-// Asks for the cache lines of x[i] and dy[i] (dy may be null). Prefetching
-// an address outside any mapping is harmless: it never faults.
+// Asks for the cache lines of x[i] and dy[i] (dy may be null). i may lie past
+// the arrays (the next unit of the last one is another thread's, or none):
+// the address is formed as an integer, since a pointer beyond an array is
+// undefined, and prefetching an address outside any mapping never faults.
 template <typename scalar_t>
 inline void prefetch_inputs(const scalar_t* x, const scalar_t* dy, int64_t i) {
-  __builtin_prefetch(x + i, 0, 2);
-  if (dy != nullptr) __builtin_prefetch(dy + i, 0, 2);
+  const auto at = [i](const scalar_t* p) {
+    return reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(p) +
+                                         static_cast<uintptr_t>(i) * sizeof(scalar_t));
+  };
+  __builtin_prefetch(at(x), 0, 2);
+  if (dy != nullptr) __builtin_prefetch(at(dy), 0, 2);
 }
 
 // Calls fn(i, x_i, ...) for each element i of n, where each listed input is
