@@ -9,9 +9,9 @@
 #include <c10/util/Exception.h>
 #include <c10/util/Optional.h>
 
-#include <algorithm>
 #include <cstdint>
-#include <utility>
+
+#include "common/moment_shift.h"
 
 namespace fastopt::norm {
 
@@ -68,26 +68,9 @@ inline at::Tensor channel_param(const char* op, const char* name,
   return p->reshape({C}).to(opmath).contiguous();
 }
 
-// NOTE: [moment shift]
-// The batch statistics are sums of (x - k) and (x - k)^2, shifted by a per-
-// channel k so that a mean large against the spread does not cancel. They
-// still lose about log2(1 + (k - mean)^2 / var) bits, so k must be close to
-// the mean. k is the mean of the channel's first kShiftValues values, the
-// first positions of the first samples (a single value, the first, is often
-// two standard deviations away: float32 running_var was 3.7e-6 off where
-// torch's was 3.7e-7, AVX2 build at (3, 20, 5, 6); the mean of 16 values is
-// about a quarter of one away, under a tenth of a bit).
-constexpr int64_t kShiftValues = 16;
-
-// The samples and positions per sample whose values make up the shift.
-inline std::pair<int64_t, int64_t> shift_extent(int64_t N, int64_t S) {
-  const int64_t positions = std::min(S, kShiftValues);
-  return {std::min(N, (kShiftValues + positions - 1) / positions), positions};
-}
-
-// NOTE: [moment shift] of every channel of x ((N, C, *), N * S > 0), [C] in
-// the arithmetic type, with tensor ops (the CPU op computes the same values
-// in a loop, without their dispatch cost).
+// The shift of NOTE: [moment shift] (common/moment_shift.h) of every channel
+// of x ((N, C, *), N * S > 0), [C] in the arithmetic type, with tensor ops
+// (the CPU op computes the same values in a loop, without their dispatch cost).
 inline at::Tensor channel_shift(const at::Tensor& x, c10::ScalarType opmath) {
   const at::Tensor t = x.reshape({x.size(0), x.size(1), -1});  // a view in both layouts
   const auto [samples, positions] = shift_extent(t.size(0), t.size(2));

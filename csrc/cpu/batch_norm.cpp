@@ -165,7 +165,7 @@ void reduce_then_affine(const Input& in, const BatchNormReduceArgs& reduce,
 }
 
 // The shift of every channel's moment sums (N * S > 0), NOTE: [moment shift]
-// in common/norm_layout.h: the mean, in double, of the channel's first values.
+// in common/moment_shift.h: the mean, in double, of the channel's first values.
 template <typename M>
 void channel_shifts(const Input& in, M* shift) {
   const BatchNormConfig& cfg = in.cfg;

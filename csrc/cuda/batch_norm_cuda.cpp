@@ -81,7 +81,7 @@ void affine(const Input& in, const at::Tensor& dy, const at::Tensor& out, const 
 }
 
 // mean and M2 of every channel (double), from moment sums shifted as in
-// NOTE: [moment shift] (common/norm_layout.h).
+// NOTE: [moment shift] (common/moment_shift.h).
 std::tuple<at::Tensor, at::Tensor> moments(const Input& in) {
   const int64_t C = in.shape.C;
   const auto f64 = in.x.options().dtype(at::kDouble);

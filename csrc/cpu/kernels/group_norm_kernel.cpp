@@ -19,6 +19,7 @@
 #include <cmath>
 #include <type_traits>
 
+#include "common/moment_shift.h"
 #include "cpu/kernels/norm_loops.h"
 #include "cpu/kernels/vec_io.h"
 
@@ -135,12 +136,10 @@ void channels_first_stats(const GroupNormConfig& cfg, const scalar_t* x, M* mean
 
 // Channels last: one pass over the [S, C] rows accumulates, per channel, the
 // sums of (x - shift_c) and its square, shifted by the mean of the channel's
-// first kShiftRows values so that a large mean does not cancel (why a single
-// value is not enough: NOTE: [moment shift] in common/norm_layout.h); Chan's
-// formula then merges the D channels of each group exactly. At S = 1
-// (LayerNorm) each group is a contiguous run instead.
-constexpr int64_t kShiftRows = 16;
-
+// first rows (NOTE: [moment shift] in common/moment_shift.h, within the
+// sample) so that a large mean does not cancel; Chan's formula then merges
+// the D channels of each group exactly. At S = 1 (LayerNorm) each group is a
+// contiguous run instead.
 template <typename scalar_t, typename M>
 void channels_last_stats(const GroupNormConfig& cfg, const scalar_t* x, M* mean, M* rstd,
                          M* scratch) {
@@ -156,7 +155,9 @@ void channels_last_stats(const GroupNormConfig& cfg, const scalar_t* x, M* mean,
   M* shift = scratch;
   M* s1 = scratch + C;
   M* s2 = scratch + 2 * C;
-  const int64_t shift_rows = std::min(S, kShiftRows);
+  // Only the constant of the shared header: its shift_extent would be a
+  // shared inline symbol, which this per-ISA file must not define (top).
+  const int64_t shift_rows = std::min(S, ::fastopt::norm::kShiftValues);
   for (int64_t c = 0; c < C; ++c) shift[c] = s1[c] = s2[c] = M(0);
   for (int64_t s = 0; s < shift_rows; ++s) {
     for (int64_t c = 0; c < C; ++c) shift[c] += static_cast<M>(x[s * C + c]);
