@@ -7,6 +7,7 @@
 // The forward ops run below the autograd key, so torch.compile traces them
 // through their fake kernels (fastopt/_ops/batch_norm.py) as before.
 #include <ATen/TensorOperators.h>
+#include <ATen/ops/batch_norm.h>
 #include <ATen/ops/zeros_like.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
@@ -68,18 +69,28 @@ struct BatchNormTrain : torch::autograd::Function<BatchNormTrain> {
       at::AutoDispatchBelowADInplaceOrView below;
       std::tie(y, mean, invstd, var) = fwd_op().call(x, weight, bias, eps);
     }
-    // Only x and the [C] statistics; weight is the module's parameter.
-    ctx->save_for_backward({x, mean, invstd, weight.value_or(Tensor())});
+    // Only x and the [C] statistics; weight and bias are the module's
+    // parameters (bias only for the double backward's recomputation).
+    ctx->save_for_backward({x, mean, invstd, weight.value_or(Tensor()), bias.value_or(Tensor())});
     InputEdges({x, weight, bias}).save(ctx);
+    ctx->saved_data["eps"] = eps;
     ctx->mark_non_differentiable({mean, invstd, var});
     return {y, mean, invstd, var};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list saved = ctx->get_saved_variables();
-    const Tensor &x = saved[0], &mean = saved[1], &invstd = saved[2], &weight = saved[3];
+    const Tensor &x = saved[0], &mean = saved[1], &invstd = saved[2], &weight = saved[3], &bias = saved[4];
     const InputEdges edges(ctx);
     const bool want_weight = edges.needs_grad(ctx, 1), want_bias = edges.needs_grad(ctx, 2);
+    if (building_backward_graph()) {  // NOTE: [double backward] in autograd/common.h
+      const Tensor y = at::batch_norm(x, optional_of(weight), optional_of(bias), /*running_mean=*/{},
+                                      /*running_var=*/{}, /*training=*/true, /*momentum=*/0.0,
+                                      ctx->saved_data["eps"].toDouble(), /*cudnn_enabled=*/false);
+      const variable_list g = differentiable_grads(
+          y, grads[0], {{x, edges.needs_grad(ctx, 0)}, {weight, want_weight}, {bias, want_bias}});
+      return {g[0], g[1], g[2], Tensor()};
+    }
     if (edges.needs_grad(ctx, 0)) {
       auto [dx, dw, db] = bwd_op().call(grads[0], x, mean, invstd, optional_of(weight));
       return {dx, want_weight ? dw : Tensor(), want_bias ? db : Tensor(), Tensor()};

@@ -9,7 +9,9 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 
+#include <initializer_list>
 #include <tuple>
+#include <utility>
 
 namespace fastopt::autograd {
 
@@ -27,5 +29,38 @@ c10::TypedOperatorHandle<Sig> op_handle(const char* name) {
 
 // A saved (possibly undefined) tensor back as an op's optional argument.
 inline OptTensor optional_of(const Tensor& t) { return t.defined() ? OptTensor(t) : c10::nullopt; }
+
+// NOTE: [double backward]
+// The fused backward ops (group_norm_bwd, batch_norm_bwd) have no derivative
+// of their own: differentiated again, the autograd fallback would treat them
+// as constants and a second derivative (a gradient penalty, a Hessian-vector
+// product) would come out silently wrong. So when backward runs with
+// create_graph=True, that is with grad mode on inside it, the normalization
+// backward instead recomputes its output with torch's own differentiable ops
+// from the saved inputs and differentiates that: the same function, with
+// torch's exact higher derivatives. It costs a forward and a backward of
+// torch's kernels, paid only where a graph of the backward is asked for;
+// plain backward (grad mode off) keeps the fused ops.
+inline bool building_backward_graph() { return at::GradMode::is_enabled(); }
+
+// The gradients of y with grad_y for each (input, wanted) pair, undefined
+// where not wanted, with create_graph so that they can be differentiated
+// again. Wanted inputs are saved inputs that required grad in forward.
+inline variable_list differentiable_grads(const Tensor& y, const Tensor& grad_y,
+                                          std::initializer_list<std::pair<Tensor, bool>> inputs) {
+  variable_list wanted;
+  for (const auto& [t, want] : inputs) {
+    if (want) wanted.push_back(t);
+  }
+  variable_list grads;
+  if (!wanted.empty()) {
+    grads = torch::autograd::grad({y}, wanted, {grad_y}, /*retain_graph=*/true,
+                                  /*create_graph=*/true, /*allow_unused=*/true);
+  }
+  variable_list out;
+  size_t k = 0;
+  for (const auto& [t, want] : inputs) out.push_back(want ? grads[k++] : Tensor());
+  return out;
+}
 
 }  // namespace fastopt::autograd

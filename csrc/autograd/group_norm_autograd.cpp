@@ -1,10 +1,15 @@
 // Autograd of fastopt::group_norm_fwd, which serves GroupNorm (with its fused
 // activation), LayerNorm and InstanceNorm (see batch_norm_autograd.cpp for
 // why autograd lives in C++).
+#include <ATen/ops/group_norm.h>
+#include <ATen/ops/relu.h>
+#include <ATen/ops/silu.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
 #include <tuple>
+
+#include "common/norm_activation.h"
 
 #include "autograd/common.h"
 #include "autograd/input_edges.h"
@@ -27,6 +32,23 @@ const auto& bwd_op() {
   return op;
 }
 
+// The forward op's function in torch's differentiable ops, for the double
+// backward (NOTE: [double backward] in autograd/common.h). LayerNorm's x is
+// already its (rows, K) view with one group, and its weight has the
+// normalized shape, hence the reshapes to [C].
+Tensor group_norm_composite(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t groups,
+                            double eps, int64_t activation) {
+  const int64_t C = x.size(1);
+  auto param = [&](const Tensor& t) { return t.defined() ? OptTensor(t.reshape({C})) : c10::nullopt; };
+  const Tensor y = at::group_norm(x, groups, param(weight), param(bias), eps, /*cudnn_enabled=*/false);
+  switch (static_cast<NormActivation>(activation)) {
+    case NormActivation::ReLU: return at::relu(y);
+    case NormActivation::SiLU: return at::silu(y);
+    case NormActivation::None: break;
+  }
+  return y;
+}
+
 struct GroupNorm : torch::autograd::Function<GroupNorm> {
   static variable_list forward(AutogradContext* ctx, const Tensor& x, const OptTensor& weight,
                                const OptTensor& bias, int64_t groups, double eps, int64_t activation) {
@@ -41,6 +63,7 @@ struct GroupNorm : torch::autograd::Function<GroupNorm> {
     ctx->mark_non_differentiable({mean, rstd});
     InputEdges({x, weight, bias}).save(ctx);
     ctx->saved_data["groups"] = groups;
+    ctx->saved_data["eps"] = eps;
     ctx->saved_data["activation"] = activation;
     return {y, mean, rstd};
   }
@@ -49,13 +72,20 @@ struct GroupNorm : torch::autograd::Function<GroupNorm> {
     const variable_list saved = ctx->get_saved_variables();
     const Tensor &x = saved[0], &mean = saved[1], &rstd = saved[2], &weight = saved[3], &bias = saved[4];
     const InputEdges edges(ctx);
-    auto [dx, dw, db] = bwd_op().call(grads[0], x, mean, rstd, optional_of(weight), optional_of(bias),
-                                      ctx->saved_data["groups"].toInt(), ctx->saved_data["activation"].toInt());
+    const int64_t groups = ctx->saved_data["groups"].toInt();
+    const int64_t activation = ctx->saved_data["activation"].toInt();
+    const bool want_x = edges.needs_grad(ctx, 0), want_w = edges.needs_grad(ctx, 1),
+               want_b = edges.needs_grad(ctx, 2);
+    if (building_backward_graph()) {  // NOTE: [double backward]
+      const Tensor y = group_norm_composite(x, weight, bias, groups, ctx->saved_data["eps"].toDouble(), activation);
+      const variable_list g = differentiable_grads(y, grads[0], {{x, want_x}, {weight, want_w}, {bias, want_b}});
+      return {g[0], g[1], g[2], Tensor(), Tensor(), Tensor()};
+    }
+    auto [dx, dw, db] = bwd_op().call(grads[0], x, mean, rstd, optional_of(weight), optional_of(bias), groups,
+                                      activation);
     // The op returns [C]; LayerNorm's weight has the normalized shape.
-    return {edges.needs_grad(ctx, 0) ? dx : Tensor(),
-            edges.needs_grad(ctx, 1) ? dw.view(weight.sizes()) : Tensor(),
-            edges.needs_grad(ctx, 2) ? db.view(bias.sizes()) : Tensor(),
-            Tensor(), Tensor(), Tensor()};
+    return {want_x ? dx : Tensor(), want_w ? dw.view(weight.sizes()) : Tensor(),
+            want_b ? db.view(bias.sizes()) : Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
 
