@@ -13,7 +13,7 @@
 #include <tuple>
 
 #include "common/norm_layout.h"
-#include "cuda/kernel_dtype.h"
+#include "cuda/norm_checks.h"
 #include "cuda/kernels/batch_norm_kernel.h"
 
 namespace fastopt::cuda {
@@ -32,7 +32,7 @@ Input prepare(const char* op, const at::Tensor& input) {
   TORCH_CHECK(input.dim() >= 2, op, ": expected an input of shape (N, C, *), got ",
               input.sizes());
   Input in;
-  const DType dtype = kernel_dtype(op, input.scalar_type());
+  const DType dtype = norm_kernel_dtype(op, input.scalar_type());
   bool channels_last = false;
   in.x = native_layout(input, channels_last);
   int64_t S = 1;
@@ -42,9 +42,15 @@ Input prepare(const char* op, const at::Tensor& input) {
   return in;
 }
 
+// A [C] statistic (mean, invstd, a sum) in the arithmetic type, contiguous.
+// Every tensor argument but x goes through channel_stat, weight_or_one,
+// bias_or_zero or grad_like_x, which check its shape and then its device, as
+// GroupNorm does: before it meets another tensor (where torch would raise for
+// some mixes and not others) and before its pointer reaches a kernel.
 at::Tensor channel_stat(const char* op, const char* name, const at::Tensor& t, const Input& in) {
   TORCH_CHECK(t.numel() == in.shape.C, op, ": expected ", name, " with ", in.shape.C,
               " elements, got ", t.sizes());
+  check_device(op, name, t, in.x);
   return t.reshape({in.shape.C}).to(in.opmath).contiguous();
 }
 
@@ -94,7 +100,25 @@ std::tuple<at::Tensor, at::Tensor> moments(const Input& in) {
 
 at::Tensor weight_or_one(const c10::optional<at::Tensor>& weight, const Input& in, const char* op) {
   const at::Tensor w = channel_param(op, "weight", weight, in.shape.C, at::kDouble);
+  check_device(op, "weight", w, in.x);
   return w.defined() ? w : at::ones({in.shape.C}, in.x.options().dtype(at::kDouble));
+}
+
+// The [C] bias in the arithmetic type, zeros without one.
+at::Tensor bias_or_zero(const c10::optional<at::Tensor>& bias, const Input& in, const char* op) {
+  const at::Tensor b = channel_param(op, "bias", bias, in.shape.C, in.opmath);
+  check_device(op, "bias", b, in.x);
+  return b.defined() ? b : at::zeros({in.shape.C}, in.x.options().dtype(in.opmath));
+}
+
+// grad_out in x's layout. Its device is checked before like_layout, whose
+// copy (only when the strides differ) would otherwise move it to x's device
+// in some calls and pass a host pointer to the kernels in the others.
+at::Tensor grad_like_x(const char* op, const at::Tensor& grad_out, const Input& in) {
+  TORCH_CHECK(grad_out.sizes() == in.x.sizes(), op, ": grad_out has shape ", grad_out.sizes(),
+              " but the input has shape ", in.x.sizes());
+  check_device(op, "grad_out", grad_out, in.x);
+  return like_layout(grad_out, in.x);
 }
 
 std::tuple<at::Tensor, at::Tensor> batch_norm_stats_cuda(const at::Tensor& input) {
@@ -112,13 +136,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_fwd_cuda(
   const c10::cuda::CUDAGuard guard(input.device());
   const Input in = prepare(kOp, input);
   const at::Tensor w = weight_or_one(weight, in, kOp);
-  at::Tensor b = channel_param(kOp, "bias", bias, in.shape.C, in.opmath);
+  const at::Tensor b = bias_or_zero(bias, in, kOp);
   auto [mean, m2] = moments(in);
   // An empty batch gives mean 0 and variance 0, as on the CPU.
   const at::Tensor var = m2 / static_cast<double>(std::max<int64_t>(in.count(), 1));
   const at::Tensor invstd = (var + eps).rsqrt();
   at::Tensor y = at::empty_like(in.x);
-  if (!b.defined()) b = at::zeros({in.shape.C}, invstd.options());
   affine(in, {}, y, mean, invstd * w, {}, b);
   return {y, mean.to(in.opmath), invstd.to(in.opmath), var.to(in.opmath)};
 }
@@ -131,8 +154,7 @@ at::Tensor batch_norm_apply_cuda(const at::Tensor& input, const at::Tensor& mean
   const Input in = prepare(kOp, input);
   const at::Tensor m = channel_stat(kOp, "mean", mean, in);
   const at::Tensor p = channel_stat(kOp, "invstd", invstd, in).to(at::kDouble) * weight_or_one(weight, in, kOp);
-  at::Tensor r = channel_param(kOp, "bias", bias, in.shape.C, in.opmath);
-  if (!r.defined()) r = at::zeros({in.shape.C}, m.options());
+  const at::Tensor r = bias_or_zero(bias, in, kOp);
   at::Tensor y = at::empty_like(in.x);
   affine(in, {}, y, m, p, {}, r);
   return y;
@@ -144,9 +166,7 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_bwd_reduce_cuda(const at::Tensor& 
   constexpr const char* kOp = "fastopt.batch_norm_bwd_reduce";
   const c10::cuda::CUDAGuard guard(input.device());
   const Input in = prepare(kOp, input);
-  TORCH_CHECK(grad_out.sizes() == input.sizes(), kOp, ": grad_out has shape ", grad_out.sizes(),
-              " but the input has shape ", input.sizes());
-  const at::Tensor dy = like_layout(grad_out, in.x);
+  const at::Tensor dy = grad_like_x(kOp, grad_out, in);
   const at::Tensor sums = channel_sums(in, true, dy, channel_stat(kOp, "mean", mean, in));
   return {sums[0].to(in.opmath), sums[1].to(in.opmath)};
 }
@@ -173,10 +193,8 @@ at::Tensor batch_norm_bwd_elemt_cuda(const at::Tensor& grad_out, const at::Tenso
   constexpr const char* kOp = "fastopt.batch_norm_bwd_elemt";
   const c10::cuda::CUDAGuard guard(input.device());
   const Input in = prepare(kOp, input);
-  TORCH_CHECK(grad_out.sizes() == input.sizes(), kOp, ": grad_out has shape ", grad_out.sizes(),
-              " but the input has shape ", input.sizes());
+  const at::Tensor dy = grad_like_x(kOp, grad_out, in);
   TORCH_CHECK(count > 0 || input.numel() == 0, kOp, ": count must be positive, got ", count);
-  const at::Tensor dy = like_layout(grad_out, in.x);
   return input_grad(in, dy, channel_stat(kOp, "mean", mean, in),
                     channel_stat(kOp, "invstd", invstd, in), weight_or_one(weight, in, kOp),
                     channel_stat(kOp, "sum_dy", sum_dy, in),
@@ -189,14 +207,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_bwd_cuda(
   constexpr const char* kOp = "fastopt.batch_norm_bwd";
   const c10::cuda::CUDAGuard guard(input.device());
   const Input in = prepare(kOp, input);
-  TORCH_CHECK(grad_out.sizes() == input.sizes(), kOp, ": grad_out has shape ", grad_out.sizes(),
-              " but the input has shape ", input.sizes());
-  const at::Tensor dy = like_layout(grad_out, in.x);
+  const at::Tensor dy = grad_like_x(kOp, grad_out, in);
   const at::Tensor m = channel_stat(kOp, "mean", mean, in);
   const at::Tensor is = channel_stat(kOp, "invstd", invstd, in);
+  const at::Tensor w = weight_or_one(weight, in, kOp);  // checked before any launch
   const at::Tensor sums = channel_sums(in, true, dy, m);
-  const at::Tensor dx =
-      input_grad(in, dy, m, is, weight_or_one(weight, in, kOp), sums[0], sums[1], in.count());
+  const at::Tensor dx = input_grad(in, dy, m, is, w, sums[0], sums[1], in.count());
   const c10::ScalarType param_dtype =
       weight.has_value() && weight->defined() ? weight->scalar_type() : input.scalar_type();
   return {dx, (sums[1] * is.to(at::kDouble)).to(param_dtype), sums[0].to(param_dtype)};

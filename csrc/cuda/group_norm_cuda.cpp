@@ -14,7 +14,7 @@
 
 #include "common/group_norm_shape.h"
 #include "common/norm_layout.h"
-#include "cuda/kernel_dtype.h"
+#include "cuda/norm_checks.h"
 #include "cuda/kernels/group_norm_kernel.h"
 
 namespace fastopt::cuda {
@@ -30,7 +30,7 @@ struct Input {
 
 Input prepare(const char* op, const at::Tensor& input, int64_t groups, int64_t activation) {
   GroupNormDims dims = group_norm_dims(op, input, groups);
-  const DType dtype = kernel_dtype(op, input.scalar_type());
+  const DType dtype = norm_kernel_dtype(op, input.scalar_type());
   Input in;
   in.x = native_layout(input, dims.channels_last);
   prefer_rows(dims);
@@ -38,12 +38,6 @@ Input prepare(const char* op, const at::Tensor& input, int64_t groups, int64_t a
                             norm_activation(op, activation)};
   in.opmath = at::toOpMathType(input.scalar_type());
   return in;
-}
-
-// The kernels dereference every pointer on x's device.
-void check_device(const char* op, const char* name, const at::Tensor& t, const at::Tensor& x) {
-  TORCH_CHECK(!t.defined() || t.device() == x.device(), op, ": expected ", name, " on ",
-              x.device(), ", got ", t.device());
 }
 
 at::Tensor workspace(const at::Tensor& x, int64_t bytes) {

@@ -6,6 +6,9 @@
 // loads coalesce). Each thread sums a few values in the arithmetic type; the
 // block combines its threads in double and writes one partial per channel to
 // the workspace; a last kernel adds the partials per channel in index order.
+// grid.x is the partial (slice or row block). gridDim.y is capped at 65535,
+// so past that many channels (tiles of 32 channels) a block loops over
+// channels gridDim.y apart; every (partial, channel) sum is the same either way.
 #include "cuda/kernels/batch_norm_kernel.h"
 
 #include "cuda/kernels/vec_memory.cuh"
@@ -21,9 +24,11 @@ constexpr int64_t kMaxPartials = 1024;
 constexpr int kLaneChannels = 32;
 constexpr int kRowStripes = kThreads / kLaneChannels;
 constexpr int64_t kMaxBlocks = 1 << 16;
+constexpr int64_t kMaxGridY = 65535;  // the hardware limit of gridDim.y
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 int64_t clamp_partials(int64_t n) { return n < 1 ? 1 : (n > kMaxPartials ? kMaxPartials : n); }
+unsigned grid_y(int64_t n) { return static_cast<unsigned>(n < kMaxGridY ? n : kMaxGridY); }
 
 // Partials per channel for a shape: slices of a channel (channels first) or
 // row blocks (channels last).
@@ -56,30 +61,35 @@ __device__ __forceinline__ void add_value(const ReduceArgs<T>& a, int64_t i, opm
 template <typename T>
 __global__ void __launch_bounds__(kThreads) reduce_channels_first_kernel(ReduceArgs<T> a) {
   __shared__ double shared[2][kThreads];
-  const int64_t c = blockIdx.y;
   const int64_t values = a.N * a.S;
-  const opmath_t<T> k = a.center[c];
-  opmath_t<T> s1 = 0, s2 = 0;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t v = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; v < values;
-       v += stride) {
-    const int64_t n = v / a.S;
-    add_value(a, (n * a.C + c) * a.S + (v - n * a.S), k, s1, s2);
-  }
-  shared[0][threadIdx.x] = static_cast<double>(s1);
-  shared[1][threadIdx.x] = static_cast<double>(s2);
-  __syncthreads();
-  for (int half = kThreads / 2; half > 0; half /= 2) {
-    if (static_cast<int>(threadIdx.x) < half) {
-      shared[0][threadIdx.x] += shared[0][threadIdx.x + half];
-      shared[1][threadIdx.x] += shared[1][threadIdx.x + half];
+  double* out = a.workspace + static_cast<int64_t>(blockIdx.x) * 2 * a.C;
+  // c is the same for the whole block, so every thread meets every barrier.
+  for (int64_t c = blockIdx.y; c < a.C; c += gridDim.y) {
+    const opmath_t<T> k = a.center[c];
+    opmath_t<T> s1 = 0, s2 = 0;
+    for (int64_t v = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; v < values;
+         v += stride) {
+      const int64_t n = v / a.S;
+      add_value(a, (n * a.C + c) * a.S + (v - n * a.S), k, s1, s2);
     }
+    shared[0][threadIdx.x] = static_cast<double>(s1);
+    shared[1][threadIdx.x] = static_cast<double>(s2);
     __syncthreads();
-  }
-  if (threadIdx.x == 0) {
-    double* out = a.workspace + static_cast<int64_t>(blockIdx.x) * 2 * a.C;
-    out[c] = shared[0][0];
-    out[a.C + c] = shared[1][0];
+    for (int half = kThreads / 2; half > 0; half /= 2) {
+      if (static_cast<int>(threadIdx.x) < half) {
+        shared[0][threadIdx.x] += shared[0][threadIdx.x + half];
+        shared[1][threadIdx.x] += shared[1][threadIdx.x + half];
+      }
+      __syncthreads();
+    }
+    // The next channel may refill shared without a barrier: past the
+    // reduction's last one only thread 0 reads it, and only slot 0, which no
+    // other thread writes.
+    if (threadIdx.x == 0) {
+      out[c] = shared[0][0];
+      out[a.C + c] = shared[1][0];
+    }
   }
 }
 
@@ -87,26 +97,30 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads) reduce_channels_last_kernel(ReduceArgs<T> a) {
   __shared__ double shared[2][kRowStripes][kLaneChannels];
   const int lane = threadIdx.x % kLaneChannels, stripe = threadIdx.x / kLaneChannels;
-  const int64_t c = static_cast<int64_t>(blockIdx.y) * kLaneChannels + lane;
   const int64_t rows = a.N * a.S, blocks = gridDim.x;
   const int64_t first = rows * blockIdx.x / blocks, last = rows * (blockIdx.x + 1) / blocks;
-  opmath_t<T> s1 = 0, s2 = 0;
-  if (c < a.C) {
-    const opmath_t<T> k = a.center[c];
-    for (int64_t r = first + stripe; r < last; r += kRowStripes) add_value(a, r * a.C + c, k, s1, s2);
-  }
-  shared[0][stripe][lane] = static_cast<double>(s1);
-  shared[1][stripe][lane] = static_cast<double>(s2);
-  __syncthreads();
-  if (stripe == 0 && c < a.C) {
-    double t1 = 0, t2 = 0;
-    for (int s = 0; s < kRowStripes; ++s) {
-      t1 += shared[0][s][lane];
-      t2 += shared[1][s][lane];
+  double* out = a.workspace + static_cast<int64_t>(blockIdx.x) * 2 * a.C;
+  // The tile is the same for the whole block, so every thread meets every barrier.
+  for (int64_t tile = blockIdx.y; tile * kLaneChannels < a.C; tile += gridDim.y) {
+    const int64_t c = tile * kLaneChannels + lane;
+    opmath_t<T> s1 = 0, s2 = 0;
+    if (c < a.C) {
+      const opmath_t<T> k = a.center[c];
+      for (int64_t r = first + stripe; r < last; r += kRowStripes) add_value(a, r * a.C + c, k, s1, s2);
     }
-    double* out = a.workspace + static_cast<int64_t>(blockIdx.x) * 2 * a.C;
-    out[c] = t1;
-    out[a.C + c] = t2;
+    shared[0][stripe][lane] = static_cast<double>(s1);
+    shared[1][stripe][lane] = static_cast<double>(s2);
+    __syncthreads();
+    if (stripe == 0 && c < a.C) {
+      double t1 = 0, t2 = 0;
+      for (int s = 0; s < kRowStripes; ++s) {
+        t1 += shared[0][s][lane];
+        t2 += shared[1][s][lane];
+      }
+      out[c] = t1;
+      out[a.C + c] = t2;
+    }
+    __syncthreads();  // stripe 0 has read every stripe's sums before the next tile writes them
   }
 }
 
@@ -133,10 +147,10 @@ void reduce_typed(const BatchNormReduceLaunch& l, cudaStream_t stream) {
                         l.gradient};
   const int64_t partials = partial_count(s);
   if (s.channels_last) {
-    const dim3 grid(static_cast<unsigned>(partials), static_cast<unsigned>(ceil_div(s.C, kLaneChannels)));
+    const dim3 grid(static_cast<unsigned>(partials), grid_y(ceil_div(s.C, kLaneChannels)));
     reduce_channels_last_kernel<T><<<grid, kThreads, 0, stream>>>(a);
   } else {
-    const dim3 grid(static_cast<unsigned>(partials), static_cast<unsigned>(s.C));
+    const dim3 grid(static_cast<unsigned>(partials), grid_y(s.C));
     reduce_channels_first_kernel<T><<<grid, kThreads, 0, stream>>>(a);
   }
   const int64_t width = 2 * s.C;

@@ -5,9 +5,11 @@
 // global index, and its 4 output words are the mask of 4 elements 16 apart
 // (NOTE: [dropout stream]), so each Philox call is used in full and a warp's
 // accesses for one word cover two runs of 16 consecutive elements. The
-// random words never leave registers. Channel-wise dropout (group > 1) runs
-// one thread per element, each computing its channel's word. The 1-bit mask
-// mode writes the mask with warp ballots, or applies a stored one.
+// random words never leave registers. Channel-wise dropout (group > 1) goes
+// by tiles of consecutive elements: the block computes the word of each
+// channel the tile touches once, into shared memory, and every element reads
+// its channel's word there. The 1-bit mask mode writes the mask with warp
+// ballots, or applies a stored one.
 #include "cuda/kernels/dropout_kernel.h"
 
 #include "common/philox.h"
@@ -20,6 +22,11 @@ constexpr int kThreads = 256;
 // Enough blocks to fill any current GPU several times over; larger inputs
 // are covered by the grid-stride loops.
 constexpr int64_t kMaxBlocks = 1 << 16;
+// Channel-wise dropout: elements per tile (4 per thread), and the most
+// channels such a tile can touch, group >= 2 being the case of that kernel:
+// kGroupTile consecutive elements span at most (kGroupTile + group - 2) / group + 1.
+constexpr int kGroupTile = 4 * kThreads;
+constexpr int kGroupTileChannels = kGroupTile / 2 + 1;
 
 template <typename T>
 struct DropoutArgs {
@@ -97,13 +104,29 @@ __global__ void __launch_bounds__(kThreads) dropout_stored_kernel(DropoutArgs<T>
   }
 }
 
+// Channel-wise dropout (group >= 2): the mask index of element i is
+// i / group, whose word cuda_dropout_word gives as for any mask index; the
+// group elements of a channel share it, so it is computed once per tile
+// instead of once per element. The tile loop is the same for the whole block,
+// so every thread meets every barrier.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) dropout_group_kernel(DropoutArgs<T> a) {
+  __shared__ uint32_t words[kGroupTileChannels];
   const DropoutKey key = dropout_key(a.seed);
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < a.numel;
-       i += stride) {
-    a.apply(i, a.multiplier(cuda_dropout_word(key, static_cast<uint64_t>(i / a.group))));
+  const int64_t tile_stride = static_cast<int64_t>(gridDim.x) * kGroupTile;
+  for (int64_t start = static_cast<int64_t>(blockIdx.x) * kGroupTile; start < a.numel;
+       start += tile_stride) {
+    const int64_t end = start + kGroupTile < a.numel ? start + kGroupTile : a.numel;
+    const int64_t first = start / a.group;
+    const int channels = static_cast<int>((end - 1) / a.group - first + 1);
+    for (int k = threadIdx.x; k < channels; k += kThreads) {
+      words[k] = cuda_dropout_word(key, static_cast<uint64_t>(first + k));
+    }
+    __syncthreads();
+    for (int64_t i = start + threadIdx.x; i < end; i += kThreads) {
+      a.apply(i, a.multiplier(words[i / a.group - first]));
+    }
+    __syncthreads();  // every element has read its word before the next tile writes them
   }
 }
 
@@ -133,7 +156,8 @@ void launch_typed(const DropoutLaunch& l, cudaStream_t stream) {
     const int64_t lanes = (l.numel + kDropoutBlock - 1) / kDropoutBlock * kDropoutLanes;
     dropout_lanes_kernel<T><<<blocks_for(lanes), kThreads, 0, stream>>>(a);
   } else {
-    dropout_group_kernel<T><<<blocks_for(l.numel), kThreads, 0, stream>>>(a);
+    const int64_t tiles = (l.numel + kGroupTile - 1) / kGroupTile;
+    dropout_group_kernel<T><<<blocks_for(tiles * kThreads), kThreads, 0, stream>>>(a);
   }
 }
 
