@@ -13,6 +13,7 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from .._ops.batch_norm import param_grads
 from .._ops.norm import _opmath_dtype
@@ -20,18 +21,29 @@ from .._ops.norm import _opmath_dtype
 ops = torch.ops.fastopt
 
 
-def _check_running_stat(stat: Optional[Tensor], name: str, channels: int) -> None:
-    if stat is not None and stat.numel() != channels:
-        raise RuntimeError(f"{name} should contain {channels} elements not {stat.numel()}")
+def _check_per_channel(t: Optional[Tensor], name: str, channels: int) -> None:
+    if t is not None and t.numel() != channels:
+        raise RuntimeError(f"{name} should contain {channels} elements not {t.numel()}")
 
 
-def _check_input(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor]) -> int:
-    """Torch's checks of F.batch_norm's arguments; returns the channel count."""
+def _check_input(
+    input: Tensor,
+    running_mean: Optional[Tensor],
+    running_var: Optional[Tensor],
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+) -> int:
+    """Torch's checks of F.batch_norm's arguments, in its order and words; returns the channel count.
+
+    They run before the op, whose own checks word the same errors differently.
+    """
     if input.dim() < 2:
         raise ValueError(f"expected an input of shape (N, C, *), got {input.dim()}D input")
     channels = input.size(1)
-    _check_running_stat(running_mean, "running_mean", channels)
-    _check_running_stat(running_var, "running_var", channels)
+    _check_per_channel(running_mean, "running_mean", channels)
+    _check_per_channel(running_var, "running_var", channels)
+    _check_per_channel(weight, "weight", channels)
+    _check_per_channel(bias, "bias", channels)
     return channels
 
 
@@ -52,9 +64,10 @@ def batch_norm(
     the running estimates (when given) are updated in place with the batch
     mean and unbiased variance.
     """
-    channels = _check_input(input, running_mean, running_var)
     if training:
-        torch.nn.functional._verify_batch_size(input.size())  # torch's ValueError
+        torch.nn.functional._verify_batch_size(input.size())  # torch's ValueError, checked first as in torch
+    channels = _check_input(input, running_mean, running_var, weight, bias)
+    if training:
         y, mean, _invstd, var = ops.batch_norm_fwd(input, weight, bias, eps)
         count = input.numel() // channels if channels else 0
         # count > 1 unless empty (checked above); an empty batch leaves them alone, as in torch.
@@ -91,7 +104,7 @@ class SyncBatchNormFunction(torch.autograd.Function):
         process_group: Any,
         world_size: int,
     ) -> Tensor:
-        channels = _check_input(input, running_mean, running_var)
+        channels = _check_input(input, running_mean, running_var, weight, bias)
         local_count = input.numel() // channels if channels else 0
         mean, m2 = ops.batch_norm_stats(input)
         totals = torch.cat([mean.new_full((1,), local_count, dtype=torch.float64), mean.double() * local_count])
@@ -115,6 +128,7 @@ class SyncBatchNormFunction(torch.autograd.Function):
         return ops.batch_norm_apply(input, mean, invstd, weight, bias)
 
     @staticmethod
+    @once_differentiable  # no double backward: differentiating this backward raises rather than silently giving 0
     def backward(ctx: Any, grad_output: Tensor) -> tuple:  # type: ignore[override]
         input, weight, mean, invstd = ctx.saved_tensors
         sum_dy, sum_dy_xmu = ops.batch_norm_bwd_reduce(grad_output, input, mean)

@@ -45,8 +45,19 @@ def _draw_seed(x: Tensor, generator: torch.Generator | None) -> Tensor:
 
 
 def _check_p(p: float) -> None:
+    """torch.nn.functional's range check: a ValueError. A NaN passes it, as in torch."""
     if p < 0.0 or p > 1.0:
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+
+
+def _check_p_like_aten(p: float) -> None:
+    """ATen's range check, which is what rejects a NaN (every comparison with it is False).
+
+    Called where torch enters ATen, after its Python checks and warnings, in
+    evaluation too: ATen checks p before it looks at ``train``.
+    """
+    if not 0.0 <= p <= 1.0:
+        raise RuntimeError(f"dropout probability has to be between 0 and 1, but got {p}")
 
 
 # How backward gets the mask: "recompute" redraws it from the two saved seed
@@ -60,15 +71,27 @@ def check_mask_mode(mask: str) -> str:
     return mask
 
 
-def _dropout_impl(
-    input: Tensor, p: float, inplace: bool, group: int, generator: torch.Generator | None, mask: str = "recompute"
-) -> Tensor:
-    """Training-mode dropout with ``group`` consecutive elements per mask entry."""
+def _maskless_dropout(input: Tensor, p: float, inplace: bool) -> Tensor | None:
+    """The result of a training-mode dropout that draws no mask (p = 0, p = 1 or an empty input), else None.
+
+    As ATen's _dropout_impl, these cases come before any check of the input's
+    shape: feature dropout of a 1-D input is an error only when a mask is drawn.
+    """
     if p == 0.0 or input.numel() == 0:
         return input  # as torch: the input itself
     if p == 1.0:
         # As torch: a multiplication by zero, which keeps NaNs and signs.
         return input.mul_(0) if inplace else input * 0
+    return None
+
+
+def _dropout_impl(
+    input: Tensor, p: float, inplace: bool, group: int, generator: torch.Generator | None, mask: str = "recompute"
+) -> Tensor:
+    """Training-mode dropout with ``group`` consecutive elements per mask entry."""
+    result = _maskless_dropout(input, p, inplace)
+    if result is not None:
+        return result
     seed = _draw_seed(input, generator)
     if mask == "bits":
         # Only element-wise dropout offers it (group == 1): the channel-wise
@@ -108,6 +131,7 @@ def dropout(
     """
     _check_p(p)
     check_mask_mode(mask)
+    _check_p_like_aten(p)
     if not training:
         return input
     return _dropout_impl(input, p, inplace, 1, generator, mask)
@@ -117,8 +141,12 @@ def _feature_dropout(
     input: Tensor, p: float, training: bool, inplace: bool, generator: torch.Generator | None
 ) -> Tensor:
     """Channel-wise dropout: one mask entry per ``input[n, c]``, like ATen's feature_dropout."""
+    _check_p_like_aten(p)
     if not training:
         return input
+    result = _maskless_dropout(input, p, inplace)
+    if result is not None:
+        return result
     if input.dim() < 2:
         raise RuntimeError("Feature dropout requires at least 2 dimensions in the input")
     return _dropout_impl(input, p, inplace, math.prod(input.shape[2:]), generator)
@@ -224,6 +252,7 @@ def dropout_add(
     from the unfused composition by that composition's own roundings.
     """
     _check_p(p)
+    _check_p_like_aten(p)  # a NaN fails as in dropout
     if not training or p == 0.0:
         return (x if bias is None else x + bias) + residual
     return _ops.ops.dropout_add(x, residual, bias, _draw_seed(x, generator), p)

@@ -56,6 +56,32 @@ def check_activation(activation: Optional[str]) -> Optional[str]:
     return activation
 
 
+def _check_group_norm_args(input: Tensor, num_groups: int, weight: Optional[Tensor], bias: Optional[Tensor]) -> None:
+    """torch.nn.functional.group_norm's checks, in its order, with its exception types and messages.
+
+    The op checks its arguments too, in fastopt's words; these run first so
+    that a caller sees exactly what torch raises.
+    """
+    if input.dim() < 2:
+        raise RuntimeError(f"Expected at least 2 dimensions for input tensor but received {input.dim()}")
+    # torch's ValueError for a group of one value (N = 1, C / G = 1, no spatial extent).
+    torch.nn.functional._verify_batch_size(
+        [input.size(0) * input.size(1) // num_groups, num_groups] + list(input.size()[2:])
+    )
+    channels = input.size(1)
+    if channels % num_groups != 0:
+        raise RuntimeError(
+            "Expected number of channels in input to be divisible by num_groups, but got input of shape "
+            f"{list(input.shape)} and num_groups={num_groups}"
+        )
+    for name, param in (("weight", weight), ("bias", bias)):
+        if param is not None and (param.dim() != 1 or param.numel() != channels):
+            raise RuntimeError(
+                f"Expected {name} to be a vector of size equal to the number of channels in input, but got "
+                f"{name} of shape {list(param.shape)} and input of shape {list(input.shape)}"
+            )
+
+
 def group_norm(
     input: Tensor,
     num_groups: int,
@@ -72,9 +98,34 @@ def group_norm(
     input's memory format.
     """
     code = _ACTIVATIONS[check_activation(activation)]
+    _check_group_norm_args(input, num_groups, weight, bias)
     if not has_kernel(input):
         return _TORCH_ACTIVATIONS[activation](torch.nn.functional.group_norm(input, num_groups, weight, bias, eps))
     return torch.ops.fastopt.group_norm_fwd(input, weight, bias, num_groups, eps, code)[0]
+
+
+def _check_layer_norm_args(
+    input: Tensor, shape: tuple[int, ...], weight: Optional[Tensor], bias: Optional[Tensor]
+) -> None:
+    """torch's checks of layer_norm's arguments, in its order, with its exception types and messages."""
+    if len(shape) == 0:
+        raise RuntimeError(
+            "Expected normalized_shape to be at least 1-dimensional, i.e., containing at least one element, "
+            f"but got normalized_shape = {list(shape)}"
+        )
+    for name, param in (("weight", weight), ("bias", bias)):
+        if param is not None and tuple(param.shape) != shape:
+            raise RuntimeError(
+                f"Expected {name} to be of same shape as normalized_shape, but got {name} of shape "
+                f"{list(param.shape)} and normalized_shape = {list(shape)}"
+            )
+    k = len(shape)
+    if input.dim() < k or tuple(input.shape[input.dim() - k :]) != shape:
+        # Sic: torch prints no space between "size" and the shape.
+        raise RuntimeError(
+            f"Given normalized_shape={list(shape)}, expected input with shape [*, "
+            f"{', '.join(str(s) for s in shape)}], but got input of size{list(input.shape)}"
+        )
 
 
 def layer_norm(
@@ -86,28 +137,98 @@ def layer_norm(
 ) -> Tensor:
     """``torch.nn.functional.layer_norm`` on fastopt's group-norm kernels."""
     shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
-    k = len(shape)
-    if k == 0 or input.dim() < k or tuple(input.shape[input.dim() - k :]) != shape:
-        raise RuntimeError(
-            f"Given normalized_shape={list(shape)}, expected input with shape [*, "
-            f"{', '.join(str(s) for s in shape)}], but got input of size {list(input.shape)}"
-        )
+    _check_layer_norm_args(input, shape, weight, bias)
     if not has_kernel(input):
         return torch.nn.functional.layer_norm(input, shape, weight, bias, eps)
-    rows = input.reshape(-1, math.prod(shape))
+    # The row count is spelled out, not -1: with a zero-size normalized_shape
+    # (LayerNorm(0)) reshape could not infer it.
+    rows = input.reshape(math.prod(input.shape[: input.dim() - len(shape)]), math.prod(shape))
     y = torch.ops.fastopt.group_norm_fwd(rows, weight, bias, 1, eps, 0)[0]
     return y.view(input.shape)
 
 
-def instance_norm(
+def _instance_norm(
     input: Tensor,
     weight: Optional[Tensor] = None,
     bias: Optional[Tensor] = None,
     eps: float = 1e-5,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Instance normalization with each sample's statistics.
-
-    Returns ``(y, mean, rstd)``, the statistics of shape (N, C), from which
-    :class:`fastopt.nn.InstanceNorm2d` updates its running estimates.
-    """
+    """Instance normalization with each sample's statistics: ``(y, mean, rstd)``, the statistics (N, C)."""
     return torch.ops.fastopt.group_norm_fwd(input, weight, bias, input.size(1), eps, 0)
+
+
+def _check_instance_norm_args(input: Tensor, tensors: dict[str, Optional[Tensor]]) -> None:
+    """torch's per-channel size checks of instance_norm's arguments, with its messages.
+
+    torch runs BatchNorm on the input viewed as (1, N * C, *) with every
+    per-channel tensor repeated N times, and its messages count the repeats
+    (so with N = 0, nothing is checked here; the op still checks weight and bias).
+    """
+    if (tensors["running_mean"] is None) != (tensors["running_var"] is None):
+        raise ValueError("running_mean and running_var must either both be None or neither be None")
+    n, channels = input.size(0), input.size(1)
+    for name, t in tensors.items():
+        if t is not None and t.numel() * n != channels * n:
+            raise RuntimeError(f"{name} should contain {channels * n} elements not {t.numel() * n}")
+
+
+@torch.no_grad()
+def _update_running_stats(
+    input: Tensor, mean: Tensor, rstd: Tensor, running_mean: Tensor, running_var: Tensor, momentum: float, eps: float
+) -> None:
+    """Fold the (N, C) per-instance statistics into the running estimates, as torch does.
+
+    Each instance's mean and unbiased variance enter with weight ``momentum``,
+    averaged over the batch. The variance is recovered from
+    rstd = 1 / sqrt(var + eps) in float64, as group_norm_fwd returns no
+    variance: where var << eps, that keeps fewer digits of var than torch's
+    direct computation.
+    """
+    if input.numel() == 0:
+        # As torch, which runs BatchNorm on N copies of the estimates: an
+        # empty input updates none of them, and their average over an empty
+        # batch (N = 0) is NaN.
+        if input.size(0) == 0:
+            running_mean.fill_(math.nan)
+            running_var.fill_(math.nan)
+        return
+    count = math.prod(input.shape[2:])  # > 1: checked by _verify_spatial_size
+    var = rstd.double().pow(-2).sub_(eps).clamp_min_(0)
+    unbiased = var * (count / (count - 1))
+    running_mean.mul_(1 - momentum).add_(mean.mean(0).to(running_mean.dtype), alpha=momentum)
+    running_var.mul_(1 - momentum).add_(unbiased.mean(0).to(running_var.dtype), alpha=momentum)
+
+
+def instance_norm(
+    input: Tensor,
+    running_mean: Optional[Tensor] = None,
+    running_var: Optional[Tensor] = None,
+    weight: Optional[Tensor] = None,
+    bias: Optional[Tensor] = None,
+    use_input_stats: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    """``torch.nn.functional.instance_norm``: same arguments, defaults, result and errors.
+
+    With ``use_input_stats`` (default), each (sample, channel) is normalized
+    with its own statistics on fastopt's kernels, and the running estimates,
+    when given, are updated in place with ``momentum``. Without it, the
+    running estimates normalize the input.
+    """
+    if not use_input_stats and (running_mean is None or running_var is None):
+        raise RuntimeError("Expected running_mean and running_var to be defined when use_input_stats is false")
+    if not use_input_stats or not has_kernel(input):
+        # Normalizing with the running estimates is a per-channel affine map;
+        # and where fastopt has no kernel for the device, torch runs.
+        return torch.nn.functional.instance_norm(
+            input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps
+        )
+    torch.nn.functional._verify_spatial_size(input.size())  # torch's ValueError
+    _check_instance_norm_args(
+        input, {"running_mean": running_mean, "running_var": running_var, "weight": weight, "bias": bias}
+    )
+    y, mean, rstd = _instance_norm(input, weight, bias, eps)
+    if running_mean is not None and running_var is not None:
+        _update_running_stats(input, mean, rstd, running_mean, running_var, momentum, eps)
+    return y

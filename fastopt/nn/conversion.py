@@ -8,7 +8,7 @@ one ``torch.nn`` module, and that base is what it replaces. A module added to
 
 from __future__ import annotations
 
-from typing import Dict, Type
+from typing import Dict, Tuple, Type
 
 import torch
 from torch import nn
@@ -38,21 +38,27 @@ def replacement_table() -> Dict[Type[nn.Module], Type[nn.Module]]:
     return table
 
 
+# The containers that _swap copies; every other attribute is shared.
+_CONTAINERS = ("_parameters", "_buffers", "_modules")
+
+
 def _swap(module: nn.Module, cls: Type[nn.Module]) -> nn.Module:
-    """A ``cls`` instance that shares ``module``'s parameters, buffers and flags.
+    """A ``cls`` instance that shares ``module``'s parameters, buffers, hooks and flags.
 
     The constructor is not called: it would allocate fresh parameters and reset
-    running statistics. The new module takes the old one's attributes (shallow
-    copies of the parameter, buffer and hook dictionaries, so the two modules
-    stay independent containers of the same tensors). Attributes that only the
-    fastopt class has fall back to its class-level defaults.
+    running statistics. The new module takes the old one's attributes. The
+    parameter, buffer and submodule dictionaries are shallow copies, so the two
+    modules stay independent containers of the same tensors. The hook
+    dictionaries are the very same objects: a ``RemovableHandle`` taken before
+    the conversion removes its hook from them by key, so it keeps working.
+    Attributes that only the fastopt class has fall back to its class-level
+    defaults.
     """
     new = cls.__new__(cls)
-    state = dict(module.__dict__)
-    for key, value in state.items():
-        if isinstance(value, dict):  # _parameters, _buffers, _modules, hook dicts
-            state[key] = type(value)(value)
-    new.__dict__.update(state)
+    new.__dict__.update(module.__dict__)
+    for key in _CONTAINERS:
+        value = module.__dict__[key]
+        new.__dict__[key] = type(value)(value)
     return new
 
 
@@ -70,14 +76,25 @@ def convert(model: nn.Module) -> nn.Module:
     of the replaced modules, as with ``SyncBatchNorm.convert_sync_batchnorm``.
     """
     table = replacement_table()
+    # id(module) -> (module, its replacement): a module used at several places
+    # (weights shared by module) is converted once and stays one object. The
+    # original is kept alive here so that its id cannot be reused meanwhile.
+    done: Dict[int, Tuple[nn.Module, nn.Module]] = {}
 
     def visit(module: nn.Module) -> nn.Module:
-        for name, child in module.named_children():
+        if id(module) in done:
+            return done[id(module)][1]
+        # _modules rather than named_children(), which yields a repeated child once.
+        for name, child in list(module._modules.items()):
+            if child is None:
+                continue
             new_child = visit(child)
             if new_child is not child:
                 setattr(module, name, new_child)
         cls = table.get(type(module))
-        return module if cls is None else _swap(module, cls)
+        new = module if cls is None else _swap(module, cls)
+        done[id(module)] = (module, new)
+        return new
 
     with torch.no_grad():
         return visit(model)

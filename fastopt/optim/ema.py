@@ -29,23 +29,24 @@ def _tensors(source: Tensors) -> list[Tensor]:
 
 def _averaged(t: Tensor) -> bool:
     # Integer buffers such as BatchNorm's num_batches_tracked are counters,
-    # not weights: they are copied, never averaged.
-    return t.is_floating_point()
+    # not weights: they are copied, never averaged. Complex tensors are
+    # weights like real ones.
+    return t.is_floating_point() or t.is_complex()
 
 
 class _Groups:
-    """``shadow``/``current`` pairs split into fused (device, dtype) groups and the rest.
+    """``shadow``/``current`` pairs split into averaged (device, dtype) groups and the rest.
 
     Built once per EMA (its tensors never change) and per call for
     AveragedModel's multi_avg_fn, whose lists may.
     """
 
     def __init__(self, shadow: list[Tensor], current: list[Tensor]) -> None:
-        self.fused: dict[tuple[torch.device, torch.dtype], tuple[list[Tensor], list[Tensor]]] = {}
+        self.averaged: dict[tuple[torch.device, torch.dtype], tuple[list[Tensor], list[Tensor]]] = {}
         self.other: list[tuple[Tensor, Tensor]] = []
         for s, c in zip(shadow, current, strict=True):
             if _averaged(s):
-                dst, src = self.fused.setdefault((s.device, s.dtype), ([], []))
+                dst, src = self.averaged.setdefault((s.device, s.dtype), ([], []))
                 dst.append(s)
                 src.append(c.detach())
             else:
@@ -53,16 +54,22 @@ class _Groups:
 
     @torch.no_grad()
     def update(self, decay: float, *, like_torch: bool = False) -> None:
-        """shadow = lerp(shadow, current, 1 - decay): one fused op per (device, dtype).
+        """shadow = lerp(shadow, current, 1 - decay): one op per (device, dtype).
 
-        Non-floating tensors are copied, or with ``like_torch`` treated as
+        Integer tensors are copied, or with ``like_torch`` treated as
         torch.optim.swa_utils.get_ema_multi_avg_fn treats them: ``decay * shadow +
         (1 - decay) * current``, truncated back to the integer dtype.
         """
         for s, c in self.other:
             s.copy_(s * decay + c * (1 - decay) if like_torch else c)
-        for dst, src in self.fused.values():
-            ops.ema_(dst, src, decay=decay)
+        for (_, dtype), (dst, src) in self.averaged.items():
+            if dtype.is_complex:
+                # The fused op averages real floating-point tensors only; complex
+                # ones take torch's own lerp, which is exactly what
+                # get_ema_multi_avg_fn computes for them.
+                torch._foreach_lerp_(dst, src, 1 - decay)
+            else:
+                ops.ema_(dst, src, decay=decay)
 
 
 class EMA:
@@ -76,9 +83,10 @@ class EMA:
     which is ``torch.lerp(shadow, param, 1 - decay)``, rounded as
     ``torch._foreach_lerp_(shadow, params, 1 - decay)`` rounds it (in float32
     for 16-bit tensors). The whole update is one op call per (device, dtype),
-    not one kernel per tensor. Floating-point buffers (BatchNorm's running
-    statistics) are averaged too; other buffers (``num_batches_tracked``) are
-    copied, as they count rather than weigh.
+    not one kernel per tensor (complex tensors, which the fused op does not
+    take, are averaged by ``torch._foreach_lerp_``). Floating-point and
+    complex buffers (BatchNorm's running statistics) are averaged too; integer
+    buffers (``num_batches_tracked``) are copied, as they count rather than weigh.
 
     Typical use::
 
@@ -210,7 +218,7 @@ def ema_multi_avg_fn(decay: float = 0.999) -> Callable[[list[Tensor], list[Tenso
 
         ema_model = AveragedModel(model, multi_avg_fn=ema_multi_avg_fn(0.999))
 
-    Non-floating tensors (``num_batches_tracked`` with ``use_buffers=True``)
+    Integer tensors (``num_batches_tracked`` with ``use_buffers=True``)
     get torch's treatment too, so that the two functions agree everywhere.
     AveragedModel calls the function once per (device, dtype) group with
     ``(averaged_param_list, current_param_list, num_averaged)``.

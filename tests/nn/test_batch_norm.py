@@ -7,10 +7,14 @@ import inspect
 
 import pytest
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 import fastopt.nn
 from fastopt.nn import functional as FF
+from fastopt.nn._batch_norm_functional import SyncBatchNormFunction
+
+from ..optim.reference import assert_same_error
 
 # Every test under each compiled CPU kernel variant (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("each_cpu_isa")
@@ -278,6 +282,54 @@ def test_errors_match_torch(device):
     # torch's exception type for a dtype without a kernel.
     with pytest.raises(NotImplementedError, match="float32, float64"):
         FF.batch_norm(torch.ones(2, 3, 4, dtype=torch.int32, device=device), None, None, training=True)
+
+
+FUNCTIONAL_ERRORS = {
+    "weight-size": lambda F, x, t: F.batch_norm(x, None, None, t(4), None, True),
+    "bias-size": lambda F, x, t: F.batch_norm(x, None, None, None, t(4), True),
+    "weight-size-eval": lambda F, x, t: F.batch_norm(x, t(6), t(6), t(4), None, False),
+    "running-var-size": lambda F, x, t: F.batch_norm(x, t(6), t(5), None, None, True),
+    # one value per channel: torch's ValueError comes before the size checks
+    "one-value-and-weight-size": lambda F, x, t: F.batch_norm(x[:1, :, :1], None, None, t(4), None, True),
+}
+
+
+@pytest.mark.parametrize("case", FUNCTIONAL_ERRORS)
+def test_functional_errors_match_torch(device, case):
+    """torch's type and message, raised before fastopt's op words them its own way."""
+    x = torch.randn(3, 6, 5, device=device)
+    fn = FUNCTIONAL_ERRORS[case]
+    ones = lambda n: torch.ones(n, device=device)  # noqa: E731
+    assert_same_error(lambda: fn(F, x, ones), lambda: fn(FF, x, ones))
+
+
+@pytest.fixture
+def one_process_group():
+    """A gloo group of this process alone, on an in-memory store: SyncBatchNormFunction's
+    all_reduces run, with no port and no second process."""
+    if not dist.is_available() or not dist.is_gloo_available() or dist.is_initialized():
+        pytest.skip("needs torch.distributed with gloo, and no process group yet")
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield dist.group.WORLD
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sync_batch_norm_double_backward_raises(one_process_group):
+    """SyncBatchNormFunction's backward has no derivative of its own: differentiating it
+    (a gradient penalty, a Hessian-vector product) raises instead of dropping that term."""
+    x = torch.randn(4, 3, 5, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    head = torch.randn(5, dtype=torch.float64, requires_grad=True)  # makes the incoming gradient require grad
+    y = SyncBatchNormFunction.apply(x, weight, bias, None, None, 1e-5, 0.1, one_process_group, 1)
+    torch.testing.assert_close(y, F.batch_norm(x, None, None, weight, bias, True))
+    (grad_x,) = torch.autograd.grad((y * head).sum(), x, create_graph=True)
+    (grad_x_ref,) = torch.autograd.grad((F.batch_norm(x, None, None, weight, bias, True) * head).sum(), x)
+    torch.testing.assert_close(grad_x, grad_x_ref)  # first order: correct
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        grad_x.square().sum().backward()
 
 
 def test_needs_input_grad(device):

@@ -133,3 +133,32 @@ def test_convert_batch_norm_keeps_parameters_buffers_and_mode():
     model.eval()
     reference.eval()
     torch.testing.assert_close(model(x), reference(x))
+
+
+def test_hook_handles_taken_before_convert_still_work():
+    """The converted module shares the hook dictionaries, so an earlier handle still removes its hook."""
+    model = nn.Sequential(nn.BatchNorm1d(3), nn.LayerNorm(3))
+    calls = []
+    kept = model[0].register_forward_hook(lambda *args: calls.append("kept"))
+    removed = model[0].register_forward_hook(lambda *args: calls.append("removed"))
+    removed_with_kwargs = model[1].register_forward_pre_hook(lambda *args: calls.append("pre"), with_kwargs=True)
+    fnn.convert(model)
+    assert type(model[0]) is fnn.BatchNorm1d and type(model[1]) is fnn.LayerNorm
+    removed.remove()
+    removed_with_kwargs.remove()
+    model(torch.randn(4, 3))
+    assert calls == ["kept"]
+    kept.remove()
+    model(torch.randn(4, 3))
+    assert calls == ["kept"]
+
+
+def test_module_used_twice_is_converted_once():
+    """One instance at two places (shared by module) stays one, converted, object."""
+    bn = nn.BatchNorm1d(3)
+    inner = nn.Sequential(bn)
+    model = nn.Sequential(bn, nn.ReLU(), bn, inner, inner)
+    fnn.convert(model)
+    assert type(model[0]) is fnn.BatchNorm1d
+    assert model[0] is model[2] is model[3][0] and model[3] is model[4]
+    assert model[0].weight is bn.weight

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -116,6 +117,57 @@ def test_eval_p0_p1(device):
         nn.Dropout(1.5)
     with pytest.raises(ValueError):
         F.dropout(x, -0.1)
+
+
+def _outcome(fn):
+    """fn()'s result or exception, and the texts of the warnings it gave."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result = fn()
+        except Exception as e:  # noqa: BLE001 - compared with torch's below
+            result = e
+    return result, [str(w.message) for w in caught]
+
+
+def _assert_same_outcome(ours, ref):
+    (result, warned), (ref_result, ref_warned) = ours, ref
+    assert warned == ref_warned
+    if isinstance(ref_result, Exception):
+        assert type(result) is type(ref_result) and str(result) == str(ref_result)
+    else:
+        torch.testing.assert_close(result, ref_result, equal_nan=True)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_nan_p_raises_like_torch(device, training):
+    """A NaN passes torch's Python range check and fails ATen's: a RuntimeError, in eval too."""
+    x = torch.randn(4, 3, 5, device=device)
+    nan = float("nan")
+    for name in ("dropout", "dropout1d", "dropout2d", "dropout3d"):
+        _assert_same_outcome(
+            _outcome(lambda: getattr(F, name)(x, nan, training)),
+            _outcome(lambda: getattr(torch.nn.functional, name)(x, nan, training)),
+        )
+    ours, ref = nn.Dropout(nan).train(training), torch.nn.Dropout(nan).train(training)
+    _assert_same_outcome(_outcome(lambda: ours(x)), _outcome(lambda: ref(x)))
+    with pytest.raises(RuntimeError, match="between 0 and 1, but got nan"):
+        F.dropout_add(x, x, nan, training)
+
+
+# dropout3d with p = 0.5 is left out: torch takes a 1-D input as an unbatched
+# (C, L) one there and draws a random mask.
+@pytest.mark.parametrize(
+    "name,p", [(name, p) for name in ("dropout1d", "dropout2d", "dropout3d") for p in (0.0, 1.0)]
+    + [("dropout1d", 0.5), ("dropout2d", 0.5)],
+)
+def test_channelwise_1d_input_like_torch(device, name, p):
+    """ATen checks feature dropout's input rank only when it draws a mask: with p = 0 or 1,
+    dropout2d of a 1-D input returns the input or input * 0 (after torch's warning)."""
+    x = torch.tensor([1.0, -2.0, float("nan"), 0.5], device=device)
+    _assert_same_outcome(
+        _outcome(lambda: getattr(F, name)(x, p)), _outcome(lambda: getattr(torch.nn.functional, name)(x, p))
+    )
 
 
 def test_inplace(device):

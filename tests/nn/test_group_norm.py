@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import fastopt.nn
 from fastopt.nn import functional as FF
 
+from ..optim.reference import assert_same_error
 from .tensors import unaligned
 
 # Every test under each compiled CPU kernel variant (tests/conftest.py).
@@ -98,6 +99,41 @@ def test_validation_matches_torch():
         fastopt.nn.GroupNorm(4, 12, activation="gelu")
     with pytest.raises(RuntimeError, match="divisible by num_groups"):
         FF.group_norm(torch.randn(2, 12, 3), 5)
+
+
+GROUP_NORM_ERRORS = {
+    # one value per group in training: torch's ValueError
+    "one-value-per-group": lambda F, d: F.group_norm(torch.randn(1, 4, 1, device=d), 4),
+    "one-value-per-group-2d": lambda F, d: F.group_norm(torch.randn(1, 4, device=d), 4),
+    "1d-input": lambda F, d: F.group_norm(torch.randn(4, device=d), 2),
+    "not-divisible": lambda F, d: F.group_norm(torch.randn(3, 3, 5, device=d), 2),
+    "weight-size": lambda F, d: F.group_norm(torch.randn(3, 6, 5, device=d), 2, torch.ones(4, device=d)),
+    "weight-2d": lambda F, d: F.group_norm(torch.randn(3, 4, 5, device=d), 2, torch.ones(2, 2, device=d)),
+}
+
+
+@pytest.mark.parametrize("case", GROUP_NORM_ERRORS)
+def test_errors_match_torch(device, case):
+    """torch's exception type and message, raised before fastopt's op words them its own way."""
+    fn = GROUP_NORM_ERRORS[case]
+    assert_same_error(lambda: fn(F, device), lambda: fn(FF, device))
+
+
+def test_bias_error_names_the_bias():
+    # torch's type and text, except that torch prints the weight's shape as the bias's.
+    x = torch.randn(3, 4, 5)
+    with pytest.raises(RuntimeError, match=r"Expected bias to be a vector .* but got bias of shape \[3\] and input"):
+        FF.group_norm(x, 2, torch.ones(4), torch.ones(3))
+
+
+@pytest.mark.parametrize(
+    "num_groups,shape", [(4, (1, 4, 1)), (2, (4,)), (2, (3, 6, 5))], ids=["one-value", "1d", "channels"]
+)
+def test_module_errors_match_torch(device, num_groups, shape):
+    ours = fastopt.nn.GroupNorm(num_groups, 4).to(device)
+    ref = torch.nn.GroupNorm(num_groups, 4).to(device)
+    x = torch.randn(shape, device=device)
+    assert_same_error(lambda: ref(x), lambda: ours(x))
 
 
 def test_non_contiguous_and_empty(device):

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 import fastopt.nn
+from fastopt.nn import functional as FF
+
+from ..optim.reference import assert_same_error
 
 # Every test under each compiled CPU kernel variant (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("each_cpu_isa")
@@ -59,3 +66,90 @@ def test_gradcheck(device, channels_last):
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
     assert torch.autograd.gradcheck(m, [x.requires_grad_()])
+
+
+def test_functional_signature_matches_torch():
+    ours, ref = inspect.signature(FF.instance_norm), inspect.signature(F.instance_norm)
+    assert list(ours.parameters) == list(ref.parameters)
+    for name, p in ref.parameters.items():
+        assert ours.parameters[name].default == p.default, name
+
+
+def _functional_results(fn, x, stats, weight, *args):
+    """fn's output, the gradients of x and weight, and the running statistics after the call."""
+    x = x.clone().requires_grad_()
+    running = [t.clone() for t in stats] if stats else [None, None]
+    w = weight.clone().requires_grad_() if weight is not None else None
+    y = fn(x, *running, w, None if w is None else w * 0.5, *args)
+    y.backward(torch.cos(y.detach()))
+    return [y, x.grad] + ([w.grad] if w is not None else []) + [t for t in running if t is not None]
+
+
+@pytest.mark.parametrize("with_stats", [False, True])
+@pytest.mark.parametrize("affine", [False, True])
+@pytest.mark.parametrize("args", [(), (True, 0.3, 1e-3), (True, 0.0), (False,), (False, 0.1, 1e-2)])
+def test_functional_matches_torch(device, with_stats, affine, args):
+    """torch's F.instance_norm, positional arguments and all: a Tensor, with the running
+    statistics updated in place (use_input_stats) or used to normalize (not use_input_stats)."""
+    x = torch.randn(3, 4, 5, 6, dtype=torch.float64, device=device) * 2 + 1
+    stats = [
+        torch.randn(4, dtype=torch.float64, device=device),
+        torch.rand(4, dtype=torch.float64, device=device) + 0.5,
+    ]
+    weight = torch.randn(4, dtype=torch.float64, device=device) if affine else None
+    call = lambda fn: _functional_results(fn, x, stats if with_stats else None, weight, *args)  # noqa: E731
+    if args and not args[0] and not with_stats:
+        assert_same_error(lambda: call(F.instance_norm), lambda: call(FF.instance_norm))
+        return
+    ours, ref = call(FF.instance_norm), call(F.instance_norm)
+    assert isinstance(ours[0], torch.Tensor) and len(ours) == len(ref)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b)
+
+
+INSTANCE_NORM_ERRORS = {
+    "one-running-stat": lambda F, x, t: F.instance_norm(x, t(4), None),
+    "running-mean-size": lambda F, x, t: F.instance_norm(x, t(3), t(4)),
+    "running-var-size": lambda F, x, t: F.instance_norm(x, t(4), t(5)),
+    "weight-size": lambda F, x, t: F.instance_norm(x, None, None, t(3)),
+    "bias-size": lambda F, x, t: F.instance_norm(x, None, None, t(4), t(2)),
+    "no-stats-without-input-stats": lambda F, x, t: F.instance_norm(x, None, None, None, None, False),
+    "one-spatial-element": lambda F, x, t: F.instance_norm(x[..., :1]),
+}
+
+
+@pytest.mark.parametrize("case", INSTANCE_NORM_ERRORS)
+def test_functional_errors_match_torch(device, case):
+    x = torch.randn(2, 4, 5, device=device)
+    fn = INSTANCE_NORM_ERRORS[case]
+    ones = lambda n: torch.ones(n, device=device)  # noqa: E731
+    assert_same_error(lambda: fn(F, x, ones), lambda: fn(FF, x, ones))
+
+
+@pytest.mark.parametrize("shape", [(0, 4, 5, 6), (2, 4, 0, 6), (0, 4, 0, 6)], ids=["no-samples", "no-pixels", "none"])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_empty_input_matches_torch(device, shape, momentum):
+    """As torch: an empty output; an empty input leaves the running statistics alone, except
+    that an empty batch makes them NaN (torch averages N copies of them, here none)."""
+    ours = fastopt.nn.InstanceNorm2d(4, track_running_stats=True, momentum=momentum).to(device)
+    ref = torch.nn.InstanceNorm2d(4, track_running_stats=True, momentum=momentum).to(device)
+    with torch.no_grad():
+        ref.running_mean.normal_()
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(shape, device=device)
+    y, y_ref = ours(x), ref(x)
+    assert y.shape == y_ref.shape == shape
+    for a, b in zip(ours.state_dict().values(), ref.state_dict().values()):
+        torch.testing.assert_close(a, b, equal_nan=True)
+    if shape[0] == 0:
+        assert math.isnan(ours.running_mean[0].item())
+
+
+def test_momentum_none_keeps_running_stats(device):
+    """torch's momentum=None is a momentum of 0 here: the running statistics stay as they are."""
+    ours = fastopt.nn.InstanceNorm1d(3, track_running_stats=True, momentum=None).to(device)
+    ref = torch.nn.InstanceNorm1d(3, track_running_stats=True, momentum=None).to(device)
+    x = torch.randn(4, 3, 7, device=device)
+    torch.testing.assert_close(ours(x), ref(x))
+    for a, b in zip(ours.state_dict().values(), ref.state_dict().values()):
+        torch.testing.assert_close(a, b)

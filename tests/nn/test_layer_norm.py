@@ -7,6 +7,7 @@ import torch
 
 import fastopt.nn
 
+from ..optim.reference import assert_same_error
 from .tensors import unaligned
 
 # Every test under each compiled CPU kernel variant (tests/conftest.py).
@@ -114,3 +115,43 @@ def test_gradcheck(device):
 def test_bad_shape_raises_like_torch():
     with pytest.raises(RuntimeError, match="normalized_shape"):
         fastopt.nn.LayerNorm(8)(torch.randn(2, 7))
+
+
+LAYER_NORM_ERRORS = {
+    "empty-normalized-shape": lambda F, x: F.layer_norm(x, ()),
+    "input-shape": lambda F, x: F.layer_norm(x, (4,)),
+    "input-too-short": lambda F, x: F.layer_norm(x, (1, 2, 3, 5)),
+    "weight-shape": lambda F, x: F.layer_norm(x, (5,), torch.ones(4)),
+    # the right number of elements in the wrong shape: torch rejects it too
+    "weight-flat": lambda F, x: F.layer_norm(x, (3, 5), torch.ones(15)),
+    "weight-extra-dim": lambda F, x: F.layer_norm(x, (5,), torch.ones(1, 5)),
+    "bias-shape": lambda F, x: F.layer_norm(x, (5,), None, torch.ones(1, 5)),
+}
+
+
+@pytest.mark.parametrize("case", LAYER_NORM_ERRORS)
+def test_errors_match_torch(case):
+    x = torch.randn(2, 3, 5)
+    fn = LAYER_NORM_ERRORS[case]
+    assert_same_error(lambda: fn(torch.nn.functional, x), lambda: fn(fastopt.nn.functional, x))
+
+
+def test_module_errors_match_torch():
+    x = torch.randn(3, 4)
+    for shape in [(), 5]:
+        assert_same_error(lambda: torch.nn.LayerNorm(shape)(x), lambda: fastopt.nn.LayerNorm(shape)(x))
+
+
+@pytest.mark.parametrize("normalized_shape,shape", [(0, (3, 0)), ((2, 0), (3, 2, 0)), (4, (0, 4))])
+def test_empty_matches_torch(device, normalized_shape, shape):
+    """Zero elements per row (LayerNorm(0)) or no rows: torch's empty output and zero gradients."""
+    results = []
+    for cls in (fastopt.nn.LayerNorm, torch.nn.LayerNorm):
+        m = cls(normalized_shape).to(device)
+        x = torch.randn(shape, device=device, requires_grad=True)
+        y = m(x)
+        y.sum().backward()
+        results.append([y, x.grad, m.weight.grad, m.bias.grad])
+    for ours, ref in zip(*results):
+        assert ours.shape == ref.shape
+        torch.testing.assert_close(ours, ref)

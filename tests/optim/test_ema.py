@@ -25,10 +25,21 @@ def _model(device: str) -> torch.nn.Module:
 def _perturb(tensors) -> None:
     with torch.no_grad():
         for t in tensors:
-            if t.is_floating_point():
+            if t.is_floating_point() or t.is_complex():
                 t.add_(torch.randn_like(t))
             else:
                 t.add_(1)
+
+
+def _updates_against_lerp(ema: EMA, params: list, steps: int) -> list:
+    """Runs ``steps`` perturb-and-update rounds of ``ema`` (decay 0.9) and returns
+    the shadow that torch._foreach_lerp_ computes over the same rounds."""
+    expected = [s.clone() for s in ema.shadow]
+    for _ in range(steps):
+        _perturb(params)
+        ema.update()
+        torch._foreach_lerp_(expected, [p.detach() for p in params], 1 - 0.9)
+    return expected
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16], ids=str)
@@ -36,11 +47,7 @@ def test_update_matches_foreach_lerp(dtype, device):
     """One update rounds as torch._foreach_lerp_(shadow, params, 1 - decay)."""
     params = make_params(device, dtype)  # every layout of the optimizer tests
     ema = EMA(params, decay=0.9)
-    expected = [s.clone() for s in ema.shadow]
-    for _ in range(3):
-        _perturb(params)
-        ema.update()
-        torch._foreach_lerp_(expected, [p.detach() for p in params], 1 - 0.9)
+    expected = _updates_against_lerp(ema, params, steps=3)
     for ours, ref in zip(ema.shadow, expected):
         # the SIMD body rounds exactly as ATen's lerp; allow a last bit in tails
         torch.testing.assert_close(ours, ref, rtol=0 if dtype == torch.float64 else 2**-20, atol=0)
@@ -149,6 +156,38 @@ def test_averaged_model_multi_avg_fn_matches_torch(use_buffers, device):
     ref, ours = averaged
     for a, b in zip([*ours.parameters(), *ours.buffers()], [*ref.parameters(), *ref.buffers()]):
         torch.testing.assert_close(a, b, rtol=2**-20, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128], ids=str)
+def test_complex_tensors_are_averaged(dtype, device):
+    """Complex parameters and buffers are weights: averaged (by torch's lerp, the fused op
+    taking real tensors only), not copied like integer counters."""
+    params = [
+        torch.nn.Parameter(torch.randn(7, 3, dtype=dtype, device=device)),
+        torch.randn(5, 4, dtype=dtype, device=device).t(),  # a transposed buffer
+        torch.nn.Parameter(torch.randn(11, device=device)),  # a real one beside them
+    ]
+    ema = EMA(params, decay=0.9)
+    expected = _updates_against_lerp(ema, params, steps=3)
+    for ours, ref, p in zip(ema.shadow, expected, params):
+        assert not torch.equal(ours, p.detach())
+        torch.testing.assert_close(ours, ref, rtol=2**-20, atol=0)
+
+
+def test_multi_avg_fn_averages_complex_like_torch(device):
+    """get_ema_multi_avg_fn lerps complex tensors with torch._foreach_lerp_; so does this one."""
+    current = [
+        torch.randn(6, dtype=torch.complex64, device=device),
+        torch.randn(3, 2, dtype=torch.complex64, device=device).t(),
+    ]
+    ref = [torch.randn_like(t) for t in current]
+    ours = [t.clone() for t in ref]
+    for _ in range(3):
+        _perturb(current)
+        get_ema_multi_avg_fn(0.9)(ref, current, 0)
+        ema_multi_avg_fn(0.9)(ours, current, 0)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_op_validates_its_input():
