@@ -17,6 +17,7 @@ from torch.autograd.function import once_differentiable
 
 from .._ops.batch_norm import param_grads
 from .._ops.norm import _opmath_dtype
+from ._torch_function import dispatches_torch_function
 
 ops = torch.ops.fastopt
 
@@ -47,6 +48,7 @@ def _check_input(
     return channels
 
 
+@dispatches_torch_function
 def batch_norm(
     input: Tensor,
     running_mean: Optional[Tensor],

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .. import _ops
+from ._torch_function import dispatches_torch_function
 
 __all__ = ["dropout", "dropout1d", "dropout2d", "dropout3d", "dropout_add"]
 
@@ -108,6 +109,7 @@ def _dropout_impl(
     return input
 
 
+@dispatches_torch_function
 def dropout(
     input: Tensor,
     p: float = 0.5,
@@ -164,6 +166,7 @@ def _batched_feature_dropout(
     return result
 
 
+@dispatches_torch_function
 def dropout1d(
     input: Tensor,
     p: float = 0.5,
@@ -196,6 +199,7 @@ def _warn_feature_dims(name: str, dim: int, expected: tuple[int, int], spatial: 
         )
 
 
+@dispatches_torch_function
 def dropout2d(
     input: Tensor,
     p: float = 0.5,
@@ -221,6 +225,7 @@ def dropout2d(
     return _feature_dropout(input, p, training, inplace, generator)
 
 
+@dispatches_torch_function
 def dropout3d(
     input: Tensor,
     p: float = 0.5,
@@ -234,6 +239,7 @@ def dropout3d(
     return _batched_feature_dropout(input, p, training, inplace, generator, batched=input.dim() == 5)
 
 
+@dispatches_torch_function
 def dropout_add(
     x: Tensor,
     residual: Tensor,

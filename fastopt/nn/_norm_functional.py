@@ -17,6 +17,8 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from ._torch_function import dispatches_torch_function
+
 # Codes of the op's `activation` argument.
 _ACTIVATIONS = {None: 0, "relu": 1, "silu": 2}
 _TORCH_ACTIVATIONS = {None: lambda t: t, "relu": torch.relu, "silu": torch.nn.functional.silu}
@@ -82,6 +84,7 @@ def _check_group_norm_args(input: Tensor, num_groups: int, weight: Optional[Tens
             )
 
 
+@dispatches_torch_function
 def group_norm(
     input: Tensor,
     num_groups: int,
@@ -128,6 +131,7 @@ def _check_layer_norm_args(
         )
 
 
+@dispatches_torch_function
 def layer_norm(
     input: Tensor,
     normalized_shape: Union[int, Sequence[int]],
@@ -199,6 +203,7 @@ def _update_running_stats(
     running_var.mul_(1 - momentum).add_(unbiased.mean(0).to(running_var.dtype), alpha=momentum)
 
 
+@dispatches_torch_function
 def instance_norm(
     input: Tensor,
     running_mean: Optional[Tensor] = None,

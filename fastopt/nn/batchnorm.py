@@ -13,34 +13,80 @@ import torch
 from torch import Tensor
 
 from ._batch_norm_functional import SyncBatchNormFunction, batch_norm
+from ._torch_function import dispatches_torch_function, fx_tracing
+
+
+def _batch_norm_mode(
+    training: bool,
+    track_running_stats: bool,
+    momentum: Optional[float],
+    running_mean: Optional[Tensor],
+    running_var: Optional[Tensor],
+    num_batches_tracked: Optional[Tensor],
+) -> tuple[bool, Optional[Tensor], Optional[Tensor], float]:
+    """(use batch statistics, running_mean, running_var, momentum) as torch's forward decides them.
+
+    Counts the batch in ``num_batches_tracked`` when training with tracked
+    statistics; ``momentum=None`` means a cumulative average, with factor
+    1 / num_batches_tracked.
+    """
+    factor = 0.0 if momentum is None else momentum
+    if training and track_running_stats and num_batches_tracked is not None:
+        num_batches_tracked.add_(1)
+        if momentum is None:
+            factor = 1.0 / float(num_batches_tracked)
+    use_batch_stats = training or (running_mean is None and running_var is None)
+    # Buffers are passed only where they are read or updated.
+    tracked = not training or track_running_stats
+    return use_batch_stats, running_mean if tracked else None, running_var if tracked else None, factor
+
+
+@dispatches_torch_function
+def _batch_norm_module(
+    input: Tensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    running_mean: Optional[Tensor],
+    running_var: Optional[Tensor],
+    num_batches_tracked: Optional[Tensor],
+    training: bool,
+    track_running_stats: bool,
+    momentum: Optional[float],
+    eps: float,
+) -> Tensor:
+    """The forward of a BatchNorm module after its input checks, as one call.
+
+    One call, with the buffers as arguments, so that torch.fx records it as one
+    node: the count of ``num_batches_tracked`` (and the factor it gives with
+    ``momentum=None``) then happens when the traced module runs, not once at
+    tracing time.
+    """
+    use_batch_stats, running_mean, running_var, factor = _batch_norm_mode(
+        training, track_running_stats, momentum, running_mean, running_var, num_batches_tracked
+    )
+    return batch_norm(input, running_mean, running_var, weight, bias, use_batch_stats, factor, eps)
 
 
 class _FusedBatchNorm:
     """Mixin with the forward of torch's ``_BatchNorm`` on fastopt's kernels."""
 
-    def _batch_norm_mode(self) -> tuple[bool, Optional[Tensor], Optional[Tensor], float]:
-        """(use batch statistics, running_mean, running_var, momentum) as torch's forward decides them.
-
-        Counts the batch in ``num_batches_tracked`` when training with tracked
-        statistics; ``momentum=None`` means a cumulative average, with factor
-        1 / num_batches_tracked.
-        """
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:
-                factor = 1.0 / float(self.num_batches_tracked)
-        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
-        # Buffers are passed only where they are read or updated.
-        tracked = not self.training or self.track_running_stats
-        running_mean = self.running_mean if tracked else None
-        running_var = self.running_var if tracked else None
-        return use_batch_stats, running_mean, running_var, factor
+    def _module_args(self) -> tuple:
+        return (
+            self.weight,
+            self.bias,
+            self.running_mean,
+            self.running_var,
+            self.num_batches_tracked,
+            self.training,
+            self.track_running_stats,
+            self.momentum,
+            self.eps,
+        )
 
     def forward(self, input: Tensor) -> Tensor:
-        self._check_input_dim(input)
-        use_batch_stats, running_mean, running_var, factor = self._batch_norm_mode()
-        return batch_norm(input, running_mean, running_var, self.weight, self.bias, use_batch_stats, factor, self.eps)
+        if not fx_tracing(input):
+            self._check_input_dim(input)
+        return _batch_norm_module(input, *self._module_args())
 
 
 class BatchNorm1d(_FusedBatchNorm, torch.nn.BatchNorm1d):
@@ -65,22 +111,26 @@ class SyncBatchNorm(_FusedBatchNorm, torch.nn.SyncBatchNorm):
     """
 
     def forward(self, input: Tensor) -> Tensor:
+        if fx_tracing(input):
+            # As a plain BatchNorm: a traced graph holds no process group.
+            return _batch_norm_module(input, *self._module_args())
         self._check_input_dim(input)
         self._check_non_zero_input_channels(input)
-        use_batch_stats, running_mean, running_var, factor = self._batch_norm_mode()
-        group, world_size = self._sync_group(use_batch_stats)
+        group, world_size = self._sync_group()
         if world_size <= 1:
-            return batch_norm(
-                input, running_mean, running_var, self.weight, self.bias, use_batch_stats, factor, self.eps
-            )
+            return _batch_norm_module(input, *self._module_args())
+        _, running_mean, running_var, factor = _batch_norm_mode(
+            self.training, self.track_running_stats, self.momentum, self.running_mean, self.running_var,
+            self.num_batches_tracked,
+        )
         return SyncBatchNormFunction.apply(
             input, self.weight, self.bias, running_mean, running_var, self.eps, factor, group, world_size
         )
 
-    def _sync_group(self, use_batch_stats: bool) -> tuple[Any, int]:
+    def _sync_group(self) -> tuple[Any, int]:
         """The process group to reduce over and its size (1: nothing to synchronise)."""
         dist = torch.distributed
-        if not (use_batch_stats and self.training and dist.is_available() and dist.is_initialized()):
+        if not (self.training and dist.is_available() and dist.is_initialized()):
             return None, 1
         group = self.process_group or dist.group.WORLD
         return group, dist.get_world_size(group)

@@ -11,10 +11,19 @@ import torch
 from torch import Tensor
 
 from . import functional as F
+from ._torch_function import fx_tracing
 
 
 class _FusedInstanceNorm:
     """Mixin that replaces ``_InstanceNorm._apply_instance_norm``."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        if fx_tracing(input):
+            # torch's forward checks the input's dimensions and handles an
+            # unbatched one, neither possible on a proxy: a traced graph
+            # records the batched call.
+            return self._apply_instance_norm(input)
+        return super().forward(input)
 
     def _apply_instance_norm(self, input: Tensor) -> Tensor:
         # torch's own method, calling fastopt's instance_norm: momentum=None

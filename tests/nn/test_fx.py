@@ -1,0 +1,71 @@
+"""torch.fx.symbolic_trace of models on fastopt modules: torch's norm and dropout
+modules trace (fx keeps them as leaves); a model converted to fastopt's must too,
+and its traced graph must compute, and update buffers, as the model does."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import fastopt.nn
+
+
+def _model(device: str) -> torch.nn.Module:
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.ReLU(),
+        torch.nn.Dropout(0.2),
+        torch.nn.GroupNorm(2, 8),
+        torch.nn.InstanceNorm2d(8, affine=True, track_running_stats=True),
+        torch.nn.Dropout2d(0.1),
+        torch.nn.BatchNorm2d(8, momentum=None),
+        torch.nn.SyncBatchNorm(8),
+        torch.nn.Flatten(),
+        torch.nn.LayerNorm(8 * 6 * 6),
+    )
+    return fastopt.nn.convert(model).to(device)
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_traced_model_matches_eager(device, train):
+    eager = _model(device).train(train)
+    traced = torch.fx.symbolic_trace(copy.deepcopy(eager))
+    called = {n.target.__name__ for n in traced.graph.nodes if n.op == "call_function"}
+    # One node per fastopt functional, not their Python bodies run on proxies.
+    assert {"_batch_norm_module", "dropout", "group_norm", "instance_norm", "dropout2d", "layer_norm"} <= called
+    x = torch.randn(4, 3, 8, 8, device=device)
+    for _ in range(3):  # buffers (running stats, num_batches_tracked) evolve alike
+        torch.manual_seed(7)  # the same dropout masks
+        expected = eager(x)
+        torch.manual_seed(7)
+        torch.testing.assert_close(traced(x), expected)
+    # The traced module holds the attributes its graph reads: all but
+    # InstanceNorm's num_batches_tracked, which InstanceNorm never counts.
+    ours, ref = traced.state_dict(), eager.state_dict()
+    assert set(ref) - set(ours) == {"5.num_batches_tracked"}
+    for name in ours:
+        torch.testing.assert_close(ours[name], ref[name], msg=name)
+    if train:
+        assert int(traced.get_submodule("7").num_batches_tracked) == 3
+
+
+def test_functionals_offer_torch_function(device):
+    """A tensor subclass with __torch_function__ sees fastopt's functionals called,
+    as it sees torch.nn.functional's."""
+    seen = []
+
+    class Logged(torch.Tensor):
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            seen.append(getattr(func, "__name__", str(func)))
+            return super().__torch_function__(func, types, args, kwargs or {})
+
+    x = torch.randn(2, 4, 5, device=device).as_subclass(Logged)
+    fastopt.nn.functional.group_norm(x, 2)
+    fastopt.nn.functional.layer_norm(x, (5,))
+    fastopt.nn.functional.dropout(x, 0.5, training=False)
+    assert seen[0] == "group_norm" and "layer_norm" in seen and "dropout" in seen
