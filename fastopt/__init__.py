@@ -52,9 +52,12 @@ def build_info() -> dict[str, Any]:
 def set_cpu_cache_limit(megabytes: int) -> None:
     """Cap the memory the CPU output cache may hold (default 1024 MB, or
     ``FASTOPT_CPU_CACHE_MB``); 0 disables caching. Trims the cache at once."""
+    if isinstance(megabytes, bool) or not isinstance(megabytes, int):
+        # Not int(): 1.5 would silently become 1 MB.
+        raise TypeError(f"megabytes must be an int, got {type(megabytes).__name__}")
     if megabytes < 0:
         raise ValueError(f"megabytes must be >= 0, got {megabytes}")
-    _C._set_cpu_cache_limit(int(megabytes) << 20)
+    _C._set_cpu_cache_limit(megabytes << 20)
 
 
 def empty_cpu_cache() -> None:

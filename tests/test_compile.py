@@ -53,6 +53,22 @@ def test_compiled_training_step_matches_eager(device):
         torch.testing.assert_close(a, b)
 
 
+def _step_eager_and_compiled(ref_model, ref_opt, model, opt, device: str) -> None:
+    """Three steps of ref_opt eager and of opt.step compiled (fullgraph), on the
+    same gradients; the parameters must agree."""
+    x = torch.randn(4, 8, device=device)
+    torch._dynamo.reset()
+    compiled_step = torch.compile(opt.step, fullgraph=True)
+    for _ in range(3):
+        for m in (ref_model, model):
+            m.zero_grad()
+            m(x).sum().backward()
+        ref_opt.step()
+        compiled_step()
+    for a, b in zip(ref_model.parameters(), model.parameters()):
+        torch.testing.assert_close(a, b)
+
+
 @pytest.mark.parametrize(
     "cls,config",
     [
@@ -75,20 +91,27 @@ def test_compiled_step_fullgraph(cls, config, device):
     ref_model, model = _model(device), _model(device)
     ref_opt = cls(ref_model.parameters(), lr=torch.tensor(0.01), **config)
     opt = cls(model.parameters(), lr=torch.tensor(0.01), **config)
-    x = torch.randn(4, 8, device=device)
-    torch._dynamo.reset()
-    compiled_step = torch.compile(opt.step, fullgraph=True)
-    for _ in range(3):
-        for m in (ref_model, model):
-            m.zero_grad()
-            m(x).sum().backward()
-        ref_opt.step()
-        compiled_step()
-    for a, b in zip(ref_model.parameters(), model.parameters()):
-        torch.testing.assert_close(a, b)
+    _step_eager_and_compiled(ref_model, ref_opt, model, opt, device)
     for a, b in zip(ref_model.parameters(), model.parameters()):
         for key, value in ref_opt.state[a].items():
             torch.testing.assert_close(opt.state[b][key], value)
+
+
+@pytest.mark.parametrize("second_lr", ["tensor", "float"])
+def test_compiled_step_per_group_lr(second_lr, device):
+    """Param groups whose lrs differ in value only: eager merges them into one op
+    call with a table of their rows, which would need a guard on the tensor
+    lr's value under torch.compile; compiled, each group keeps its own call."""
+    ref_model, model = _model(device), _model(device)
+
+    def groups(m: torch.nn.Module) -> list[dict]:
+        first, *rest = list(m.parameters())
+        lr = torch.tensor(0.003) if second_lr == "tensor" else 0.003
+        return [{"params": [first]}, {"params": rest, "lr": lr}]
+
+    ref_opt = AdamW(groups(ref_model), lr=torch.tensor(0.01))
+    opt = AdamW(groups(model), lr=torch.tensor(0.01))
+    _step_eager_and_compiled(ref_model, ref_opt, model, opt, device)
 
 
 def test_dropout_compiles_fullgraph(device):

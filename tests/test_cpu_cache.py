@@ -1,5 +1,9 @@
 """The CPU output cache: large op outputs reuse freed blocks, within a limit."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -47,6 +51,23 @@ def test_limit_and_empty(fresh_cache):
     assert fastopt.cpu_cache_stats()["cached_bytes"] == 0
     with pytest.raises(ValueError, match=">= 0"):
         fastopt.set_cpu_cache_limit(-1)
+    with pytest.raises(TypeError, match="int"):
+        fastopt.set_cpu_cache_limit(1.5)  # not silently 1 MB
+
+
+@pytest.mark.parametrize("value,limit", [("256", 256 << 20), ("0", 0), ("abc", None), ("1GB", None), ("-1", None)])
+def test_limit_from_the_environment(value, limit):
+    """FASTOPT_CPU_CACHE_MB is a whole number of megabytes; anything else is an
+    error that names the variable, not a silently different limit."""
+    script = "import fastopt; print(fastopt.cpu_cache_stats()['limit_bytes'])"
+    env = {**os.environ, "FASTOPT_CPU_CACHE_MB": value}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    if limit is None:
+        assert done.returncode != 0
+        assert "ValueError: FASTOPT_CPU_CACHE_MB must be a whole number of megabytes" in done.stderr
+    else:
+        assert done.returncode == 0, done.stderr
+        assert int(done.stdout) == limit
 
 
 def test_outputs_keep_layout_and_small_ones_bypass(fresh_cache):

@@ -9,6 +9,7 @@
 #include <sys/mman.h>
 
 #include <cstdlib>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <string>
@@ -21,10 +22,23 @@ constexpr size_t kHugePage = size_t{2} << 20;
 // itself) serves the request: the page-fault cost is a large-tensor problem.
 constexpr size_t kMinBytes = size_t{1} << 20;
 
+// FASTOPT_CPU_CACHE_MB, strictly a whole number of megabytes: anything else
+// (a unit, a sign, a fraction, an overflow) is an error that names the
+// variable, rather than a silently different limit.
 size_t default_limit() {
   const char* env = std::getenv("FASTOPT_CPU_CACHE_MB");
   if (env == nullptr || *env == '\0') return size_t{1024} << 20;
-  return static_cast<size_t>(std::stoull(env)) << 20;
+  constexpr size_t kMaxMegabytes = std::numeric_limits<size_t>::max() >> 20;
+  size_t megabytes = 0;
+  bool valid = true;
+  for (const char* c = env; *c != '\0' && valid; ++c) {
+    const bool digit = *c >= '0' && *c <= '9';
+    valid = digit && megabytes <= (kMaxMegabytes - static_cast<size_t>(*c - '0')) / 10;
+    if (valid) megabytes = megabytes * 10 + static_cast<size_t>(*c - '0');
+  }
+  TORCH_CHECK_VALUE(valid, "FASTOPT_CPU_CACHE_MB must be a whole number of megabytes (0 turns the cache off), got '",
+                    env, "'");
+  return megabytes << 20;
 }
 
 // A block handed out: its base and rounded size, the DataPtr's context.

@@ -78,17 +78,23 @@ def new_step_counter(param: Tensor) -> Tensor:
     return torch.zeros((), dtype=torch.float32, device=param.device)
 
 
-def _hparams_on_host(group: dict[str, Any]) -> bool:
-    """Whether the group's hyperparameters can be read without waiting for a GPU.
+def _hparams_readable(group: dict[str, Any], on_cpu: bool) -> bool:
+    """Whether the group's hyperparameters can be read as Python floats for a table row.
 
-    A table row reads every hyperparameter as a Python float; a tensor on a
-    GPU (a capturable lr) would make that a synchronising read.
+    A tensor on a GPU (a capturable lr) would make that a synchronising read
+    (for CPU parameters every tensor is on the host). And under torch.compile
+    no tensor can be read: float(lr) is a data-dependent value, and comparing
+    the rows of two groups would need a guard on it, which fails the trace.
+    Such groups keep op calls of their own, with their tensors as arguments.
     """
+    compiling = torch.compiler.is_compiling()
+    if on_cpu and not compiling:
+        return True
     for name, value in group.items():
         if name == "params":
             continue
         values = value if isinstance(value, (tuple, list)) else (value,)
-        if any(isinstance(v, Tensor) and v.device.type != "cpu" for v in values):
+        if any(isinstance(v, Tensor) and (compiling or v.device.type != "cpu") for v in values):
             return False
     return True
 
@@ -136,10 +142,14 @@ class FusedOptimizer(torch.optim.Optimizer):
 
         Returns a dict from parameter to a 0-dim float64 tensor on the
         parameter's device (no host synchronisation happens here). Requires
-        :meth:`track_update_ratios`. A parameter that was zero before the step
-        has an infinite (or NaN, if unchanged) ratio; a step skipped by AMP
-        reports the ratios of zero updates. Parameters with sparse gradients,
-        which torch's own update handles (see _sparse_update), are not tracked.
+        :meth:`track_update_ratios`. The change is the parameter's as stored
+        (for a bfloat16 parameter, after its rounding, stochastic or not),
+        except with master weights, where it is the float32 master's. An
+        unchanged parameter has ratio 0, so a step skipped by AMP or by
+        ``skip_nonfinite`` reports zeros; a parameter that was zero before the
+        step and changed has an infinite ratio. Parameters with sparse
+        gradients, which torch's own update handles (see _sparse_update), are
+        not tracked.
         """
         if not getattr(self, "_track_ratios", False):
             raise RuntimeError(
@@ -147,7 +157,9 @@ class FusedOptimizer(torch.optim.Optimizer):
             )
         ratios: dict[Tensor, Tensor] = {}
         for params, norms in self._last_norms:
-            values = norms[:, 0].sqrt() / norms[:, 1].sqrt()
+            # A skipped step leaves both sums zero: no change, ratio 0 (not 0 / 0).
+            update = norms[:, 0].sqrt()
+            values = torch.where(update == 0, update, update / norms[:, 1].sqrt())
             ratios.update(zip(params, values.unbind()))
         return ratios
 
@@ -180,14 +192,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         self.skip_nonfinite = bool(skip_nonfinite)
         self.master_weights = bool(master_weights)
         self.stochastic_rounding = bool(stochastic_rounding)
-        if self.stochastic_rounding:
-            for group in self.param_groups:
-                for p in group["params"]:
-                    if p.dtype == torch.float16:
-                        raise ValueError(
-                            f"{type(self).__name__}: stochastic_rounding supports bfloat16 "
-                            "parameters only, got a float16 parameter; use master_weights=True"
-                        )
+        for group in self.param_groups:
+            self._check_rounding(group["params"])
         # Steps that changed nothing because of inf/NaN gradients (AMP's
         # found_inf or skip_nonfinite), counted on the parameters' device.
         device = next((p.device for g in self.param_groups for p in g["params"]), None)
@@ -195,6 +201,23 @@ class FusedOptimizer(torch.optim.Optimizer):
         # The global gradient norm of the last step, when clipping or skipping
         # computed it (a device tensor, so that logging it costs no sync).
         self.last_grad_norm: Tensor | None = None
+
+    def _check_rounding(self, params: list[Tensor]) -> None:
+        """Stochastic rounding is for bfloat16: refuse float16 parameters."""
+        if getattr(self, "stochastic_rounding", False) and any(p.dtype == torch.float16 for p in params):
+            raise ValueError(
+                f"{type(self).__name__}: stochastic_rounding supports bfloat16 "
+                "parameters only, got a float16 parameter; use master_weights=True"
+            )
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """torch's, after the constructor's checks of fastopt's options on the new parameters."""
+        params = param_group["params"]
+        # A single tensor or any iterable, as torch takes them (listed once, so
+        # that a generator is not consumed by the check).
+        params = [params] if isinstance(params, Tensor) else list(params)
+        self._check_rounding(params)
+        super().add_param_group({**param_group, "params": params})
 
     def _uses_master(self, param: Tensor) -> bool:
         return getattr(self, "master_weights", False) and param.dtype in LOW_PRECISION
@@ -354,8 +377,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                 fresh = new_state and new_state_in_op
                 if last is None or dtype is not last[0] or fresh is not last[2] or device != last[1]:
                     if layout is None:
-                        # (On the CPU every tensor hyperparameter is readable at once.)
-                        readable = device.type == "cpu" or _hparams_on_host(group)
+                        readable = _hparams_readable(group, device.type == "cpu")
                         row = self._hparam_row(group) if readable else None
                         layout = self._layout_keys(group)
                     merge = row is not None

@@ -161,6 +161,38 @@ def test_clip_grad_norm_nonfinite(device):
     assert clip_grad_norm_([torch.nn.Parameter(torch.zeros(2))], 1.0).item() == 0.0
 
 
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, 3.0, 0.5, math.inf, -math.inf, 0.0])
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128], ids=str)
+def test_clip_grad_norm_complex_matches_torch(device, norm_type, dtype):
+    """Complex gradients beside a real one, for every norm type: torch's norm (that of
+    the elements' moduli, not of their (re, im) pairs unless p = 2) and clipped gradients."""
+    real = torch.float32 if dtype == torch.complex64 else torch.float64
+    params = [
+        torch.nn.Parameter(torch.randn(1000, dtype=dtype, device=device)),
+        torch.nn.Parameter(torch.randn(5, 3, dtype=dtype, device=device).t()),  # transposed
+        torch.nn.Parameter(torch.randn(17, dtype=real, device=device)),
+    ]
+    ref_params = clone_params(params)
+    set_grads(params, [torch.randn_like(p) for p in params])
+    set_grads(ref_params, [p.grad for p in params])
+    ours = clip_grad_norm_(params, 0.5, norm_type)
+    ref = torch.nn.utils.clip_grad_norm_(ref_params, 0.5, norm_type)
+    assert ours.dtype == ref.dtype and ours.device == ref.device
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=0)
+    for p, q in zip(params, ref_params):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, math.inf, -math.inf, 0.0])
+def test_grad_norm_complex_nonfinite_flag(device, norm_type):
+    """A complex element with an inf or NaN part is flagged, whatever the norm type."""
+    for bad in [complex(math.inf, 0.0), complex(1.0, math.nan)]:
+        grads = [torch.randn(100, dtype=torch.complex64, device=device), torch.randn(7, device=device)]
+        assert grad_norm(grads, norm_type)[1].item() == 0.0
+        grads[0][42] = bad
+        assert grad_norm(grads, norm_type)[1].item() == 1.0
+
+
 # --------------------------------------------------------------------------- max_grad_norm
 
 
@@ -540,6 +572,16 @@ def test_stochastic_rounding_rejects_float16():
         Adam([torch.nn.Parameter(torch.zeros(2, dtype=torch.float16))], stochastic_rounding=True)
 
 
+def test_stochastic_rounding_rejects_float16_in_add_param_group():
+    """add_param_group applies the constructor's check, before the group is added."""
+    opt = Adam([torch.nn.Parameter(torch.zeros(2, dtype=torch.bfloat16))], stochastic_rounding=True)
+    with pytest.raises(ValueError, match="stochastic_rounding supports bfloat16"):
+        opt.add_param_group({"params": (p for p in [torch.nn.Parameter(torch.zeros(2, dtype=torch.float16))])})
+    assert len(opt.param_groups) == 1
+    opt.add_param_group({"params": (p for p in [torch.nn.Parameter(torch.zeros(3, dtype=torch.bfloat16))])})
+    assert [p.numel() for p in opt.param_groups[1]["params"]] == [3]
+
+
 def test_stochastic_rounding_keeps_nan_and_inf(device):
     p = torch.nn.Parameter(torch.tensor([math.nan, math.inf, -math.inf, 1.0] * 20, device=device, dtype=torch.bfloat16))
     opt = SGD([p], lr=0.001, stochastic_rounding=True)
@@ -662,3 +704,42 @@ def test_skipped_steps_survive_a_checkpoint(device, tmp_path):
     plain = torch.optim.Adam(params)
     plain.load_state_dict(saved)  # torch ignores the extra key
     assert plain.state[params[0]]["exp_avg"].equal(opt.state[params[0]]["exp_avg"])
+
+
+def _ratio(after: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
+    return (after.double() - before.double()).norm() / before.double().norm()
+
+
+@pytest.mark.parametrize("master", [False, True], ids=["stochastic_rounding", "master_weights"])
+def test_update_ratios_of_16_bit_params(master, device):
+    """bfloat16 with stochastic rounding: the ratio of the update as stored, rounding
+    included (not of its round-to-nearest); with master weights: the float32 master's."""
+    torch.manual_seed(3)
+    # Sizes past a SIMD vector and with a tail, so both loops of the kernel count.
+    params = [torch.nn.Parameter(torch.randn(n, device=device, dtype=torch.bfloat16)) for n in (1000, 37)]
+    opt = Adam(params, lr=1e-3, stochastic_rounding=not master, master_weights=master)
+    opt.track_update_ratios()
+    for _ in range(3):
+        for p in params:
+            p.grad = torch.randn_like(p)
+        tracked = [opt.state[p]["master_param"] if master and opt.state[p] else p for p in params]
+        before = [t.detach().clone() for t in tracked]
+        opt.step()
+        after = [opt.state[p]["master_param"] if master else p for p in params]
+        ratios = opt.update_ratios()
+        for p, a, b in zip(params, after, before):
+            if master and b.dtype != torch.float32:  # the first step creates the master from p
+                continue
+            torch.testing.assert_close(ratios[p], _ratio(a.detach(), b), rtol=1e-4, atol=0)
+
+
+def test_update_ratios_of_a_skipped_step_are_zero(device):
+    p = torch.nn.Parameter(torch.randn(100, device=device))
+    opt = Adam([p], lr=0.1, skip_nonfinite=True)
+    opt.track_update_ratios()
+    p.grad = torch.randn_like(p)
+    opt.step()
+    assert opt.update_ratios()[p] > 0
+    p.grad[0] = float("inf")
+    opt.step()
+    assert opt.update_ratios()[p].item() == 0.0

@@ -219,17 +219,6 @@ void for_each_element_impl(void* const (&ptrs)[DEPTH], int64_t n, uint32_t writt
       before[k] = v[k][0];
       op(v[k]);
     }
-    if constexpr (kNorms) {
-      // The change as stored: for 16-bit params, updates lost to rounding count as lost.
-      Vec after[K];
-      for (int k = 0; k < K; ++k) after[k] = v[k][0];
-      IOV::round(after);
-      for (int k = 0; k < K; ++k) {
-        const Vec delta = after[k] - before[k];
-        update_sq = at::vec::fmadd(delta, delta, update_sq);
-        param_sq = at::vec::fmadd(before[k], before[k], param_sq);
-      }
-    }
     for (int d = 0; d < DEPTH; ++d) {
       if (!(written & (1u << d))) continue;
       Vec block[K];
@@ -265,6 +254,23 @@ void for_each_element_impl(void* const (&ptrs)[DEPTH], int64_t n, uint32_t writt
         }
       }
     }
+    if constexpr (kNorms) {
+      // The change as stored: for 16-bit params, updates lost to rounding
+      // count as lost; a stochastic rounding is read back from the L1 line it
+      // was just written to.
+      Vec after[K];
+      if (sr_param) {
+        IOV::load(static_cast<const V*>(ptrs[0]) + i, after);
+      } else {
+        for (int k = 0; k < K; ++k) after[k] = v[k][0];
+        IOV::round(after);
+      }
+      for (int k = 0; k < K; ++k) {
+        const Vec delta = after[k] - before[k];
+        update_sq = at::vec::fmadd(delta, delta, update_sq);
+        param_sq = at::vec::fmadd(before[k], before[k], param_sq);
+      }
+    }
   }
 
   double tail_update_sq = 0.0, tail_param_sq = 0.0;
@@ -276,12 +282,6 @@ void for_each_element_impl(void* const (&ptrs)[DEPTH], int64_t n, uint32_t writt
     }
     const opmath_t before = v[0];
     op(v);
-    if constexpr (kNorms) {
-      const double after = static_cast<double>(static_cast<opmath_t>(static_cast<V>(v[0])));
-      const double delta = after - static_cast<double>(before);
-      tail_update_sq += delta * delta;
-      tail_param_sq += static_cast<double>(before) * static_cast<double>(before);
-    }
     RunStore at = run;
     at.first += i;
     for (int d = 0; d < DEPTH; ++d) {
@@ -308,6 +308,12 @@ void for_each_element_impl(void* const (&ptrs)[DEPTH], int64_t n, uint32_t writt
           static_cast<G*>(run.copy)[i] = static_cast<G>(v[0]);
         }
       }
+    }
+    if constexpr (kNorms) {
+      const V stored = sr_param ? static_cast<const V*>(ptrs[0])[i] : static_cast<V>(v[0]);
+      const double delta = static_cast<double>(static_cast<opmath_t>(stored)) - static_cast<double>(before);
+      tail_update_sq += delta * delta;
+      tail_param_sq += static_cast<double>(before) * static_cast<double>(before);
     }
   }
 
