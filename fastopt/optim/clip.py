@@ -24,16 +24,15 @@ CLIP_EPS = 1e-6
 
 
 def _as_real(grad: Tensor, norm_type: float) -> Tensor:
+    """A real tensor with ``grad``'s ``norm_type``-norm, for the fused op, which reduces real tensors."""
     if not grad.is_complex():
         return grad
-    # For p = 2 the norm of a complex tensor is the norm of its (re, im) pairs;
-    # for other p it is not, and we would rather refuse than be wrong.
-    if norm_type != 2.0:
-        raise NotImplementedError(
-            f"fastopt.optim.clip_grad_norm_: complex gradients are supported for norm_type=2.0 "
-            f"only, got norm_type={norm_type}"
-        )
-    return torch.view_as_real(grad)
+    # torch's norm of a complex tensor is the norm of its elements' moduli.
+    # For p = 2 that is the norm of its (re, im) pairs, a view; for other p
+    # the moduli are computed, as torch computes them. (An element whose
+    # finite parts give a modulus past the dtype's range then counts as
+    # non-finite, like torch's norm of it.)
+    return torch.view_as_real(grad) if norm_type == 2.0 else grad.abs()
 
 
 def grad_norm(grads: Iterable[Tensor], norm_type: float = 2.0) -> tuple[Tensor, Tensor]:
@@ -41,10 +40,12 @@ def grad_norm(grads: Iterable[Tensor], norm_type: float = 2.0) -> tuple[Tensor, 
 
     Returns ``(total_norm, nonfinite)``: ``total_norm`` is what
     :func:`torch.nn.utils.get_total_norm` computes (float32, or float64 when a
-    gradient is float64), and ``nonfinite`` is a float32 ``1.0`` when any
-    element of any gradient is inf or NaN and ``0.0`` otherwise (the form of
-    AMP's ``found_inf``). Both are 0-dim tensors on the first gradient's
-    device. One op call per device; nothing is synchronised with the host.
+    gradient is float64 or complex128), and ``nonfinite`` is a float32 ``1.0``
+    when any element of any gradient is inf or NaN and ``0.0`` otherwise (the
+    form of AMP's ``found_inf``). Both are 0-dim tensors on the first
+    gradient's device. One op call per device; nothing is synchronised with
+    the host. Complex gradients count by their elements' moduli, as in torch;
+    for ``norm_type`` other than 2 the moduli are computed first.
     """
     norm_type = float(norm_type)
     by_device: dict[torch.device, list[Tensor]] = {}
