@@ -27,6 +27,44 @@ def _tensors(source: Tensors) -> list[Tensor]:
     return list(source)
 
 
+class _Tracked:
+    """The tensors an EMA tracks, as they are now: the same list while they are the same objects.
+
+    Tensors given as such are those objects (their ``.data`` may change). A
+    module's are its ``parameters()`` then ``buffers()``, read again when a
+    module of its tree holds other submodules, parameters or buffers than at
+    the last read (``load_state_dict(..., assign=True)``, ``model.fc = ...``).
+    Looking at those dicts costs a small part of reading the tensors through
+    ``parameters()`` and ``buffers()``, which AveragedModel does every update.
+    """
+
+    def __init__(self, source: Tensors) -> None:
+        self.module = source if isinstance(source, torch.nn.Module) else None
+        self.tensors: list[Tensor] = [] if self.module is not None else list(source)
+        self.modules: list[torch.nn.Module] = []
+        self.contents: list[int] = []
+        if self.module is not None:
+            self._read()
+
+    def _read(self) -> None:
+        self.modules = list(self.module.modules())
+        self.tensors = _tensors(self.module)
+        self.contents = self._contents()
+
+    def _contents(self) -> list[int]:
+        # ids of what each module holds; self.modules and self.tensors keep
+        # those objects alive, so an equal id is the same object.
+        return [
+            id(v) for m in self.modules for d in (m._modules, m._parameters, m._buffers) for v in d.values()
+        ]
+
+    def current(self) -> list[Tensor]:
+        """The tracked tensors, in the order of the EMA's shadow."""
+        if self.module is not None and self._contents() != self.contents:
+            self._read()
+        return self.tensors
+
+
 def _averaged(t: Tensor) -> bool:
     # Integer buffers such as BatchNorm's num_batches_tracked are counters,
     # not weights: they are copied, never averaged. Complex tensors are
@@ -34,21 +72,42 @@ def _averaged(t: Tensor) -> bool:
     return t.is_floating_point() or t.is_complex()
 
 
+def _check_shape(index: int, average: Tensor, tensor: Tensor) -> None:
+    # A value of another shape is no longer the weight that was averaged:
+    # neither averaging it nor copying the average into it has a meaning.
+    if tensor.shape != average.shape:
+        raise ValueError(
+            f"EMA: tracked tensor {index} has shape {tuple(tensor.shape)} but its average has shape "
+            f"{tuple(average.shape)}; an EMA cannot follow a tensor whose shape changed"
+        )
+
+
 class _Groups:
     """``shadow``/``current`` pairs split into averaged (device, dtype) groups and the rest.
 
-    Built once per EMA (its tensors never change) and per call for
-    AveragedModel's multi_avg_fn, whose lists may.
+    Holds detached aliases of the ``current`` tensors: passed to the op as
+    they are, Parameters that require grad would take the autograd fallback's
+    per-tensor checks (about 1 us each, a tenth of a ResNet-50 update). An
+    alias sees the tensor's storage at grouping time, so :class:`EMA` rebuilds
+    the grouping when a tensor gets new storage (``p.data = ...``). Built per
+    call for AveragedModel's multi_avg_fn, whose lists may change.
     """
 
     def __init__(self, shadow: list[Tensor], current: list[Tensor]) -> None:
         self.averaged: dict[tuple[torch.device, torch.dtype], tuple[list[Tensor], list[Tensor]]] = {}
+        # The groups with a current value on another device or in another dtype
+        # than its average (after model.half() or model.to(device)).
+        self.converted: set[tuple[torch.device, torch.dtype]] = set()
         self.other: list[tuple[Tensor, Tensor]] = []
-        for s, c in zip(shadow, current, strict=True):
+        for i, (s, c) in enumerate(zip(shadow, current, strict=True)):
+            _check_shape(i, s, c)
             if _averaged(s):
-                dst, src = self.averaged.setdefault((s.device, s.dtype), ([], []))
+                key = (s.device, s.dtype)
+                dst, src = self.averaged.setdefault(key, ([], []))
                 dst.append(s)
                 src.append(c.detach())
+                if (c.device, c.dtype) != key:
+                    self.converted.add(key)
             else:
                 self.other.append((s, c))
 
@@ -58,11 +117,17 @@ class _Groups:
 
         Integer tensors are copied, or with ``like_torch`` treated as
         torch.optim.swa_utils.get_ema_multi_avg_fn treats them: ``decay * shadow +
-        (1 - decay) * current``, truncated back to the integer dtype.
+        (1 - decay) * current``, truncated back to the integer dtype. A current
+        value on another device or in another dtype than its average is read
+        converted to the average's, as AveragedModel reads it.
         """
         for s, c in self.other:
             s.copy_(s * decay + c * (1 - decay) if like_torch else c)
-        for (_, dtype), (dst, src) in self.averaged.items():
+        for (device, dtype), (dst, src) in self.averaged.items():
+            if (device, dtype) in self.converted:
+                # A temporary per update, in these groups only; Tensor.to
+                # returns the tensors that already match as they are.
+                src = [c.to(device, dtype) for c in src]
             if dtype.is_complex:
                 # The fused op averages real floating-point tensors only; complex
                 # ones take torch's own lerp, which is exactly what
@@ -99,6 +164,22 @@ class EMA:
             evaluate(model)        # runs with the averaged weights
         # the trained weights are back here
 
+    Like :class:`torch.optim.swa_utils.AveragedModel`, the EMA acts on the
+    model's tensors as they are at each :meth:`update`, :meth:`copy_to` and
+    :meth:`average_parameters`: on a module's current ``parameters()`` and
+    ``buffers()`` (Parameters replaced by ``load_state_dict(..., assign=True)``
+    are followed), and on a tensor whose ``.data`` was replaced
+    (``model.to(memory_format=...)``, ``p.data = ...``) where its values now
+    are. The shadow, like AveragedModel's own copy of the model, keeps the
+    devices and dtypes it was created with: after ``model.half()`` or
+    ``model.to(device)`` the average stays in its dtype and on its device,
+    each update reads the current values converted to them (a temporary per
+    update for those tensors), and :meth:`copy_to` converts the average to the
+    parameters' new dtype and device. To keep the average on a new device,
+    create an EMA for the moved model and load the old one's
+    :meth:`state_dict` into it. A tracked tensor whose shape changed, or a
+    module whose number of parameters and buffers changed, raises ValueError.
+
     Args:
         parameters: a :class:`torch.nn.Module` (its ``parameters()`` then its
             ``buffers()``) or an iterable of tensors. The shadow starts as a
@@ -115,12 +196,12 @@ class EMA:
         self.decay = float(decay)
         self.warmup = warmup
         self.num_updates = 0
-        self._tracked = _tensors(parameters)
+        self._tracked = _Tracked(parameters)
         with torch.no_grad():
             # clone keeps each tensor's strides (channels_last stays channels_last).
-            self.shadow: list[Tensor] = [t.detach().clone() for t in self._tracked]
-        # Grouped once: per-call regrouping cost more than the op on a ResNet.
-        self._groups = _Groups(self.shadow, self._tracked)
+            self.shadow: list[Tensor] = [t.detach().clone() for t in self._tracked.current()]
+        # The grouping, and the tracked list and data pointers it was built from.
+        self._grouping: tuple[list[Tensor], list[int], _Groups] | None = None
 
     def current_decay(self) -> float:
         """The decay the next :meth:`update` uses."""
@@ -131,12 +212,38 @@ class EMA:
 
     def update(self) -> None:
         """Move the average towards the tracked tensors' current values."""
-        self._groups.update(self.current_decay())
+        self._current_groups().update(self.current_decay())
         self.num_updates += 1
 
+    def _current_groups(self) -> _Groups:
+        """The fused grouping of the shadow with the current tensors.
+
+        Regrouping every update cost more than the op on a ResNet, so the
+        grouping is rebuilt only when a tracked tensor was replaced
+        (``load_state_dict(..., assign=True)``: :class:`_Tracked` gives a new
+        list) or got new storage (``.half()``, ``.to(device)``,
+        ``.to(memory_format=...)``, ``p.data = ...``: a new data pointer). The
+        fused op checks that dtypes and shapes still match the shadow's (they
+        could change without a new data pointer only by
+        ``p.data = p.data.view(...)``).
+        """
+        current = self._targets(None)
+        pointers = [t.data_ptr() for t in current]
+        cache = self._grouping
+        if cache is None or cache[0] is not current or cache[1] != pointers:
+            cache = self._grouping = (current, pointers, _Groups(self.shadow, current))
+        return cache[2]
+
     def _targets(self, parameters: Tensors | None) -> list[Tensor]:
-        targets = self._tracked if parameters is None else _tensors(parameters)
+        """``parameters``' tensors, or the tracked ones as they are now."""
+        targets = self._tracked.current() if parameters is None else _tensors(parameters)
         if len(targets) != len(self.shadow):
+            if parameters is None:  # only a module's tensors can come and go
+                raise ValueError(
+                    f"EMA holds {len(self.shadow)} tensors but the module it tracks now has "
+                    f"{len(targets)} parameters and buffers; an EMA cannot follow tensors that "
+                    "were added or removed"
+                )
             raise ValueError(
                 f"EMA holds {len(self.shadow)} tensors but {len(targets)} were given; pass the "
                 "module or tensors the EMA was created from (parameters, then buffers)"
@@ -148,9 +255,11 @@ class EMA:
         """Copy the averaged values into ``parameters`` (default: the tracked tensors).
 
         ``parameters`` is a module or tensors in the order the EMA was built
-        from, for example a second copy of the model kept for evaluation.
+        from, for example a second copy of the model kept for evaluation. The
+        averages are converted to each target's dtype and device.
         """
-        for target, s in zip(self._targets(parameters), self.shadow):
+        for i, (target, s) in enumerate(zip(self._targets(parameters), self.shadow)):
+            _check_shape(i, s, target)
             target.copy_(s)
 
     @contextmanager

@@ -201,3 +201,142 @@ def test_op_validates_its_input():
 
 def test_exported():
     assert fastopt.EMA is EMA and fastopt.optim.ema_multi_avg_fn is ema_multi_avg_fn
+
+
+# --------------------------------------------------------------------------- tensors that change
+
+
+def _tracked(model: torch.nn.Module) -> list:
+    return [*model.parameters(), *model.buffers()]
+
+
+def _assert_follows(ema: EMA, model: torch.nn.Module) -> None:
+    """update(), copy_to() and average_parameters() act on the model's tensors as they
+    are now; the averages keep their own dtypes (AveragedModel's semantics)."""
+    dtypes = [s.dtype for s in ema.shadow]
+    for _ in range(2):
+        _perturb(_tracked(model))
+        expected = [
+            s.lerp(t.detach().to(s.dtype), 0.5) if s.is_floating_point() else t.detach().clone()
+            for s, t in zip(ema.shadow, _tracked(model))
+        ]
+        ema.update()
+        for s, e in zip(ema.shadow, expected):
+            torch.testing.assert_close(s, e, rtol=2**-20, atol=0)
+    assert [s.dtype for s in ema.shadow] == dtypes
+    trained = [t.detach().clone() for t in _tracked(model)]
+    with ema.average_parameters():
+        for t, s in zip(_tracked(model), ema.shadow):
+            assert torch.equal(t, s.to(t.dtype))
+    for t, v in zip(_tracked(model), trained):
+        assert torch.equal(t, v)
+    ema.copy_to()
+    for t, s in zip(_tracked(model), ema.shadow):
+        assert torch.equal(t, s.to(t.dtype))
+
+
+def _new_data(model: torch.nn.Module) -> None:
+    for p in model.parameters():
+        p.data = p.data.clone()
+
+
+def _assign_state_dict(model: torch.nn.Module) -> None:
+    # New Parameter objects, and new buffers.
+    model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, assign=True)
+
+
+def _replace_linear(model: torch.nn.Module) -> None:
+    old = model[3]
+    model[3] = torch.nn.Linear(old.in_features, old.out_features, device=old.weight.device)
+
+
+CHANGES = {
+    "channels_last": lambda m: m.to(memory_format=torch.channels_last),  # new .data, same Parameters
+    "data_assigned": _new_data,
+    "load_state_dict_assign": _assign_state_dict,
+    "submodule_replaced": _replace_linear,
+    "half": lambda m: m.half(),  # the averages stay float32
+    "double": lambda m: m.double(),
+}
+
+
+@pytest.mark.parametrize("change", CHANGES, ids=str)
+def test_follows_tensors_that_get_new_storage(change, device):
+    """The finding: after any of these, the EMA kept averaging (and swapping into) the
+    storage the tensors had when it was built."""
+    model = _model(device)
+    ema = EMA(model, decay=0.5)
+    _assert_follows(ema, model)
+    CHANGES[change](model)
+    _assert_follows(ema, model)
+    assert all(s.dtype != torch.float16 for s in ema.state_dict()["shadow"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or not fastopt.build_info()["cuda"], reason="needs CUDA")
+def test_follows_a_model_moved_to_another_device():
+    """The averages stay where they were made, as AveragedModel's copy does."""
+    model = _model("cpu")
+    ema = EMA(model, decay=0.5)
+    model.to("cuda")
+    _assert_follows(ema, model)
+    assert all(s.device.type == "cpu" for s in ema.shadow)
+
+
+def test_tensor_list_follows_new_data(device):
+    """An EMA of tensors follows each one's current .data, read in its average's dtype."""
+    params = make_params(device, torch.float32, ["non_aligned", "channels_last", "bias"])
+    ema = EMA(params, decay=0.9)
+    params[1].data = params[1].data.contiguous()  # was channels_last
+    params[2].data = params[2].data.double()
+    _perturb(params)
+    expected = [s.lerp(p.detach().float(), 1 - 0.9) for s, p in zip(ema.shadow, params)]
+    ema.update()
+    for ours, ref in zip(ema.shadow, expected):
+        torch.testing.assert_close(ours, ref, rtol=2**-20, atol=0)
+    ema.copy_to()
+    for p, s in zip(params, ema.shadow):
+        assert torch.equal(p, s.to(p.dtype))
+
+
+def test_grouping_is_rebuilt_only_when_tensors_change(device):
+    model = _model(device)
+    ema = EMA(model, decay=0.5)
+    ema.update()
+    groups = ema._current_groups()
+    ema.update()
+    assert ema._current_groups() is groups  # the common path reuses it
+    model[0].weight.data = model[0].weight.data.clone()
+    ema.update()
+    assert ema._current_groups() is not groups
+    groups = ema._current_groups()
+    model[3].weight = torch.nn.Parameter(model[3].weight.detach())  # a new object, same storage
+    assert ema._current_groups() is not groups
+
+
+@pytest.mark.parametrize(
+    "reshape",
+    [
+        lambda p: setattr(p, "data", torch.randn(p.numel() + 1, device=p.device)),
+        lambda p: setattr(p, "data", p.data.view(-1)),  # same storage: the op sees it
+    ],
+    ids=["new_storage", "view"],
+)
+def test_shape_change_raises(reshape, device):
+    model = _model(device)
+    ema = EMA(model)
+    reshape(model[3].weight)
+    with pytest.raises((ValueError, RuntimeError), match="shape"):
+        ema.update()
+    with pytest.raises(ValueError, match="shape"):
+        ema.copy_to()
+    with pytest.raises(ValueError, match="shape"), ema.average_parameters():
+        pass
+
+
+def test_tensors_added_to_the_module_raise(device):
+    model = _model(device)
+    ema = EMA(model)
+    model.register_buffer("extra", torch.zeros(3, device=device))
+    for use in (ema.update, ema.copy_to):
+        with pytest.raises(ValueError, match="added or removed"):
+            use()
