@@ -76,8 +76,8 @@ TORCH_LIBRARY(fastopt, m) {
   // Backward is dropout of the gradient with the same seed, so nothing per
   // element is saved. Every input is read in its logical (row-major) order, so
   // the mask never depends on memory layout; outputs are contiguous.
-  m.def("dropout(Tensor x, Tensor seed, float p, int group=1) -> Tensor");
-  m.def("dropout_(Tensor(a!) x, Tensor seed, float p, int group=1) -> ()");
+  m.def("dropout(Tensor x, Tensor seed, float p, SymInt group=1) -> Tensor");
+  m.def("dropout_(Tensor(a!) x, Tensor seed, float p, SymInt group=1) -> ()");
   // dropout(x + bias) + residual in one pass; bias is 1-D over x's last dimension.
   m.def("dropout_add(Tensor x, Tensor residual, Tensor? bias, Tensor seed, float p) -> Tensor");
   // The 1-bit mask mode, for when backward should not redraw the mask:
@@ -128,13 +128,13 @@ TORCH_LIBRARY(fastopt, m) {
   //   dx from the (all-reduced) sums over `count` values per channel.
   m.def(
       "batch_norm_bwd_elemt(Tensor grad_out, Tensor x, Tensor mean, Tensor invstd, "
-      "Tensor? weight, Tensor sum_dy, Tensor sum_dy_xmu, int count) -> Tensor");
+      "Tensor? weight, Tensor sum_dy, Tensor sum_dy_xmu, SymInt count) -> Tensor");
   // Running estimates after a training batch of `count` values per channel:
   // running = (1 - momentum) * running + momentum * statistic, with the biased
   // batch variance `var` made unbiased. Computed in float64, rounded once.
   m.def(
       "batch_norm_update_stats_(Tensor(a!)? running_mean, Tensor(b!)? running_var, Tensor mean, "
-      "Tensor var, float momentum, int count) -> ()");
+      "Tensor var, float momentum, SymInt count) -> ()");
   // SGD with optional momentum, dampening, Nesterov and weight decay.
   // momentum_buffers is empty when momentum == 0. With is_first_step, every
   // buffer is set to the (decayed) gradient, as torch does when a buffer is

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import fastopt.nn
 from fastopt.optim import SGD, Adagrad, AdamW, RMSprop
 
 
@@ -210,3 +211,30 @@ def test_compiled_conv_batch_norm_relu_fullgraph(device):
     eager.eval()
     compiled_model.eval()
     torch.testing.assert_close(compiled(x), eager(x))
+
+
+@pytest.mark.parametrize(
+    "module,shapes",
+    [
+        # the per-channel count of BatchNorm's running-variance correction
+        (lambda: fastopt.nn.BatchNorm2d(8), [(n, 8, 5, 5) for n in range(2, 12)]),
+        # the channel size of channel-wise dropout
+        (lambda: fastopt.nn.Dropout2d(0.3), [(3, 8, h, 5) for h in range(4, 10)]),
+    ],
+    ids=["batch_norm", "dropout2d"],
+)
+def test_dynamic_shapes_compile_once(module, shapes, device):
+    """Sizes derived from the input's shape reach the ops as SymInts: with
+    dynamic=True one graph serves every size, as with torch's modules."""
+    from torch._dynamo.utils import counters
+
+    m = module().to(device)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(m, backend="eager", fullgraph=True, dynamic=True)
+    for shape in shapes:
+        x = torch.randn(shape, device=device)
+        torch.manual_seed(0)
+        out = compiled(x)
+        assert out.shape == x.shape
+    assert counters["stats"]["unique_graphs"] == 1

@@ -19,7 +19,7 @@ namespace {
 
 
 const auto& dropout_op() {
-  static const auto op = op_handle<Tensor(const Tensor&, const Tensor&, double, int64_t)>("fastopt::dropout");
+  static const auto op = op_handle<Tensor(const Tensor&, const Tensor&, double, c10::SymInt)>("fastopt::dropout");
   return op;
 }
 const auto& dropout_add_op() {
@@ -39,7 +39,8 @@ const auto& from_bits_op() {
 }
 
 struct Dropout : torch::autograd::Function<Dropout> {
-  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& seed, double p, int64_t group) {
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& seed, double p,
+                        const c10::SymInt& group) {
     at::AutoDispatchBelowADInplaceOrView below;
     ctx->save_for_backward({seed});
     ctx->saved_data["p"] = p;
@@ -50,7 +51,7 @@ struct Dropout : torch::autograd::Function<Dropout> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const Tensor seed = ctx->get_saved_variables()[0];
     const Tensor dx =
-        dropout_op().call(grads[0], seed, ctx->saved_data["p"].toDouble(), ctx->saved_data["group"].toInt());
+        dropout_op().call(grads[0], seed, ctx->saved_data["p"].toDouble(), ctx->saved_data["group"].toSymInt());
     return {dx, Tensor(), Tensor(), Tensor()};
   }
 };
@@ -115,7 +116,9 @@ struct DropoutFromBits : torch::autograd::Function<DropoutFromBits> {
   }
 };
 
-Tensor dropout_autograd(const Tensor& x, const Tensor& seed, double p, int64_t group) {
+// group is a SymInt: under torch.compile with dynamic shapes it is the
+// channel size of a symbolic shape, and an int64_t here would specialize it.
+Tensor dropout_autograd(const Tensor& x, const Tensor& seed, double p, c10::SymInt group) {
   return Dropout::apply(x, seed, p, group);
 }
 

@@ -5,6 +5,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <c10/core/SymInt.h>
 #include <c10/util/Optional.h>
 
 #include <cstdint>
@@ -73,9 +74,11 @@ using DropoutAllocFn = at::Tensor (*)(const at::Tensor& like);
 
 template <DropoutRunFn RUN, DropoutAllocFn EMPTY_LIKE, c10::DeviceType DEVICE>
 struct DropoutOps {
-  static at::Tensor dropout(const at::Tensor& x, const at::Tensor& seed, double p, int64_t group) {
-    const DropoutInputs in =
-        check_dropout_args("fastopt.dropout", x, seed, p, group, nullptr, c10::nullopt, DEVICE);
+  // group is a SymInt as in the autograd kernel (csrc/autograd/dropout_autograd.cpp),
+  // whose signature every kernel of the op must share; here it is concrete.
+  static at::Tensor dropout(const at::Tensor& x, const at::Tensor& seed, double p, c10::SymInt group) {
+    const DropoutInputs in = check_dropout_args("fastopt.dropout", x, seed, p, group.expect_int(), nullptr,
+                                                c10::nullopt, DEVICE);
     at::Tensor out = EMPTY_LIKE(in.x);
     RUN(in, seed, p, out);
     return out;

@@ -17,7 +17,7 @@ from torch.autograd.function import once_differentiable
 
 from .._ops.batch_norm import param_grads
 from .._ops.norm import _opmath_dtype
-from ._torch_function import dispatches_torch_function
+from ._torch_function import dispatches_torch_function, warn_shape_constant
 
 ops = torch.ops.fastopt
 
@@ -48,6 +48,22 @@ def _check_input(
     return channels
 
 
+def _check_stats_not_differentiable(running_mean: Optional[Tensor], running_var: Optional[Tensor]) -> None:
+    """torch's refusal of running statistics that require grad.
+
+    The ops give them no gradient (they are buffers), so rather than leave a
+    silent None where the output depends on them, raise as torch does.
+    """
+    if not torch.is_grad_enabled():
+        return
+    for name, stat in (("running_mean", running_mean), ("running_var", running_var)):
+        if stat is not None and stat.requires_grad:
+            raise RuntimeError(
+                f"The function 'batch_norm' is not differentiable with respect to argument '{name}'. "
+                "This input cannot have requires_grad True."
+            )
+
+
 @dispatches_torch_function
 def batch_norm(
     input: Tensor,
@@ -69,11 +85,13 @@ def batch_norm(
     if training:
         torch.nn.functional._verify_batch_size(input.size())  # torch's ValueError, checked first as in torch
     channels = _check_input(input, running_mean, running_var, weight, bias)
+    _check_stats_not_differentiable(running_mean, running_var)
     if training:
         y, mean, _invstd, var = ops.batch_norm_fwd(input, weight, bias, eps)
         count = input.numel() // channels if channels else 0
         # count > 1 unless empty (checked above); an empty batch leaves them alone, as in torch.
         if count > 0 and (running_mean is not None or running_var is not None):
+            warn_shape_constant("BatchNorm's count of values per channel (running_var's correction)")
             ops.batch_norm_update_stats_(running_mean, running_var, mean.detach(), var.detach(), momentum, count)
         return y
     if running_mean is None or running_var is None:

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from .. import _ops
-from ._torch_function import dispatches_torch_function
+from ._torch_function import dispatches_torch_function, warn_shape_constant
 
 __all__ = ["dropout", "dropout1d", "dropout2d", "dropout3d", "dropout_add"]
 
@@ -151,6 +151,7 @@ def _feature_dropout(
         return result
     if input.dim() < 2:
         raise RuntimeError("Feature dropout requires at least 2 dimensions in the input")
+    warn_shape_constant("channel-wise dropout's channel size")
     return _dropout_impl(input, p, inplace, math.prod(input.shape[2:]), generator)
 
 

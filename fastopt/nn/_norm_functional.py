@@ -17,7 +17,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from ._torch_function import dispatches_torch_function
+from ._torch_function import dispatches_torch_function, warn_shape_constant
 
 # Codes of the op's `activation` argument.
 _ACTIVATIONS = {None: 0, "relu": 1, "silu": 2}
@@ -197,6 +197,7 @@ def _update_running_stats(
             running_var.fill_(math.nan)
         return
     count = math.prod(input.shape[2:])  # > 1: checked by _verify_spatial_size
+    warn_shape_constant("InstanceNorm's count of values per instance (running_var's correction)")
     var = rstd.double().pow(-2).sub_(eps).clamp_min_(0)
     unbiased = var * (count / (count - 1))
     running_mean.mul_(1 - momentum).add_(mean.mean(0).to(running_mean.dtype), alpha=momentum)

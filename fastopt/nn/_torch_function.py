@@ -11,6 +11,7 @@ functionals do the same, so a model converted to fastopt modules still traces.
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any, Callable, TypeVar
 
 import torch
@@ -37,3 +38,21 @@ def fx_tracing(input: Any) -> bool:
     tracing, so a module's Python-level shape checks must wait for the traced
     graph to run (where the functional's own checks do run)."""
     return isinstance(input, torch.fx.Proxy)
+
+
+def warn_shape_constant(what: str) -> None:
+    """Under torch.jit.trace, warn that ``what``, a size taken from the input's
+    shape and passed to an op as a Python int, becomes a constant of the trace.
+
+    torch's own kernels read such sizes from the tensor inside the op; a trace
+    of fastopt's is exact only for inputs of the traced shape. torch.compile and
+    torch.export keep these sizes symbolic (the ops take them as SymInt).
+    """
+    if torch.jit.is_tracing():
+        warnings.warn(
+            f"fastopt: {what} comes from the input's shape and is a constant of this trace: the traced "
+            "module is only correct for inputs of the traced shape (torch.compile and torch.export "
+            "keep it symbolic)",
+            torch.jit.TracerWarning,
+            stacklevel=3,
+        )

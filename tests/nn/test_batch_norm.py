@@ -431,3 +431,16 @@ def test_channels_last_1d_and_functional_signature(device):
     assert inspect.signature(FF.batch_norm).parameters.keys() == inspect.signature(F.batch_norm).parameters.keys()
     for name, p in inspect.signature(F.batch_norm).parameters.items():
         assert inspect.signature(FF.batch_norm).parameters[name].default == p.default, name
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_running_stats_requiring_grad_are_refused(device, training):
+    """The ops give running statistics no gradient, so, as torch, they refuse
+    them requiring grad instead of leaving a silent None."""
+    x = torch.randn(4, 3, 5, device=device)
+    mean = torch.zeros(3, device=device, requires_grad=True)
+    var = torch.ones(3, device=device)
+    with pytest.raises(RuntimeError, match="not differentiable with respect to argument 'running_mean'"):
+        FF.batch_norm(x, mean, var, training=training)
+    with torch.no_grad():  # as torch: only autograd minds
+        FF.batch_norm(x, mean, var, training=training)

@@ -69,3 +69,20 @@ def test_functionals_offer_torch_function(device):
     fastopt.nn.functional.layer_norm(x, (5,))
     fastopt.nn.functional.dropout(x, 0.5, training=False)
     assert seen[0] == "group_norm" and "layer_norm" in seen and "dropout" in seen
+
+
+@pytest.mark.parametrize(
+    "module,shape",
+    [
+        (lambda: fastopt.nn.BatchNorm1d(4), (3, 4)),
+        (lambda: fastopt.nn.Dropout2d(0.5), (2, 3, 2, 2)),
+        (lambda: fastopt.nn.InstanceNorm1d(4, track_running_stats=True), (2, 4, 5)),
+    ],
+    ids=["batch_norm", "dropout2d", "instance_norm"],
+)
+def test_jit_trace_warns_of_shape_constants(module, shape):
+    """torch.jit.trace records the sizes fastopt's ops take as Python ints as
+    constants; in training the trace is then only right for the traced shape,
+    which a TracerWarning says (not a silently wrong result elsewhere)."""
+    with pytest.warns(torch.jit.TracerWarning, match="constant of this trace"):
+        torch.jit.trace(module().train(), (torch.randn(shape),), check_trace=False)
