@@ -200,8 +200,19 @@ def _update_running_stats(
     warn_shape_constant("InstanceNorm's count of values per instance (running_var's correction)")
     var = rstd.double().pow(-2).sub_(eps).clamp_min_(0)
     unbiased = var * (count / (count - 1))
-    running_mean.mul_(1 - momentum).add_(mean.mean(0).to(running_mean.dtype), alpha=momentum)
-    running_var.mul_(1 - momentum).add_(unbiased.mean(0).to(running_var.dtype), alpha=momentum)
+    # Both new values first, then the buffers: a call that cannot update them
+    # (under vmap, batched statistics into unbatched buffers) fails before
+    # either is touched.
+    try:
+        new_mean = running_mean.mul(1 - momentum).add_(mean.mean(0).to(running_mean.dtype), alpha=momentum)
+        new_var = running_var.mul(1 - momentum).add_(unbiased.mean(0).to(running_var.dtype), alpha=momentum)
+    except RuntimeError as e:  # what torch says in that case
+        raise RuntimeError(
+            "InstanceNorm got a batched tensor as input while the running_mean or running_var, which will "
+            "be updated in place, were not batched."
+        ) from e
+    running_mean.copy_(new_mean)
+    running_var.copy_(new_var)
 
 
 @dispatches_torch_function

@@ -153,3 +153,14 @@ def test_momentum_none_keeps_running_stats(device):
     torch.testing.assert_close(ours(x), ref(x))
     for a, b in zip(ours.state_dict().values(), ref.state_dict().values()):
         torch.testing.assert_close(a, b)
+
+
+def test_vmap_over_tracked_training_leaves_running_stats(device):
+    """Under vmap the running statistics, updated in place, cannot take batched
+    statistics: torch's error, raised before either buffer is touched."""
+    m = fastopt.nn.InstanceNorm1d(4, track_running_stats=True).to(device)
+    m.running_mean.fill_(1.0)
+    with pytest.raises(RuntimeError, match="were not batched"):
+        torch.func.vmap(m)(torch.randn(5, 2, 4, 3, device=device))
+    assert torch.equal(m.running_mean, torch.ones(4, device=device))
+    assert torch.equal(m.running_var, torch.ones(4, device=device))
