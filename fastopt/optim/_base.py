@@ -213,11 +213,12 @@ class FusedOptimizer(torch.optim.Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """torch's, after the constructor's checks of fastopt's options on the new parameters."""
         params = param_group["params"]
-        # A single tensor or any iterable, as torch takes them (listed once, so
-        # that a generator is not consumed by the check).
-        params = [params] if isinstance(params, Tensor) else list(params)
-        self._check_rounding(params)
-        super().add_param_group({**param_group, "params": params})
+        # A single tensor or any iterable, as torch takes them, listed once (so
+        # that a generator is not consumed by the check) in the caller's dict,
+        # which torch then keeps as the group itself, as it does the same.
+        param_group["params"] = [params] if isinstance(params, Tensor) else list(params)
+        self._check_rounding(param_group["params"])
+        super().add_param_group(param_group)
 
     def _uses_master(self, param: Tensor) -> bool:
         return getattr(self, "master_weights", False) and param.dtype in LOW_PRECISION

@@ -578,8 +578,10 @@ def test_stochastic_rounding_rejects_float16_in_add_param_group():
     with pytest.raises(ValueError, match="stochastic_rounding supports bfloat16"):
         opt.add_param_group({"params": (p for p in [torch.nn.Parameter(torch.zeros(2, dtype=torch.float16))])})
     assert len(opt.param_groups) == 1
-    opt.add_param_group({"params": (p for p in [torch.nn.Parameter(torch.zeros(3, dtype=torch.bfloat16))])})
+    group = {"params": (p for p in [torch.nn.Parameter(torch.zeros(3, dtype=torch.bfloat16))])}
+    opt.add_param_group(group)
     assert [p.numel() for p in opt.param_groups[1]["params"]] == [3]
+    assert opt.param_groups[1] is group  # the caller's dict is the group, as in torch
 
 
 def test_stochastic_rounding_keeps_nan_and_inf(device):
