@@ -22,9 +22,15 @@ from ._torch_function import dispatches_torch_function, warn_shape_constant
 ops = torch.ops.fastopt
 
 
-def _check_per_channel(t: Optional[Tensor], name: str, channels: int) -> None:
-    if t is not None and t.numel() != channels:
-        raise RuntimeError(f"{name} should contain {channels} elements not {t.numel()}")
+def check_per_channel(t: Optional[Tensor], name: str, channels: int, repeats: int = 1) -> None:
+    """torch's batch_norm size check of a per-channel tensor, in its words.
+
+    ``repeats``: how many times torch's message counts the tensor, for callers
+    that, as torch's instance_norm, run BatchNorm on it repeated per sample
+    (with no repeats there is nothing to check).
+    """
+    if t is not None and t.numel() * repeats != channels * repeats:
+        raise RuntimeError(f"{name} should contain {channels * repeats} elements not {t.numel() * repeats}")
 
 
 def _check_input(
@@ -41,10 +47,10 @@ def _check_input(
     if input.dim() < 2:
         raise ValueError(f"expected an input of shape (N, C, *), got {input.dim()}D input")
     channels = input.size(1)
-    _check_per_channel(running_mean, "running_mean", channels)
-    _check_per_channel(running_var, "running_var", channels)
-    _check_per_channel(weight, "weight", channels)
-    _check_per_channel(bias, "bias", channels)
+    check_per_channel(running_mean, "running_mean", channels)
+    check_per_channel(running_var, "running_var", channels)
+    check_per_channel(weight, "weight", channels)
+    check_per_channel(bias, "bias", channels)
     return channels
 
 

@@ -17,6 +17,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from ._batch_norm_functional import check_per_channel
 from ._torch_function import dispatches_torch_function, warn_shape_constant
 
 # Codes of the op's `activation` argument.
@@ -170,10 +171,8 @@ def _check_instance_norm_args(input: Tensor, tensors: dict[str, Optional[Tensor]
     """
     if (tensors["running_mean"] is None) != (tensors["running_var"] is None):
         raise ValueError("running_mean and running_var must either both be None or neither be None")
-    n, channels = input.size(0), input.size(1)
     for name, t in tensors.items():
-        if t is not None and t.numel() * n != channels * n:
-            raise RuntimeError(f"{name} should contain {channels * n} elements not {t.numel() * n}")
+        check_per_channel(t, name, input.size(1), repeats=input.size(0))
 
 
 @torch.no_grad()
