@@ -14,7 +14,7 @@ import fastopt.nn
 from fastopt.nn import functional as FF
 from fastopt.nn._batch_norm_functional import SyncBatchNormFunction
 
-from ..optim.reference import assert_same_error
+from ..optim.reference import assert_same_functional_error
 
 # Every test under each compiled CPU kernel variant (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("each_cpu_isa")
@@ -298,9 +298,7 @@ FUNCTIONAL_ERRORS = {
 def test_functional_errors_match_torch(device, case):
     """torch's type and message, raised before fastopt's op words them its own way."""
     x = torch.randn(3, 6, 5, device=device)
-    fn = FUNCTIONAL_ERRORS[case]
-    ones = lambda n: torch.ones(n, device=device)  # noqa: E731
-    assert_same_error(lambda: fn(F, x, ones), lambda: fn(FF, x, ones))
+    assert_same_functional_error(FUNCTIONAL_ERRORS[case], x, lambda n: torch.ones(n, device=device))
 
 
 @pytest.fixture

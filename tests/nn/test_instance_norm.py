@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import fastopt.nn
 from fastopt.nn import functional as FF
 
-from ..optim.reference import assert_same_error
+from ..optim.reference import assert_same_error, assert_same_functional_error
 
 # Every test under each compiled CPU kernel variant (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("each_cpu_isa")
@@ -121,9 +121,7 @@ INSTANCE_NORM_ERRORS = {
 @pytest.mark.parametrize("case", INSTANCE_NORM_ERRORS)
 def test_functional_errors_match_torch(device, case):
     x = torch.randn(2, 4, 5, device=device)
-    fn = INSTANCE_NORM_ERRORS[case]
-    ones = lambda n: torch.ones(n, device=device)  # noqa: E731
-    assert_same_error(lambda: fn(F, x, ones), lambda: fn(FF, x, ones))
+    assert_same_functional_error(INSTANCE_NORM_ERRORS[case], x, lambda n: torch.ones(n, device=device))
 
 
 @pytest.mark.parametrize("shape", [(0, 4, 5, 6), (2, 4, 0, 6), (0, 4, 0, 6)], ids=["no-samples", "no-pixels", "none"])

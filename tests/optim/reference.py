@@ -12,6 +12,8 @@ import pytest
 import torch
 from torch import Tensor
 
+import fastopt.nn.functional
+
 # A parameter set that covers the layouts a kernel can trip over. Each entry
 # is (name, factory(device, dtype) -> Parameter).
 ParamFactory = Callable[[str, torch.dtype], torch.nn.Parameter]
@@ -156,6 +158,11 @@ def assert_same_error(make_ref: Callable[[], Any], make_ours: Callable[[], Any])
         make_ref()
     with pytest.raises(type(expected.value), match=re.escape(str(expected.value))):
         make_ours()
+
+
+def assert_same_functional_error(fn: Callable[..., Any], *args: Any) -> None:
+    """fn(fastopt.nn.functional, *args) raises as fn(torch.nn.functional, *args) does."""
+    assert_same_error(lambda: fn(torch.nn.functional, *args), lambda: fn(fastopt.nn.functional, *args))
 
 
 def assert_same_validation_error(ours_cls, ref_cls, kwargs: dict) -> None:
