@@ -98,14 +98,19 @@ class DeviceScalars {
         lr_tensor_ = device_float(*lr_tensor, device);
       }
     }
-    if (grad_scale.has_value()) grad_scale_ = device_float(*grad_scale, device);
+    // float64: the clip factor of max_grad_norm travels in grad_scale, and
+    // float64 params must not see it rounded to float32. AMP's float32 scale
+    // converts exactly.
+    if (grad_scale.has_value()) grad_scale_ = grad_scale->to(device, at::kDouble);
     if (found_inf.has_value()) found_inf_ = device_float(*found_inf, device);
   }
 
   // The float lr, ignored by the kernels when lr_ptr() is set.
   double lr() const { return lr_; }
   const float* lr_ptr() const { return ptr(lr_tensor_); }
-  const float* grad_scale() const { return ptr(grad_scale_); }
+  const double* grad_scale() const {
+    return grad_scale_.defined() ? grad_scale_.const_data_ptr<double>() : nullptr;
+  }
   const float* found_inf() const { return ptr(found_inf_); }
 
  private:

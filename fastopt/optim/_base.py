@@ -346,7 +346,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         # once, and a parameter with the dtype, device and state novelty of
         # the one before it (almost always) reuses that one's bucket rather
         # than hashing a new bucket key.
-        for group in self.param_groups:
+        for group_index, group in enumerate(self.param_groups):
             keys = self._state_keys(group)
             has_state = bool(keys) or has_step or masters_on
             row: list[float] | None = None
@@ -384,7 +384,9 @@ class FusedOptimizer(torch.optim.Optimizer):
                     merge = row is not None
                     # (Not dtype.to_real(): torch.compile cannot trace it.)
                     real_dtype = torch.view_as_real(p).dtype if dtype.is_complex else dtype
-                    key = (device, real_dtype, master, fresh, layout if merge else id(group))
+                    # A group that is not merged keys by its index: torch.compile
+                    # cannot trace id() of a dict.
+                    key = (device, real_dtype, master, fresh, layout if merge else group_index)
                     entry = buckets.get(key)
                     if entry is None:
                         entry = buckets[key] = (group, Bucket(state={k: [] for k in keys}, new_state=fresh))

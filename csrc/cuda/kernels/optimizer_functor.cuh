@@ -17,7 +17,7 @@ struct StepScalars {
   double lr;
   const float* lr_ptr;
   const double* hparams;
-  const float* grad_scale;
+  const double* grad_scale;
   const float* found_inf;
 
   static StepScalars of(const OptimizerLaunch& l) {

@@ -39,7 +39,9 @@ struct OptimizerLaunch {
   // stores of the parameter (or of its copy) then round stochastically; null
   // rounds to nearest.
   const int64_t* rounding_seed;
-  const float* grad_scale;  // nullable; grads are divided by it and written back unscaled
+  // Nullable; grads are divided by it and written back unscaled. float64, so
+  // that a clip factor (folded in here) reaches float64 grads unrounded.
+  const double* grad_scale;
   const float* found_inf;   // nullable; when *found_inf != 0 the launch changes nothing
   // Nullable device pointer to a float64 [num_tensors, 2] array that the
   // caller has zeroed on the stream. When set, row i receives

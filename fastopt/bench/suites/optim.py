@@ -48,7 +48,8 @@ class OptimSpec:
 
     ``reads``/``writes`` count the per-parameter tensors the update must read
     and write (param, grad and state); scalar step counters are negligible.
-    ``torch_paths`` lists the torch implementations that exist for it.
+    ``torch_paths`` lists the torch implementations that exist for it, and
+    ``fused_devices`` the device types torch's fused path runs on.
     """
 
     name: str
@@ -58,6 +59,7 @@ class OptimSpec:
     writes: int
     kwargs: dict = field(default_factory=dict)
     torch_paths: tuple[str, ...] = (FOR_LOOP, FOREACH, FUSED)
+    fused_devices: tuple[str, ...] = ("cpu", "cuda")
 
     @property
     def label(self) -> str:
@@ -68,8 +70,8 @@ class OptimSpec:
 # RMSprop reads param, grad, square_avg and writes param, square_avg (20 B);
 # momentum_buffer and (centered) grad_avg each add a read and a write (+8 B).
 # torch has no fused RMSprop, so only its for-loop and foreach paths run.
-# SGD with momentum and Adagrad move 20 B per float32 parameter; torch 2.13
-# has fused versions of both on CPU and CUDA.
+# SGD with momentum and Adagrad move 20 B per float32 parameter; torch has a
+# fused SGD on CPU and CUDA, and a fused Adagrad on the CPU only.
 RMSPROP_PATHS = (FOR_LOOP, FOREACH)
 SPECS: tuple[OptimSpec, ...] = (
     OptimSpec("Adam", torch.optim.Adam, fastopt.optim.Adam, reads=4, writes=3),
@@ -82,7 +84,7 @@ SPECS: tuple[OptimSpec, ...] = (
     OptimSpec("RMSprop", torch.optim.RMSprop, fastopt.optim.RMSprop, reads=5, writes=4,
               kwargs={"centered": True, "momentum": 0.9}, torch_paths=RMSPROP_PATHS),
     OptimSpec("SGD", torch.optim.SGD, fastopt.optim.SGD, reads=3, writes=2, kwargs={"lr": 0.01, "momentum": 0.9}),
-    OptimSpec("Adagrad", torch.optim.Adagrad, fastopt.optim.Adagrad, reads=3, writes=2),
+    OptimSpec("Adagrad", torch.optim.Adagrad, fastopt.optim.Adagrad, reads=3, writes=2, fused_devices=("cpu",)),
 )  # fmt: skip
 
 
@@ -194,10 +196,11 @@ def _with_update_ratios(spec: OptimSpec, params: list[torch.Tensor]) -> torch.op
 def contenders(spec: OptimSpec, ctx: Context) -> tuple[dict[str, OptimizerFactory], dict[str, str]]:
     """Optimizer factories per contender, all with the spec's hyperparameters, and their roles."""
     path_kwargs = {FOR_LOOP: {"foreach": False}, FOREACH: {"foreach": True}, FUSED: {"fused": True}}
+    paths = [p for p in spec.torch_paths if p != FUSED or ctx.device.type in spec.fused_devices]
     factories: dict[str, OptimizerFactory] = {
-        path: functools.partial(spec.torch_cls, **spec.kwargs, **path_kwargs[path]) for path in spec.torch_paths
+        path: functools.partial(spec.torch_cls, **spec.kwargs, **path_kwargs[path]) for path in paths
     }
-    roles = {path: TORCH for path in spec.torch_paths}
+    roles = {path: TORCH for path in paths}
     factories["fastopt"] = functools.partial(spec.fastopt_cls, **spec.kwargs)
     roles["fastopt"] = FASTOPT
     factories[WITH_RATIOS] = functools.partial(_with_update_ratios, spec)
