@@ -17,3 +17,14 @@ def unaligned(x: torch.Tensor) -> torch.Tensor:
     out.copy_(x.detach())
     assert out.data_ptr() % 16 != 0
     return out
+
+
+def dropout_scaled(t: torch.Tensor, keep_prob: float) -> torch.Tensor:
+    """t / keep_prob in t's arithmetic type (float32 for 16-bit t), as the dropout kernels compute survivors.
+
+    The divisor is a tensor on t's device on purpose: torch's CUDA division by
+    a Python scalar multiplies by the scalar's reciprocal, which is not always
+    the correctly rounded quotient.
+    """
+    wide = t if t.dtype == torch.float64 else t.float()
+    return (wide / torch.full_like(wide, keep_prob)).to(t.dtype)

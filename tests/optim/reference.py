@@ -130,7 +130,7 @@ def check_low_precision(
     """fastopt in 16-bit must be at most twice as far from a float32 run as torch in 16-bit.
 
     ``torch_kwargs`` picks torch's 16-bit path. The default, fused=True, is
-    torch's most accurate path where it has one: it computes in float32 like
+    torch's most accurate path where it has one (Adagrad's is CPU-only): it computes in float32 like
     fastopt, while the for-loop path computes in 16-bit (and, for Adam, goes
     to NaN in float16 once eps=1e-8 underflows). Optimizers without a fused
     torch kernel (RMSprop) pass {"foreach": False}. The float32 reference
@@ -140,10 +140,15 @@ def check_low_precision(
     torch_params = clone_params(fp32_params, dtype)
     ours_params = clone_params(fp32_params, dtype)
     grads = random_grads(fp32_params, steps)
-    # every run sees the same 16-bit-representable gradients
-    grads = [[g.to(dtype).float() for g in step] for step in grads]
+    # Every run sees the same 16-bit-representable gradients, in their params'
+    # layout, as autograd makes them (torch's CUDA fused kernels refuse others).
+    grads = [[torch.empty_like(p).copy_(g.to(dtype)) for p, g in zip(fp32_params, step)] for step in grads]
+    if torch_kwargs is None:
+        # torch's fused Adagrad is CPU-only: on other devices its 16-bit path is the for-loop.
+        fused = ref_cls is not torch.optim.Adagrad or device == "cpu"
+        torch_kwargs = {"fused": True} if fused else {"foreach": False}
     run_steps(ref_cls(fp32_params, foreach=False, **config), fp32_params, grads)
-    run_steps(ref_cls(torch_params, **(torch_kwargs or {"fused": True}), **config), torch_params, grads)
+    run_steps(ref_cls(torch_params, **torch_kwargs, **config), torch_params, grads)
     run_steps(ours_cls(ours_params, **config), ours_params, grads)
     for ref, theirs, ours in zip(fp32_params, torch_params, ours_params):
         torch_err = (theirs.float() - ref).abs().max()
@@ -254,13 +259,31 @@ def check_update_ratios(ours_cls, config: dict, device: str) -> None:
             torch.testing.assert_close(ratios[p], expected, rtol=1e-4, atol=0)
 
 
+def _torch_adagrad_inits_late_groups() -> bool:
+    """Whether torch's Adagrad creates the state of a group added by add_param_group (older releases raise KeyError)."""
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adagrad([torch.nn.Parameter(torch.zeros(1))])
+    opt.add_param_group({"params": [p]})
+    p.grad = torch.ones(1)
+    try:
+        opt.step()
+    except KeyError:
+        return False
+    return True
+
+
 def check_lr_schedulers(ours_cls, ref_cls, config: dict, device: str) -> None:
     """Two param groups, add_param_group, and StepLR, CosineAnnealingLR and LambdaLR chained."""
 
+    # A group added after construction gets its state lazily, on its first
+    # step; torch's Adagrad does that only in newer releases.
+    late_group = ref_cls is not torch.optim.Adagrad or _torch_adagrad_inits_late_groups()
+
     def build(cls, params, **kw):
-        opt = cls([{"params": params[:2]}, {"params": params[2:4], "lr": 0.03, "weight_decay": 0.2}], lr=0.01, **config, **kw)
-        # a group added after construction gets its state lazily, on its first step
-        opt.add_param_group({"params": params[4:], "lr": 0.02})
+        groups = [{"params": params[:2]}, {"params": params[2:4] if late_group else params[2:], "lr": 0.03, "weight_decay": 0.2}]
+        opt = cls(groups, lr=0.01, **config, **kw)
+        if late_group:
+            opt.add_param_group({"params": params[4:], "lr": 0.02})
         scheds = [
             torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5),
             torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=STEPS),

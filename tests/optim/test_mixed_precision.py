@@ -413,7 +413,12 @@ def test_master_weights_equal_float32_run(opt, dtype, device):
         assert torch.equal(p.detach(), state["master_param"].to(dtype))
         rounded = q.detach().to(dtype)
         step = (rounded.float().abs() * torch.finfo(dtype).eps).clamp_min(torch.finfo(dtype).tiny)
-        assert ((p.detach().float() - rounded.float()).abs() <= step).all()
+        # Plus the masters' own float32 difference: rounding two values moves
+        # them apart by at most that and a step. It matters near zero, where a
+        # float32 rounding is more than a relative 16-bit step (on CUDA the
+        # kernels fuse multiply-adds that torch's for-loop rounds twice).
+        master_diff = (state["master_param"] - q.detach()).abs()
+        assert ((p.detach().float() - rounded.float()).abs() <= step + master_diff).all()
         assert (p.detach() != rounded).sum() <= 2 + 1e-4 * p.numel()
         for key, value in ref.state[q].items():
             if key != "step":
