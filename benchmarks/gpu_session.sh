@@ -15,6 +15,8 @@
 #   memcheck  compute-sanitizer memcheck over the kernels' CUDA tests
 #   racecheck compute-sanitizer racecheck over the shared-memory (norm) kernels
 #   bench     the benchmark report on cuda, into $OUT/results
+#   gdb       the native backtrace of a crash: cuda-gdb runs the pytest node
+#             ids in $GDB_TESTS (it also debugs host code; the machine has no gdb)
 #
 # Each step has a time limit (STEP_LIMIT seconds, default 300) so that a slow
 # step still leaves the next ones time and the call returns its logs.
@@ -86,6 +88,11 @@ for s in "$@"; do
         ;;
     bench)
         step bench "$PY" -m fastopt.bench --device cuda --no-progress --detail --out "$OUT/results"
+        ;;
+    gdb)
+        # shellcheck disable=SC2086  # GDB_TESTS is a list of node ids
+        TAIL=60 step gdb cuda-gdb -batch -ex run -ex bt --args \
+            "$PY" -m pytest ${GDB_TESTS:?set GDB_TESTS to the pytest node ids} -q -p no:cacheprovider
         ;;
     *)
         echo "unknown step $s" >&2; exit 2 ;;

@@ -119,6 +119,23 @@ def test_readme_section_is_generated(smoke_run: tuple[dict, str, Path], tmp_path
     assert doc.read_text() == text
 
 
+def test_readme_shows_the_newest_full_run_of_each_device(tmp_path: Path) -> None:
+    """One section per device, CUDA first; smoke runs and older runs are left out."""
+
+    def write(name: str, device: str, date: str, smoke: bool = False) -> Path:
+        path = tmp_path / f"bench-{name}.json"
+        path.write_text(json.dumps({"environment": {"device": device, "date_utc": date}, "settings": {"smoke": smoke}}))
+        return path
+
+    write("cpu-old", "cpu", "2026-11-01T00:00:00+00:00")
+    cpu = write("cpu-new", "cpu", "2026-11-02T00:00:00+00:00")
+    write("cpu-smoke", "cpu", "2026-11-03T00:00:00+00:00", smoke=True)
+    cuda = write("cuda", "cuda:0", "2026-10-01T00:00:00+00:00")
+    assert readme.latest_results(tmp_path) == [cuda, cpu]
+    with pytest.raises(FileNotFoundError):
+        readme.latest_results(tmp_path / "empty")
+
+
 def test_readme_without_markers_is_refused(smoke_run: tuple[dict, str, Path], tmp_path: Path) -> None:
     _, _, json_path = smoke_run
     doc = tmp_path / "README.md"

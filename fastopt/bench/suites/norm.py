@@ -32,25 +32,33 @@ def _step(module: torch.nn.Module, x: torch.Tensor, dy: torch.Tensor) -> Call:
     return step
 
 
-def _case(name: str, shape: tuple[int, ...], fmt: torch.memory_format, modules: ModulePair, ctx: Context) -> Case:
+def _case(
+    name: str,
+    shape: tuple[int, ...],
+    fmt: torch.memory_format,
+    modules: ModulePair,
+    ctx: Context,
+    dtype: torch.dtype = torch.float32,
+) -> Case:
     def setup() -> dict[str, Call]:
         gen = torch.Generator(device=ctx.device).manual_seed(0)
-        x = torch.randn(shape, generator=gen, device=ctx.device).to(memory_format=fmt)
-        dy = torch.randn(shape, generator=gen, device=ctx.device).to(memory_format=fmt)
-        ours, ref = (make().to(ctx.device) for make in modules)
+        x = torch.randn(shape, generator=gen, device=ctx.device).to(dtype=dtype, memory_format=fmt)
+        dy = torch.randn(shape, generator=gen, device=ctx.device).to(dtype=dtype, memory_format=fmt)
+        ours, ref = (make().to(ctx.device, dtype) for make in modules)
         return {"fastopt": _step(ours, x, dy), "torch": _step(ref, x, dy)}
 
     numel = 1
     for n in shape:
         numel *= n
     layout = "NHWC" if fmt == torch.channels_last else ("NCHW" if len(shape) == 4 else "")
+    suffix = "" if dtype == torch.float32 else f" {str(dtype).removeprefix('torch.')}"
     return Case(
-        name=f"{name} {tuple(shape)} {layout}".rstrip(),
-        nbytes=TENSORS_MOVED * numel * 4,
+        name=f"{name} {tuple(shape)} {layout}".rstrip() + suffix,
+        nbytes=TENSORS_MOVED * numel * dtype.itemsize,
         setup=setup,
         roles={"fastopt": FASTOPT, "torch": TORCH},
-        params={"shape": list(shape), "memory_format": layout or "contiguous", "dtype": "float32",
-                "work": "forward + backward"},
+        params={"shape": list(shape), "memory_format": layout or "contiguous",
+                "dtype": str(dtype).removeprefix("torch."), "work": "forward + backward"},
     )  # fmt: skip
 
 
@@ -63,6 +71,11 @@ def cases(ctx: Context) -> list[Case]:
         for fmt in (torch.contiguous_format, torch.channels_last):
             pair = (lambda c=c: fastopt.nn.GroupNorm(32, c), lambda c=c: torch.nn.GroupNorm(32, c))
             result.append(_case("GroupNorm(32)", shape, fmt, pair, ctx))
+    if ctx.device.type == "cuda" and not ctx.smoke:
+        # A diffusion U-Net block, the GPU target's shape, in both of its dtypes.
+        pair = (lambda: fastopt.nn.GroupNorm(32, 512), lambda: torch.nn.GroupNorm(32, 512))
+        for dtype in (torch.float32, torch.bfloat16):
+            result.append(_case("GroupNorm(32)", (32, 512, 64, 64), torch.channels_last, pair, ctx, dtype))
     first = shapes[0]
     pair = (lambda: fastopt.nn.InstanceNorm2d(first[1], affine=True), lambda: torch.nn.InstanceNorm2d(first[1], affine=True))
     result.append(_case("InstanceNorm2d(affine)", first, torch.contiguous_format, pair, ctx))
