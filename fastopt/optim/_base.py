@@ -198,9 +198,17 @@ class FusedOptimizer(torch.optim.Optimizer):
         # found_inf or skip_nonfinite), counted on the parameters' device.
         device = next((p.device for g in self.param_groups for p in g["params"]), None)
         self.skipped_steps = torch.zeros((), dtype=torch.int64, device=device)
-        # The global gradient norm of the last step, when clipping or skipping
-        # computed it (a device tensor, so that logging it costs no sync).
-        self.last_grad_norm: Tensor | None = None
+        # What the last step computed on the side, read through properties.
+        # A dict that step() mutates, not attributes it sets: torch.compile
+        # (torch 2.11) cannot trace setting an attribute of the optimizer.
+        self._last_step: dict[str, Tensor | None] = {"grad_norm": None}
+
+    @property
+    def last_grad_norm(self) -> Tensor | None:
+        """The global gradient norm of the last step, when ``max_grad_norm`` or
+        ``skip_nonfinite`` computed it, else None: a device tensor, so that
+        logging it costs no synchronisation."""
+        return self._last_step["grad_norm"]
 
     def _check_rounding(self, params: list[Tensor]) -> None:
         """Stochastic rounding is for bfloat16: refuse float16 parameters."""
@@ -582,7 +590,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             if grad_scale is not None:
                 # The gradients are still scaled by AMP: so is their norm.
                 total_norm = total_norm / grad_scale.to(total_norm.device)
-            self.last_grad_norm = total_norm
+            self._last_step["grad_norm"] = total_norm
             if skip:
                 found_inf = (
                     nonfinite if found_inf is None else found_inf + nonfinite.to(found_inf.device)
