@@ -5,7 +5,8 @@ backward reads dy and writes dx (fastopt regenerates the mask from its seed;
 torch also reads its saved mask, which is not counted; so does fastopt's
 1-bit mask mode, an extra contender). A copy into a
 preallocated tensor runs alongside as the read-x, write-y floor of forward.
-The notes give the bytes per element that autograd keeps for backward.
+The notes give the bytes per element that autograd keeps for backward and,
+on CUDA, the peak memory of a 3-layer MLP's training step with each dropout.
 """
 
 from __future__ import annotations
@@ -109,10 +110,39 @@ def saved_bytes_per_element(fn: Dropout, x: torch.Tensor) -> float:
     return sum(seen.values()) / x.numel()
 
 
+def mlp_step_peak_mib(fn: Dropout, device: torch.device, batch: int, width: int) -> float:
+    """Peak CUDA memory of one training step of a 3-layer MLP with ``fn`` after
+    each hidden layer, above what the model and its input hold before the step."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    layers = [torch.nn.Linear(width, width, device=device) for _ in range(3)]
+    x = torch.randn(batch, width, generator=gen, device=device)
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    h = x
+    for i, layer in enumerate(layers):
+        h = layer(h)
+        if i < len(layers) - 1:
+            h = fn(torch.relu(h))
+    h.square().mean().backward()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+
+
 def notes(ctx: Context) -> dict[str, object]:
     x = torch.randn(2**16, device=ctx.device, requires_grad=True)
     fns = {**DROPOUTS, **VARIANTS}
-    return {"saved_bytes_per_element": {name: saved_bytes_per_element(f, x) for name, f in fns.items()}}
+    result: dict[str, object] = {
+        "saved_bytes_per_element": {name: saved_bytes_per_element(f, x) for name, f in fns.items()}
+    }
+    if ctx.device.type == "cuda":
+        # The GPU target's memory comparison: what a small MLP's training step
+        # peaks at with each dropout (the masks torch saves are part of it).
+        batch, width = (256, 256) if ctx.smoke else (8192, 4096)
+        result[f"mlp_step_peak_mib (3 layers, batch {batch}, width {width})"] = {
+            name: round(mlp_step_peak_mib(f, ctx.device, batch, width), 1) for name, f in fns.items()
+        }
+    return result
 
 
 # torch's CPU dropout takes about 0.25 s per 16M-element call, so few rounds.
