@@ -107,11 +107,9 @@ class DeviceScalars {
 
   // The float lr, ignored by the kernels when lr_ptr() is set.
   double lr() const { return lr_; }
-  const float* lr_ptr() const { return ptr(lr_tensor_); }
-  const double* grad_scale() const {
-    return grad_scale_.defined() ? grad_scale_.const_data_ptr<double>() : nullptr;
-  }
-  const float* found_inf() const { return ptr(found_inf_); }
+  const float* lr_ptr() const { return ptr<float>(lr_tensor_); }
+  const double* grad_scale() const { return ptr<double>(grad_scale_); }
+  const float* found_inf() const { return ptr<float>(found_inf_); }
 
  private:
   // A one-element tensor as a float32 on `device`, which the kernels read
@@ -119,8 +117,9 @@ class DeviceScalars {
   static at::Tensor device_float(const at::Tensor& t, c10::Device device) {
     return t.to(device, at::kFloat);
   }
-  static const float* ptr(const at::Tensor& t) {
-    return t.defined() ? t.const_data_ptr<float>() : nullptr;
+  template <typename T>
+  static const T* ptr(const at::Tensor& t) {
+    return t.defined() ? t.const_data_ptr<T>() : nullptr;
   }
 
   double lr_;
