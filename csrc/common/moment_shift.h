@@ -1,5 +1,5 @@
 // Which values shift a channel's moment sums. Torch-free: shared by the
-// BatchNorm ops (CPU loop, CUDA tensor ops; common/norm_layout.h) and the
+// BatchNorm ops (a CPU loop, a CUDA kernel: cuda/kernels/batch_norm_kernel.cu) and the
 // GroupNorm CPU kernels.
 #pragma once
 

@@ -68,18 +68,6 @@ inline at::Tensor channel_param(const char* op, const char* name,
   return p->reshape({C}).to(opmath).contiguous();
 }
 
-// The shift of NOTE: [moment shift] (common/moment_shift.h) of every channel
-// of x ((N, C, *), N * S > 0), [C] in the arithmetic type, with tensor ops
-// (the CPU op computes the same values in a loop, without their dispatch cost).
-inline at::Tensor channel_shift(const at::Tensor& x, c10::ScalarType opmath) {
-  const at::Tensor t = x.reshape({x.size(0), x.size(1), -1});  // a view in both layouts
-  const auto [samples, positions] = shift_extent(t.size(0), t.size(2));
-  return t.narrow(0, 0, samples)
-      .narrow(2, 0, positions)
-      .mean(at::IntArrayRef{0, 2}, /*keepdim=*/false, at::kDouble)
-      .to(opmath);
-}
-
 inline const void* ptr_or_null(const at::Tensor& t) {
   return t.defined() ? t.const_data_ptr() : nullptr;
 }

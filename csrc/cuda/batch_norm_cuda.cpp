@@ -1,7 +1,7 @@
 // fastopt::batch_norm_* on CUDA: layout and shape checks (common/norm_layout.h),
-// device guard and stream, the torch-free launches of
-// kernels/batch_norm_kernel.cu, and the [C]-sized arithmetic between them as
-// tensor ops in double. Only this layer sees tensors.
+// device guard and stream, and the torch-free launches of
+// kernels/batch_norm_kernel.cu, which also do the [C]-sized arithmetic
+// between the passes. Only this layer sees tensors.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAStream.h>
@@ -9,7 +9,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include <algorithm>
+#include <cmath>
 #include <tuple>
 
 #include "common/norm_layout.h"
@@ -43,10 +43,10 @@ Input prepare(const char* op, const at::Tensor& input) {
 }
 
 // A [C] statistic (mean, invstd, a sum) in the arithmetic type, contiguous.
-// Every tensor argument but x goes through channel_stat, weight_or_one,
-// bias_or_zero or grad_like_x, which check its shape and then its device, as
-// GroupNorm does: before it meets another tensor (where torch would raise for
-// some mixes and not others) and before its pointer reaches a kernel.
+// Every tensor argument but x goes through channel_stat, channel_weight or
+// grad_like_x, which check its shape and then its device, as GroupNorm does:
+// before it meets another tensor (where torch would raise for some mixes and
+// not others) and before its pointer reaches a kernel.
 at::Tensor channel_stat(const char* op, const char* name, const at::Tensor& t, const Input& in) {
   TORCH_CHECK(t.numel() == in.shape.C, op, ": expected ", name, " with ", in.shape.C,
               " elements, got ", t.sizes());
@@ -54,61 +54,72 @@ at::Tensor channel_stat(const char* op, const char* name, const at::Tensor& t, c
   return t.reshape({in.shape.C}).to(in.opmath).contiguous();
 }
 
-// [2, C] double: the per-channel sums of kernels/batch_norm_kernel.h.
-at::Tensor channel_sums(const Input& in, bool gradient, const at::Tensor& dy,
-                        const at::Tensor& center) {
-  const auto f64 = in.x.options().dtype(at::kDouble);
-  if (in.x.numel() == 0) return at::zeros({2, in.shape.C}, f64);
-  at::Tensor workspace = at::empty({batch_norm_reduce_workspace(in.shape)}, f64);
-  at::Tensor sums = at::empty({2, in.shape.C}, f64);
-  BatchNormReduceLaunch launch{in.shape,
-                               gradient,
-                               in.x.const_data_ptr(),
-                               ptr_or_null(dy),
-                               center.const_data_ptr(),
-                               workspace.mutable_data_ptr<double>(),
-                               sums.mutable_data_ptr<double>()};
-  launch_batch_norm_reduce(launch, c10::cuda::getCurrentCUDAStream());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return sums;
+// A [C] weight or bias in the arithmetic type, or an undefined tensor.
+at::Tensor channel_weight(const char* op, const char* name, const c10::optional<at::Tensor>& p,
+                          const Input& in) {
+  const at::Tensor t = channel_param(op, name, p, in.shape.C, in.opmath);
+  check_device(op, name, t, in.x);
+  return t;
 }
 
-// out = (x - center) * p + dy * q + r, coefficients [C] in the arithmetic type.
+at::Tensor new_stat(const Input& in) { return at::empty({in.shape.C}, in.x.options().dtype(in.opmath)); }
+
+void* mutable_ptr_or_null(const at::Tensor& t) { return t.defined() ? t.mutable_data_ptr() : nullptr; }
+
+cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream(); }
+
+// NOTE: [per-channel arithmetic in kernels] (kernels/batch_norm_kernel.h):
+// every helper below is one launch, and nothing between them is a torch op
+// on the device.
+
+// The moment shift of every channel (N * S > 0), NOTE: [moment shift].
+at::Tensor channel_shift(const Input& in) {
+  const auto [samples, positions] = shift_extent(in.shape.N, in.shape.S);
+  at::Tensor shift = new_stat(in);
+  launch_batch_norm_shift({in.shape, in.x.const_data_ptr(), shift.mutable_data_ptr(), samples, positions},
+                          stream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return shift;
+}
+
+// The partial sums of kernels/batch_norm_kernel.h over a non-empty x.
+at::Tensor channel_partials(const Input& in, bool gradient, const at::Tensor& dy,
+                            const at::Tensor& center) {
+  at::Tensor workspace =
+      at::empty({batch_norm_reduce_workspace(in.shape)}, in.x.options().dtype(at::kDouble));
+  launch_batch_norm_reduce({in.shape, gradient, in.x.const_data_ptr(), ptr_or_null(dy),
+                            center.const_data_ptr(), workspace.mutable_data_ptr<double>()},
+                           stream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return workspace;
+}
+
+// out = (x - center) * p + dy * q + r, coefficients [C] in the arithmetic
+// type; dy and r may be undefined.
 void affine(const Input& in, const at::Tensor& dy, const at::Tensor& out, const at::Tensor& center,
             const at::Tensor& p, const at::Tensor& q, const at::Tensor& r) {
   if (in.x.numel() == 0) return;
-  auto coef = [&](const at::Tensor& t) { return t.defined() ? t.to(in.opmath).contiguous() : t; };
-  const at::Tensor k = coef(center), pc = coef(p), qc = coef(q), rc = coef(r);
-  BatchNormAffineLaunch launch{in.shape,      in.x.const_data_ptr(),   ptr_or_null(dy),
-                               out.mutable_data_ptr(), k.const_data_ptr(), pc.const_data_ptr(),
-                               ptr_or_null(qc), rc.const_data_ptr()};
-  launch_batch_norm_affine(launch, c10::cuda::getCurrentCUDAStream());
+  launch_batch_norm_affine({in.shape, in.x.const_data_ptr(), ptr_or_null(dy), out.mutable_data_ptr(),
+                            center.const_data_ptr(), p.const_data_ptr(), ptr_or_null(q), ptr_or_null(r)},
+                           stream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// mean and M2 of every channel (double), from moment sums shifted as in
-// NOTE: [moment shift] (common/moment_shift.h).
-std::tuple<at::Tensor, at::Tensor> moments(const Input& in) {
-  const int64_t C = in.shape.C;
-  const auto f64 = in.x.options().dtype(at::kDouble);
-  if (in.x.numel() == 0) return {at::zeros({C}, f64), at::zeros({C}, f64)};
-  const at::Tensor shift = channel_shift(in.x, in.opmath);
-  const at::Tensor sums = channel_sums(in, false, {}, shift);
-  const at::Tensor d = sums[0] / static_cast<double>(in.count());
-  return {shift.to(at::kDouble) + d, (sums[1] - sums[0] * d).clamp_min(0)};
-}
+// The statistics of a non-empty x from its moment sums, into the defined
+// outputs (see BatchNormMomentsLaunch).
+struct Moments {
+  at::Tensor mean, m2, var, invstd, scale;
+};
 
-at::Tensor weight_or_one(const c10::optional<at::Tensor>& weight, const Input& in, const char* op) {
-  const at::Tensor w = channel_param(op, "weight", weight, in.shape.C, at::kDouble);
-  check_device(op, "weight", w, in.x);
-  return w.defined() ? w : at::ones({in.shape.C}, in.x.options().dtype(at::kDouble));
-}
-
-// The [C] bias in the arithmetic type, zeros without one.
-at::Tensor bias_or_zero(const c10::optional<at::Tensor>& bias, const Input& in, const char* op) {
-  const at::Tensor b = channel_param(op, "bias", bias, in.shape.C, in.opmath);
-  check_device(op, "bias", b, in.x);
-  return b.defined() ? b : at::zeros({in.shape.C}, in.x.options().dtype(in.opmath));
+void moments(const Input& in, const at::Tensor& weight, double eps, Moments& out) {
+  const at::Tensor shift = channel_shift(in);
+  const at::Tensor workspace = channel_partials(in, false, {}, shift);
+  launch_batch_norm_moments({in.shape, workspace.const_data_ptr<double>(), shift.const_data_ptr(),
+                             ptr_or_null(weight), in.count(), eps, mutable_ptr_or_null(out.mean),
+                             mutable_ptr_or_null(out.m2), mutable_ptr_or_null(out.var),
+                             mutable_ptr_or_null(out.invstd), mutable_ptr_or_null(out.scale)},
+                            stream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 // grad_out in x's layout. Its device is checked before like_layout, whose
@@ -125,8 +136,12 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_stats_cuda(const at::Tensor& input
   constexpr const char* kOp = "fastopt.batch_norm_stats";
   const c10::cuda::CUDAGuard guard(input.device());
   const Input in = prepare(kOp, input);
-  auto [mean, m2] = moments(in);
-  return {mean.to(in.opmath), m2.to(in.opmath)};
+  Moments m;
+  m.mean = new_stat(in);
+  m.m2 = new_stat(in);
+  if (in.x.numel() == 0) return {m.mean.zero_(), m.m2.zero_()};
+  moments(in, {}, 0.0, m);
+  return {m.mean, m.m2};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_fwd_cuda(
@@ -135,15 +150,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_fwd_cuda(
   constexpr const char* kOp = "fastopt.batch_norm_fwd";
   const c10::cuda::CUDAGuard guard(input.device());
   const Input in = prepare(kOp, input);
-  const at::Tensor w = weight_or_one(weight, in, kOp);
-  const at::Tensor b = bias_or_zero(bias, in, kOp);
-  auto [mean, m2] = moments(in);
-  // An empty batch gives mean 0 and variance 0, as on the CPU.
-  const at::Tensor var = m2 / static_cast<double>(std::max<int64_t>(in.count(), 1));
-  const at::Tensor invstd = (var + eps).rsqrt();
+  const at::Tensor w = channel_weight(kOp, "weight", weight, in);
+  const at::Tensor b = channel_weight(kOp, "bias", bias, in);
   at::Tensor y = at::empty_like(in.x);
-  affine(in, {}, y, mean, invstd * w, {}, b);
-  return {y, mean.to(in.opmath), invstd.to(in.opmath), var.to(in.opmath)};
+  Moments m{new_stat(in), {}, new_stat(in), new_stat(in), {}};
+  if (in.x.numel() == 0) {
+    // As on the CPU: the statistics of an empty channel (mean 0, variance 0).
+    m.mean.zero_();
+    m.var.zero_();
+    m.invstd.fill_(1.0 / std::sqrt(eps));
+    return {y, m.mean, m.invstd, m.var};
+  }
+  m.scale = new_stat(in);  // invstd * weight
+  moments(in, w, eps, m);
+  affine(in, {}, y, m.mean, m.scale, {}, b);
+  return {y, m.mean, m.invstd, m.var};
 }
 
 at::Tensor batch_norm_apply_cuda(const at::Tensor& input, const at::Tensor& mean,
@@ -153,11 +174,36 @@ at::Tensor batch_norm_apply_cuda(const at::Tensor& input, const at::Tensor& mean
   const c10::cuda::CUDAGuard guard(input.device());
   const Input in = prepare(kOp, input);
   const at::Tensor m = channel_stat(kOp, "mean", mean, in);
-  const at::Tensor p = channel_stat(kOp, "invstd", invstd, in).to(at::kDouble) * weight_or_one(weight, in, kOp);
-  const at::Tensor r = bias_or_zero(bias, in, kOp);
+  const at::Tensor is = channel_stat(kOp, "invstd", invstd, in);
+  const at::Tensor w = channel_weight(kOp, "weight", weight, in);
+  const at::Tensor b = channel_weight(kOp, "bias", bias, in);
   at::Tensor y = at::empty_like(in.x);
-  affine(in, {}, y, m, p, {}, r);
+  // invstd * weight in the arithmetic type: the product of two floats rounded
+  // once, as the CPU op and the moments kernel form it.
+  affine(in, {}, y, m, w.defined() ? is * w : is, {}, b);
   return y;
+}
+
+// The backward's sums and, with invstd, its coefficients and weight grads,
+// into the defined tensors of `out` (see BatchNormGradientLaunch).
+struct Gradient {
+  at::Tensor p, q, r, sum_dy, sum_dy_xmu, grad_weight, grad_bias;
+};
+
+void gradient(const Input& in, const at::Tensor& workspace, const at::Tensor& sum_dy,
+              const at::Tensor& sum_dy_xmu, const at::Tensor& invstd, const at::Tensor& weight,
+              int64_t count, Gradient& out) {
+  const DType grad_dtype =
+      out.grad_weight.defined() ? kernel_dtype("fastopt.batch_norm_bwd", out.grad_weight.scalar_type())
+                                : in.shape.dtype;
+  launch_batch_norm_gradient(
+      {in.shape, workspace.defined() ? workspace.const_data_ptr<double>() : nullptr,
+       ptr_or_null(sum_dy), ptr_or_null(sum_dy_xmu), ptr_or_null(invstd), ptr_or_null(weight), count,
+       mutable_ptr_or_null(out.p), mutable_ptr_or_null(out.q), mutable_ptr_or_null(out.r),
+       mutable_ptr_or_null(out.sum_dy), mutable_ptr_or_null(out.sum_dy_xmu), grad_dtype,
+       mutable_ptr_or_null(out.grad_weight), mutable_ptr_or_null(out.grad_bias)},
+      stream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 std::tuple<at::Tensor, at::Tensor> batch_norm_bwd_reduce_cuda(const at::Tensor& grad_out,
@@ -167,22 +213,13 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_bwd_reduce_cuda(const at::Tensor& 
   const c10::cuda::CUDAGuard guard(input.device());
   const Input in = prepare(kOp, input);
   const at::Tensor dy = grad_like_x(kOp, grad_out, in);
-  const at::Tensor sums = channel_sums(in, true, dy, channel_stat(kOp, "mean", mean, in));
-  return {sums[0].to(in.opmath), sums[1].to(in.opmath)};
-}
-
-// dx = (x - mean) * p + dy * q + r: q = invstd * w, p = -q * invstd^2 * sum_dy_xmu / n,
-// r = -q * sum_dy / n.
-at::Tensor input_grad(const Input& in, const at::Tensor& dy, const at::Tensor& mean,
-                      const at::Tensor& invstd, const at::Tensor& w, const at::Tensor& sum_dy,
-                      const at::Tensor& sum_dy_xmu, int64_t count) {
-  at::Tensor dx = at::empty_like(in.x);
-  const at::Tensor is = invstd.to(at::kDouble);
-  const at::Tensor q = is * w;
-  const double inv_n = 1.0 / static_cast<double>(std::max<int64_t>(count, 1));
-  affine(in, dy, dx, mean, -q * is * is * sum_dy_xmu.to(at::kDouble) * inv_n, q,
-         -q * sum_dy.to(at::kDouble) * inv_n);
-  return dx;
+  const at::Tensor m = channel_stat(kOp, "mean", mean, in);
+  Gradient g;
+  g.sum_dy = new_stat(in);
+  g.sum_dy_xmu = new_stat(in);
+  if (in.x.numel() == 0) return {g.sum_dy.zero_(), g.sum_dy_xmu.zero_()};
+  gradient(in, channel_partials(in, true, dy, m), {}, {}, {}, {}, in.count(), g);
+  return {g.sum_dy, g.sum_dy_xmu};
 }
 
 at::Tensor batch_norm_bwd_elemt_cuda(const at::Tensor& grad_out, const at::Tensor& input,
@@ -195,10 +232,17 @@ at::Tensor batch_norm_bwd_elemt_cuda(const at::Tensor& grad_out, const at::Tenso
   const Input in = prepare(kOp, input);
   const at::Tensor dy = grad_like_x(kOp, grad_out, in);
   TORCH_CHECK(count > 0 || input.numel() == 0, kOp, ": count must be positive, got ", count);
-  return input_grad(in, dy, channel_stat(kOp, "mean", mean, in),
-                    channel_stat(kOp, "invstd", invstd, in), weight_or_one(weight, in, kOp),
-                    channel_stat(kOp, "sum_dy", sum_dy, in),
-                    channel_stat(kOp, "sum_dy_xmu", sum_dy_xmu, in), count);
+  const at::Tensor m = channel_stat(kOp, "mean", mean, in);
+  const at::Tensor is = channel_stat(kOp, "invstd", invstd, in);
+  const at::Tensor w = channel_weight(kOp, "weight", weight, in);
+  const at::Tensor a = channel_stat(kOp, "sum_dy", sum_dy, in);
+  const at::Tensor b = channel_stat(kOp, "sum_dy_xmu", sum_dy_xmu, in);
+  at::Tensor dx = at::empty_like(in.x);
+  if (in.x.numel() == 0) return dx;
+  Gradient g{new_stat(in), new_stat(in), new_stat(in), {}, {}, {}, {}};
+  gradient(in, {}, a, b, is, w, count, g);
+  affine(in, dy, dx, m, g.p, g.q, g.r);
+  return dx;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_bwd_cuda(
@@ -210,12 +254,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_bwd_cuda(
   const at::Tensor dy = grad_like_x(kOp, grad_out, in);
   const at::Tensor m = channel_stat(kOp, "mean", mean, in);
   const at::Tensor is = channel_stat(kOp, "invstd", invstd, in);
-  const at::Tensor w = weight_or_one(weight, in, kOp);  // checked before any launch
-  const at::Tensor sums = channel_sums(in, true, dy, m);
-  const at::Tensor dx = input_grad(in, dy, m, is, w, sums[0], sums[1], in.count());
+  const at::Tensor w = channel_weight(kOp, "weight", weight, in);  // checked before any launch
+  // grad_weight = sum dy * (x - mean) * invstd and grad_bias = sum dy, in the
+  // weight's dtype (x's without a weight).
   const c10::ScalarType param_dtype =
       weight.has_value() && weight->defined() ? weight->scalar_type() : input.scalar_type();
-  return {dx, (sums[1] * is.to(at::kDouble)).to(param_dtype), sums[0].to(param_dtype)};
+  const auto param_options = in.x.options().dtype(param_dtype);
+  at::Tensor dx = at::empty_like(in.x);
+  if (in.x.numel() == 0) {
+    return {dx, at::zeros({in.shape.C}, param_options), at::zeros({in.shape.C}, param_options)};
+  }
+  Gradient g{new_stat(in), new_stat(in), new_stat(in), {}, {},
+             at::empty({in.shape.C}, param_options), at::empty({in.shape.C}, param_options)};
+  gradient(in, channel_partials(in, true, dy, m), {}, {}, is, w, in.count(), g);
+  affine(in, dy, dx, m, g.p, g.q, g.r);
+  return {dx, g.grad_weight, g.grad_bias};
 }
 
 // As on the CPU: (1 - momentum) * running + momentum * statistic in double,
@@ -230,10 +283,17 @@ void batch_norm_update_stats_cuda(const c10::optional<at::Tensor>& running_mean,
   const double unbias = static_cast<double>(count) / static_cast<double>(count - 1);
   auto update = [&](const c10::optional<at::Tensor>& running, const at::Tensor& stat, double scale) {
     if (!running.has_value() || !running->defined()) return;
-    TORCH_CHECK(running->numel() == stat.numel(), kOp, ": expected running statistics with ",
-                stat.numel(), " elements, got ", running->numel());
-    running->copy_(running->to(at::kDouble) * (1.0 - momentum) +
-                   stat.reshape(running->sizes()).to(at::kDouble) * (momentum * scale));
+    TORCH_CHECK(running->numel() == stat.numel() && running->is_contiguous(), kOp,
+                ": expected contiguous running statistics with ", stat.numel(), " elements");
+    check_device(kOp, "running statistics", *running, stat);
+    const DType dtype = kernel_dtype(kOp, running->scalar_type());
+    // The kernel reads the statistic as float64 or float32 (exact for the 16-bit types).
+    const bool is_double = stat.scalar_type() == at::kDouble;
+    const at::Tensor s = (is_double ? stat : stat.to(at::kFloat)).contiguous();
+    launch_batch_norm_running({dtype, running->mutable_data_ptr(), s.const_data_ptr(), is_double,
+                               running->numel(), momentum, scale},
+                              stream());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   };
   update(running_mean, mean, 1.0);
   update(running_var, var, unbias);

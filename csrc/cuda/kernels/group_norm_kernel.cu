@@ -932,14 +932,6 @@ void with_activation(NormActivation act, const Fn& fn) {
   }
 }
 
-// Calls fn(std::integral_constant<int, VEC>{}): the 16-byte vector when
-// `vectorize`, single elements otherwise.
-template <typename T, typename Fn>
-void with_vec(bool vectorize, const Fn& fn) {
-  if (vectorize) return fn(std::integral_constant<int, kVecSize<T>>{});
-  fn(std::integral_constant<int, 1>{});
-}
-
 template <typename T>
 void fwd_typed(const GroupNormFwdLaunch& l, cudaStream_t stream) {
   using M = opmath_t<T>;

@@ -36,6 +36,14 @@ struct alignas(sizeof(T) * N) Vec {
   T val[N];
 };
 
+// Host side: calls fn(std::integral_constant<int, VEC>{}): the 16-byte vector when
+// `vectorize`, single elements otherwise.
+template <typename T, typename Fn>
+void with_vec(bool vectorize, const Fn& fn) {
+  if (vectorize) return fn(std::integral_constant<int, kVecSize<T>>{});
+  fn(std::integral_constant<int, 1>{});
+}
+
 // Whether p may be accessed as Vec<T, N>.
 template <int N, typename T>
 __device__ __forceinline__ bool is_aligned(const T* p) {
