@@ -79,6 +79,7 @@ struct BatchNormTrain : torch::autograd::Function<BatchNormTrain> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const BackwardDispatch dispatch;  // NOTE: [backward below autograd]
     const variable_list saved = ctx->get_saved_variables();
     const Tensor &x = saved[0], &mean = saved[1], &invstd = saved[2], &weight = saved[3], &bias = saved[4];
     const InputEdges edges(ctx);
@@ -123,6 +124,7 @@ struct BatchNormEval : torch::autograd::Function<BatchNormEval> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const BackwardDispatch dispatch;  // NOTE: [backward below autograd]
     const variable_list saved = ctx->get_saved_variables();
     const Tensor &x = saved[0], &mean = saved[1], &invstd = saved[2], &weight = saved[3];
     const InputEdges edges(ctx);

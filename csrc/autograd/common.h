@@ -6,7 +6,9 @@
 // backward ops.
 #pragma once
 
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/util/Optional.h>
 #include <torch/autograd.h>
 
 #include <initializer_list>
@@ -42,6 +44,24 @@ inline OptTensor optional_of(const Tensor& t) { return t.defined() ? OptTensor(t
 // torch's kernels, paid only where a graph of the backward is asked for;
 // plain backward (grad mode off) keeps the fused ops.
 inline bool building_backward_graph() { return at::GradMode::is_enabled(); }
+
+// NOTE: [backward below autograd]
+// A backward that builds no graph (the usual one, grad mode off) calls its
+// ops below the autograd key: through it they would only meet the autograd
+// fallback (the backward ops) or an autograd Function that records nothing
+// (dropout), each several microseconds of host time per call. Skipping it
+// took a tiny GroupNorm forward+backward from 78.5 to 73.2 us on the 2-core
+// dev VM. With create_graph the ops keep their autograd kernels, so that a
+// dropout backward can be differentiated again.
+class BackwardDispatch {
+ public:
+  BackwardDispatch() {
+    if (!building_backward_graph()) below_.emplace();
+  }
+
+ private:
+  c10::optional<at::AutoDispatchBelowADInplaceOrView> below_;
+};
 
 // The gradients of y with grad_y for each (input, wanted) pair, undefined
 // where not wanted, with create_graph so that they can be differentiated

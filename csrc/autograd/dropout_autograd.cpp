@@ -49,6 +49,7 @@ struct Dropout : torch::autograd::Function<Dropout> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const BackwardDispatch dispatch;  // NOTE: [backward below autograd]
     const Tensor seed = ctx->get_saved_variables()[0];
     const Tensor dx =
         dropout_op().call(grads[0], seed, ctx->saved_data["p"].toDouble(), ctx->saved_data["group"].toSymInt());
@@ -68,6 +69,7 @@ struct DropoutAdd : torch::autograd::Function<DropoutAdd> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const BackwardDispatch dispatch;  // NOTE: [backward below autograd]
     const InputEdges edges(ctx);
     const Tensor seed = ctx->get_saved_variables()[0];
     const Tensor& grad = grads[0];
@@ -96,6 +98,7 @@ struct DropoutBits : torch::autograd::Function<DropoutBits> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const BackwardDispatch dispatch;  // NOTE: [backward below autograd]
     const Tensor bits = ctx->get_saved_variables()[0];
     return {from_bits_op().call(grads[0], bits, ctx->saved_data["p"].toDouble()), Tensor(), Tensor()};
   }
@@ -111,6 +114,7 @@ struct DropoutFromBits : torch::autograd::Function<DropoutFromBits> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const BackwardDispatch dispatch;  // NOTE: [backward below autograd]
     const Tensor bits = ctx->get_saved_variables()[0];
     return {from_bits_op().call(grads[0], bits, ctx->saved_data["p"].toDouble()), Tensor(), Tensor()};
   }
