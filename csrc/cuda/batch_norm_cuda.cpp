@@ -197,7 +197,7 @@ void gradient(const Input& in, const at::Tensor& workspace, const at::Tensor& su
       out.grad_weight.defined() ? kernel_dtype("fastopt.batch_norm_bwd", out.grad_weight.scalar_type())
                                 : in.shape.dtype;
   launch_batch_norm_gradient(
-      {in.shape, workspace.defined() ? workspace.const_data_ptr<double>() : nullptr,
+      {in.shape, static_cast<const double*>(ptr_or_null(workspace)),
        ptr_or_null(sum_dy), ptr_or_null(sum_dy_xmu), ptr_or_null(invstd), ptr_or_null(weight), count,
        mutable_ptr_or_null(out.p), mutable_ptr_or_null(out.q), mutable_ptr_or_null(out.r),
        mutable_ptr_or_null(out.sum_dy), mutable_ptr_or_null(out.sum_dy_xmu), grad_dtype,

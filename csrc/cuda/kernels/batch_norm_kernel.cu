@@ -469,24 +469,22 @@ void launch_batch_norm_reduce(const BatchNormReduceLaunch& l, cudaStream_t strea
   dispatch_dtype(l.shape.dtype, [&](auto t) { reduce_typed<typename decltype(t)::type>(l, stream); });
 }
 
+// The per-channel kernels are templated on the arithmetic type of the [C]
+// arrays, which dispatch_dtype's storage type gives through opmath_t.
 void launch_batch_norm_moments(const BatchNormMomentsLaunch& l, cudaStream_t stream) {
   if (l.shape.C == 0) return;
-  const int64_t partials = partial_count(l.shape);
-  if (l.shape.dtype == DType::Float64) {
-    moments_kernel<double><<<channel_warp_blocks(l.shape.C), kThreads, 0, stream>>>(l, partials);
-  } else {
-    moments_kernel<float><<<channel_warp_blocks(l.shape.C), kThreads, 0, stream>>>(l, partials);
-  }
+  dispatch_dtype(l.shape.dtype, [&](auto t) {
+    moments_kernel<opmath_t<typename decltype(t)::type>>
+        <<<channel_warp_blocks(l.shape.C), kThreads, 0, stream>>>(l, partial_count(l.shape));
+  });
 }
 
 void launch_batch_norm_gradient(const BatchNormGradientLaunch& l, cudaStream_t stream) {
   if (l.shape.C == 0) return;
-  const int64_t partials = partial_count(l.shape);
-  if (l.shape.dtype == DType::Float64) {
-    gradient_kernel<double><<<channel_warp_blocks(l.shape.C), kThreads, 0, stream>>>(l, partials);
-  } else {
-    gradient_kernel<float><<<channel_warp_blocks(l.shape.C), kThreads, 0, stream>>>(l, partials);
-  }
+  dispatch_dtype(l.shape.dtype, [&](auto t) {
+    gradient_kernel<opmath_t<typename decltype(t)::type>>
+        <<<channel_warp_blocks(l.shape.C), kThreads, 0, stream>>>(l, partial_count(l.shape));
+  });
 }
 
 void launch_batch_norm_affine(const BatchNormAffineLaunch& l, cudaStream_t stream) {
