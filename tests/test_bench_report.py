@@ -204,3 +204,67 @@ def test_cache_is_scrubbed_before_every_timed_call() -> None:
     before = scrubber.buffer.clone()
     scrubber()
     assert torch.equal(scrubber.buffer, before)
+
+
+def test_graph_replayed_case_keeps_fastopt_and_torch_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA-graph version of a case: same work, extras and references left out, each kept call captured.
+
+    The capture itself is stubbed (this runs on the CPU); it records which
+    calls were handed to it, and its replay runs the call.
+    """
+    from fastopt.bench import suite as suite_module
+    from fastopt.bench.suite import EXTRA, REFERENCE, graph_replayed, with_graph_replays
+
+    ran: list[str] = []
+    captured: list[str] = []
+
+    def setup() -> dict:
+        return {name: (lambda name=name: ran.append(name)) for name in ("fastopt", "torch", "extra", "copy")}
+
+    def fake_capture(fn):
+        fn()  # stands for the warm-up and the captured call
+        captured.append(ran[-1])
+        return fn
+
+    monkeypatch.setattr(suite_module, "cuda_graph_replay", fake_capture)
+    case = Case("toy", 100, setup, {"fastopt": FASTOPT, "torch": TORCH, "extra": EXTRA, "copy": REFERENCE},
+                params={"dtype": "float32"}, nbytes_of={"copy": 50})
+    graphed = graph_replayed(case)
+    assert graphed.name == "toy [CUDA graph]"
+    assert graphed.roles == {"fastopt": FASTOPT, "torch": TORCH}
+    assert graphed.params == {"dtype": "float32", "timing": "CUDA graph replay"}
+    assert graphed.nbytes == 100 and graphed.nbytes_of == {}
+    calls = graphed.setup()
+    assert sorted(calls) == ["fastopt", "torch"] and sorted(captured) == ["fastopt", "torch"]
+    ran.clear()
+    calls["torch"]()
+    assert ran == ["torch"]
+    # Only CUDA runs that are not smoke runs get the graph versions.
+    assert with_graph_replays([case], Context(device=torch.device("cpu"))) == [case]
+    assert with_graph_replays([case], Context(device=torch.device("cuda"), smoke=True)) == [case]
+    both = with_graph_replays([case], Context(device=torch.device("cuda")))
+    assert [c.name for c in both] == ["toy", "toy [CUDA graph]"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_replay_repeats_a_forward_and_backward() -> None:
+    """A captured module step replays its kernels: the gradient it accumulates grows by one step per replay."""
+    from fastopt.bench.harness import cuda_graph_replay
+
+    import fastopt.nn
+
+    module = fastopt.nn.GroupNorm(2, 4).cuda()
+    x = torch.randn(2, 4, 3, 3, device="cuda")
+    dy = torch.randn_like(x)
+
+    def step() -> None:
+        module(x).backward(dy)
+
+    replay = cuda_graph_replay(step, warmup=1)  # a capture records the kernels without running them
+    torch.cuda.synchronize()
+    expected = dy.sum(dim=(0, 2, 3))
+    torch.testing.assert_close(module.bias.grad, expected)  # the warm-up's step only
+    replay()
+    replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(module.bias.grad, 3 * expected)

@@ -73,6 +73,30 @@ def time_call_ms(fn: Call, device: torch.device) -> float:
     return (time.perf_counter() - start_s) * 1e3
 
 
+def cuda_graph_replay(fn: Call, warmup: int = 3) -> Call:
+    """``fn`` captured once into a CUDA graph; the returned callable replays it.
+
+    A replay is one launch, so timing it measures what the device spends on
+    ``fn``'s kernels without the host's per-op cost (Python, dispatch,
+    autograd, launches), which on a GPU can exceed the kernels' own time for
+    ResNet-sized activations. The warm-up runs on a side stream, as torch's
+    CUDA-graph documentation prescribes, so that lazily initialized state (the
+    autograd engine's device threads, cuDNN plans, gradient buffers) exists
+    before the capture. A forward+backward is captured whole: the backward's
+    kernels run on the forward's stream.
+    """
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
 def run_interleaved(
     contenders: Mapping[str, Call],
     device: torch.device,

@@ -12,12 +12,13 @@ chart and the progress bar.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
-from .harness import Call
+from .harness import Call, cuda_graph_replay
 
 # Contender roles. The table compares the fastopt contender with the fastest
 # torch contender; peers (other libraries) and extras (fastopt variants,
@@ -112,3 +113,42 @@ class Suite:
 def dtype_name(dtype: torch.dtype) -> str:
     """'float32' for torch.float32."""
     return str(dtype).removeprefix("torch.")
+
+
+GRAPH_SUFFIX = " [CUDA graph]"
+
+
+def graph_replayed(case: Case) -> Case:
+    """``case`` with its fastopt and torch contenders captured into CUDA graphs and timed as replays.
+
+    The plain case times a call as a user's eager loop runs it, host cost
+    included; this one times the device's share alone (see
+    :func:`~fastopt.bench.harness.cuda_graph_replay`), which is what a
+    bandwidth fraction should be taken of, and what a model under CUDA graphs
+    (``torch.compile(mode="reduce-overhead")``, or captured by hand) gets.
+    Extras and references are left out: each kept contender holds a graph
+    and its memory pool. A contender that cannot be captured fails the case,
+    which the report records as an error row.
+    """
+    roles = {name: role for name, role in case.roles.items() if role in (FASTOPT, TORCH)}
+
+    def setup() -> dict[str, Call]:
+        calls = case.setup()
+        return {name: cuda_graph_replay(calls[name]) for name in roles}
+
+    return dataclasses.replace(
+        case, name=case.name + GRAPH_SUFFIX, setup=setup, roles=roles,
+        params={**case.params, "timing": "CUDA graph replay"},
+        nbytes_of={n: b for n, b in case.nbytes_of.items() if n in roles},
+    )  # fmt: skip
+
+
+def with_graph_replays(cases: list[Case], ctx: Context) -> list[Case]:
+    """``cases``, followed on CUDA by their CUDA-graph versions (:func:`graph_replayed`).
+
+    Not in smoke runs, which check the report's plumbing on the CPU path's
+    terms; and not on the CPU, which has no graphs and no launch cost.
+    """
+    if ctx.device.type != "cuda" or ctx.smoke:
+        return cases
+    return cases + [graph_replayed(case) for case in cases]

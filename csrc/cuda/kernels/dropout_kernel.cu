@@ -44,14 +44,25 @@ struct DropoutArgs {
   bool drop_all;
   opmath_t<T> keep_prob;
 
-  // Element i with keep multiplier m (exactly 1 or 0, see the CPU kernel).
-  __device__ __forceinline__ void apply(int64_t i, opmath_t<T> m) const {
+  // What element i reads: the value to drop, x (+ bias), and the residual
+  // (0 when there is none; store adds it only when there is one).
+  struct Loaded {
+    opmath_t<T> value;
+    opmath_t<T> residual;
+  };
+  __device__ __forceinline__ Loaded load(int64_t i) const {
     opmath_t<T> v = to_opmath(x[i]);
     if (bias != nullptr) v += to_opmath(bias[i % bias_numel]);
-    v = v * m / keep_prob;
-    if (residual != nullptr) v += to_opmath(residual[i]);
+    return {v, residual != nullptr ? to_opmath(residual[i]) : opmath_t<T>(0)};
+  }
+  // Element i from what load(i) read, with keep multiplier m (exactly 1 or
+  // 0, see the CPU kernel).
+  __device__ __forceinline__ void store(int64_t i, const Loaded& in, opmath_t<T> m) const {
+    opmath_t<T> v = in.value * m / keep_prob;
+    if (residual != nullptr) v += in.residual;
     out[i] = from_opmath<T>(v);
   }
+  __device__ __forceinline__ void apply(int64_t i, opmath_t<T> m) const { store(i, load(i), m); }
 
   __device__ __forceinline__ opmath_t<T> multiplier(uint32_t word) const {
     return (!drop_all && word >= threshold) ? opmath_t<T>(1) : opmath_t<T>(0);
@@ -70,16 +81,30 @@ __global__ void __launch_bounds__(kThreads) dropout_lanes_kernel(DropoutArgs<T> 
   for (int64_t lane = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
        lane - warp_lane < lanes; lane += stride) {
     const bool valid = lane < lanes;
+    const int64_t first = lane / kDropoutLanes * kDropoutBlock + lane % kDropoutLanes;
+    // NOTE: [dropout loads in flight] All four elements are loaded before
+    // the Philox rounds and the first store. Interleaved (load, compute,
+    // store per element), a thread had one load in flight, since a store to
+    // `out` may alias the next load (in-place dropout); that is about 8 KB
+    // per SM at full occupancy, and the H100 report of 2026-11-24 had the
+    // forward at 57% of the triad. Four loads per thread quadruple it, and
+    // the Philox rounds run while they are outstanding. Loading everything
+    // first stays correct in place: each element is read before it is written.
+    typename DropoutArgs<T>::Loaded in[4] = {};
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+      const int64_t i = first + w * kDropoutLanes;
+      if (valid && i < a.numel) in[w] = a.load(i);
+    }
     const uint64_t counter = static_cast<uint64_t>(lane);
     uint32_t c[4] = {static_cast<uint32_t>(counter), static_cast<uint32_t>(counter >> 32), key.o0,
                      key.o1};
     philox4x32_10(c, key.k0, key.k1);
-    const int64_t first = lane / kDropoutLanes * kDropoutBlock + lane % kDropoutLanes;
 #pragma unroll
     for (int w = 0; w < 4; ++w) {
       const int64_t i = first + w * kDropoutLanes;
       const opmath_t<T> m = a.multiplier(c[w]);
-      if (valid && i < a.numel) a.apply(i, m);
+      if (valid && i < a.numel) a.store(i, in[w], m);
       if (a.bits_out != nullptr) {
         // Each half-warp is one Philox block: its 16 votes for word w are the
         // mask of the block's elements 16w .. 16w + 15, two bytes.

@@ -13,7 +13,7 @@ import torch
 import fastopt.nn
 
 from ..harness import Call
-from ..suite import FASTOPT, TORCH, Case, Context, Suite
+from ..suite import FASTOPT, TORCH, Case, Context, Suite, with_graph_replays
 
 # Tensors of x's size moved per call, by mode.
 TENSORS_MOVED = {"train fwd+bwd": 5, "eval fwd": 2}
@@ -64,12 +64,13 @@ def _case(shape: tuple[int, ...], fmt: torch.memory_format, mode: str, ctx: Cont
 def cases(ctx: Context) -> list[Case]:
     # (N, C, H, W): a ResNet early stage and a late one.
     shapes = [(4, 16, 8, 8)] if ctx.smoke else [(32, 64, 56, 56), (64, 256, 14, 14)]
-    return [
+    plain = [
         _case(shape, fmt, mode, ctx)
         for shape in shapes
         for fmt in (torch.contiguous_format, torch.channels_last)
         for mode in TENSORS_MOVED
     ]
+    return with_graph_replays(plain, ctx)
 
 
 SUITE = Suite(name="batchnorm", title="BatchNorm2d training and evaluation", cases=cases)

@@ -18,7 +18,7 @@ import torch
 import fastopt.nn.functional as FF
 
 from ..harness import Call
-from ..suite import EXTRA, FASTOPT, REFERENCE, TORCH, Case, Context, Reps, Suite
+from ..suite import EXTRA, FASTOPT, REFERENCE, TORCH, Case, Context, Reps, Suite, with_graph_replays
 
 P = 0.5
 COPY = "copy y.copy_(x) (reference)"
@@ -87,13 +87,13 @@ def _backward(ctx: Context) -> dict[str, Call]:
 def cases(ctx: Context) -> list[Case]:
     n = numel(ctx)
     params = {"numel": n, "p": P, "dtype": "float32"}
-    return [
+    return with_graph_replays([
         Case("dropout forward", 2 * n * 4, lambda: _forward(ctx),
              roles={**ROLES, FASTOPT_INPLACE: EXTRA, FASTOPT_BITS: EXTRA, COPY: REFERENCE},
              params={**params, "work": "forward"}),
         Case("dropout forward+backward", 4 * n * 4, lambda: _backward(ctx),
              roles={**ROLES, FASTOPT_BITS: EXTRA}, params={**params, "work": "forward + backward"}),
-    ]  # fmt: skip
+    ], ctx)  # fmt: skip
 
 
 def saved_bytes_per_element(fn: Dropout, x: torch.Tensor) -> float:

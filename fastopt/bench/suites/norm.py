@@ -15,7 +15,7 @@ import torch
 import fastopt.nn
 
 from ..harness import Call
-from ..suite import FASTOPT, TORCH, Case, Context, Suite
+from ..suite import FASTOPT, TORCH, Case, Context, Suite, with_graph_replays
 
 TENSORS_MOVED = 5
 
@@ -82,7 +82,7 @@ def cases(ctx: Context) -> list[Case]:
     rows, hidden = (16, 64) if ctx.smoke else (4096, 768)
     pair = (lambda: fastopt.nn.LayerNorm(hidden), lambda: torch.nn.LayerNorm(hidden))
     result.append(_case(f"LayerNorm({hidden})", (rows, hidden), torch.contiguous_format, pair, ctx))
-    return result
+    return with_graph_replays(result, ctx)
 
 
 SUITE = Suite(name="norm", title="normalization forward+backward", cases=cases)
