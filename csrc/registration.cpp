@@ -89,15 +89,18 @@ TORCH_LIBRARY(fastopt, m) {
   // (N, C, *) in contiguous or channels-last layout; y keeps x's layout.
   // mean and rstd are [N, groups] in x's arithmetic type (float32 for 16-bit
   // x). activation: 0 none, 1 relu, 2 silu, applied after the affine step.
+  // normalized_ndim = k > 0 makes it a LayerNorm over x's last k dims (one
+  // group; N is the product of the others, and weight and bias have C = the
+  // product of the last k sizes elements).
   m.def(
       "group_norm_fwd(Tensor x, Tensor? weight, Tensor? bias, int groups, float eps, "
-      "int activation=0) -> (Tensor y, Tensor mean, Tensor rstd)");
+      "int activation=0, int normalized_ndim=0) -> (Tensor y, Tensor mean, Tensor rstd)");
   // Gradients of group_norm_fwd from x and its saved statistics; bias is read
   // only to recompute the activation's input. grad_weight and grad_bias are
   // [C] in the weight's dtype (x's when there is no weight).
   m.def(
       "group_norm_bwd(Tensor grad_out, Tensor x, Tensor mean, Tensor rstd, Tensor? weight, "
-      "Tensor? bias, int groups, int activation=0) -> "
+      "Tensor? bias, int groups, int activation=0, int normalized_ndim=0) -> "
       "(Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
   // BatchNorm on x of shape (N, C, *), contiguous or channels-last; outputs
   // of x's shape keep its layout. Per-channel statistics (mean, invstd, m2,

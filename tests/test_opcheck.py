@@ -182,6 +182,34 @@ def test_group_norm(device, channels_last, activation, dtype):
     )
 
 
+@pytest.mark.parametrize("normalized_ndim", [1, 2])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_layer_norm_mode(device, normalized_ndim, channels_last):
+    """normalized_ndim > 0: a LayerNorm over x's trailing dims, x taken unreshaped (any strides)."""
+    x, _, _ = _norm_inputs(device, channels_last)
+    shape = x.shape[x.dim() - normalized_ndim :]
+    w, b = torch.randn(shape, device=device), torch.randn(shape, device=device)
+    args = (x.requires_grad_(), w.requires_grad_(), b.requires_grad_(), 1, 1e-5, 0, normalized_ndim)
+    torch.library.opcheck(torch.ops.fastopt.group_norm_fwd.default, args)
+    y, mean, rstd = torch.ops.fastopt.group_norm_fwd(*args)
+    assert mean.shape == (x.numel() // w.numel(), 1)
+    torch.testing.assert_close(y, torch.nn.functional.layer_norm(x, shape, w, b, 1e-5))
+    torch.library.opcheck(
+        torch.ops.fastopt.group_norm_bwd.default,
+        (torch.randn_like(y), x.detach(), mean, rstd, w.detach(), b.detach(), 1, 0, normalized_ndim),
+    )
+
+
+def test_layer_norm_mode_refuses_bad_arguments(device):
+    x, w, b = _norm_inputs(device, False)
+    with pytest.raises(RuntimeError, match="normalized_ndim must be in \\[0, 4\\]"):
+        torch.ops.fastopt.group_norm_fwd(x, None, None, 1, 1e-5, 0, 5)
+    with pytest.raises(RuntimeError, match="normalized_ndim must be in"):
+        torch.ops.fastopt.group_norm_fwd(x, None, None, 1, 1e-5, 0, -1)
+    with pytest.raises(RuntimeError, match="has one group, got num_groups=2"):
+        torch.ops.fastopt.group_norm_fwd(x, None, None, 2, 1e-5, 0, 1)
+
+
 def test_group_norm_no_affine(device):
     x, _, _ = _norm_inputs(device, False)
     torch.library.opcheck(torch.ops.fastopt.group_norm_fwd.default, (x.requires_grad_(), None, None, 2, 1e-5, 0))

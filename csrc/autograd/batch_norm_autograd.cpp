@@ -75,10 +75,12 @@ struct BatchNormTrain : torch::autograd::Function<BatchNormTrain> {
     InputEdges({x, weight, bias}).save(ctx);
     ctx->saved_data["eps"] = eps;
     ctx->mark_non_differentiable({mean, invstd, var});
+    set_no_zero_grads(ctx);  // NOTE: [statistics outputs get no zero gradients]
     return {y, mean, invstd, var};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    if (!grads[0].defined()) return variable_list(4);
     const BackwardDispatch dispatch;  // NOTE: [backward below autograd]
     const variable_list saved = ctx->get_saved_variables();
     const Tensor &x = saved[0], &mean = saved[1], &invstd = saved[2], &weight = saved[3], &bias = saved[4];

@@ -93,11 +93,13 @@ struct DropoutBits : torch::autograd::Function<DropoutBits> {
     }
     ctx->save_for_backward({bits});
     ctx->mark_non_differentiable({bits});
+    set_no_zero_grads(ctx);  // NOTE: [statistics outputs get no zero gradients]
     ctx->saved_data["p"] = p;
     return {y, bits};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    if (!grads[0].defined()) return variable_list(3);
     const BackwardDispatch dispatch;  // NOTE: [backward below autograd]
     const Tensor bits = ctx->get_saved_variables()[0];
     return {from_bits_op().call(grads[0], bits, ctx->saved_data["p"].toDouble()), Tensor(), Tensor()};

@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "common/norm_activation.h"
+#include "common/norm_layout.h"
 
 namespace fastopt::norm {
 
@@ -18,7 +19,24 @@ struct GroupNormDims {
   bool channels_last;
 };
 
-inline GroupNormDims group_norm_dims(const char* op, const at::Tensor& x, int64_t groups) {
+//
+// With normalized_ndim = k > 0 (LayerNorm) x is (*, K1, ..., Kk) instead: each
+// of its prod(*) rows is a sample of C = K1 * ... * Kk values in one group, at
+// S = 1. The op reads that shape itself, so that LayerNorm needs no
+// reshape of x and view of y around it, which as autograd views cost a
+// LayerNorm forward+backward about a sixth of its host time on a small input.
+inline GroupNormDims group_norm_dims(const char* op, const at::Tensor& x, int64_t groups,
+                                     int64_t normalized_ndim) {
+  TORCH_CHECK(normalized_ndim >= 0 && normalized_ndim <= x.dim(), op, ": normalized_ndim must be in [0, ",
+              x.dim(), "] for an input of shape ", x.sizes(), ", got ", normalized_ndim);
+  if (normalized_ndim > 0) {
+    TORCH_CHECK(groups == 1, op, ": a layer norm (normalized_ndim > 0) has one group, got num_groups=",
+                groups);
+    GroupNormDims dims{1, 1, 1, 1, false};
+    const int64_t lead = x.dim() - normalized_ndim;
+    for (int64_t d = 0; d < x.dim(); ++d) (d < lead ? dims.N : dims.C) *= x.size(d);
+    return dims;
+  }
   TORCH_CHECK(x.dim() >= 2, op, ": expected an input of shape (N, C, *), got ", x.sizes());
   const int64_t C = x.size(1);
   TORCH_CHECK(groups > 0 && C % groups == 0, op,
@@ -27,6 +45,17 @@ inline GroupNormDims group_norm_dims(const char* op, const at::Tensor& x, int64_
   GroupNormDims dims{x.size(0), C, 1, groups, false};
   for (int64_t d = 2; d < x.dim(); ++d) dims.S *= x.size(d);
   return dims;
+}
+
+// The tensor the kernels read: a layer norm's rows are C contiguous values
+// (a copy for any other strides); otherwise x in a native layout
+// (native_layout), which sets dims.channels_last.
+inline at::Tensor group_norm_input(const at::Tensor& x, int64_t normalized_ndim, GroupNormDims& dims) {
+  if (normalized_ndim > 0) {
+    dims.channels_last = false;
+    return x.contiguous();
+  }
+  return native_layout(x, dims.channels_last);
 }
 
 // At S = 1 (LayerNorm rows, GroupNorm on 1x1 maps) both layouts are the same

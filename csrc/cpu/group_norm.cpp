@@ -66,11 +66,12 @@ void sum_block_partials(const at::Tensor& work, int64_t blocks, int64_t C, at::T
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_fwd_cpu(
     const at::Tensor& input, const c10::optional<at::Tensor>& weight,
-    const c10::optional<at::Tensor>& bias, int64_t groups, double eps, int64_t activation) {
+    const c10::optional<at::Tensor>& bias, int64_t groups, double eps, int64_t activation,
+    int64_t normalized_ndim) {
   constexpr const char* kOp = "fastopt.group_norm_fwd";
-  GroupNormDims shape = group_norm_dims(kOp, input, groups);
+  GroupNormDims shape = group_norm_dims(kOp, input, groups, normalized_ndim);
   check_dtype(kOp, input.scalar_type());
-  const at::Tensor x = native_layout(input, shape.channels_last);
+  const at::Tensor x = group_norm_input(input, normalized_ndim, shape);
   prefer_rows(shape);
   const c10::ScalarType opmath = at::toOpMathType(x.scalar_type());
   const at::Tensor gamma = channel_param(kOp, "weight", weight, shape.C, opmath);
@@ -105,12 +106,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_fwd_cpu(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_bwd_cpu(
     const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& mean,
     const at::Tensor& rstd, const c10::optional<at::Tensor>& weight,
-    const c10::optional<at::Tensor>& bias, int64_t groups, int64_t activation) {
+    const c10::optional<at::Tensor>& bias, int64_t groups, int64_t activation,
+    int64_t normalized_ndim) {
   constexpr const char* kOp = "fastopt.group_norm_bwd";
-  GroupNormDims shape = group_norm_dims(kOp, input, groups);
+  GroupNormDims shape = group_norm_dims(kOp, input, groups, normalized_ndim);
   check_dtype(kOp, input.scalar_type());
   check_backward_args(kOp, grad_out, input, mean, rstd, shape);
-  const at::Tensor x = native_layout(input, shape.channels_last);
+  const at::Tensor x = group_norm_input(input, normalized_ndim, shape);
   prefer_rows(shape);
   // dy in x's layout: a copy only when autograd hands over another layout.
   const at::Tensor dy = like_layout(grad_out, x);

@@ -28,11 +28,12 @@ struct Input {
   c10::ScalarType opmath;
 };
 
-Input prepare(const char* op, const at::Tensor& input, int64_t groups, int64_t activation) {
-  GroupNormDims dims = group_norm_dims(op, input, groups);
+Input prepare(const char* op, const at::Tensor& input, int64_t groups, int64_t activation,
+              int64_t normalized_ndim) {
+  GroupNormDims dims = group_norm_dims(op, input, groups, normalized_ndim);
   const DType dtype = norm_kernel_dtype(op, input.scalar_type());
   Input in;
-  in.x = native_layout(input, dims.channels_last);
+  in.x = group_norm_input(input, normalized_ndim, dims);
   prefer_rows(dims);
   in.shape = GroupNormShape{dtype,  dims.N, dims.C, dims.S, dims.G, dims.channels_last,
                             norm_activation(op, activation)};
@@ -46,10 +47,11 @@ at::Tensor workspace(const at::Tensor& x, int64_t bytes) {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_fwd_cuda(
     const at::Tensor& input, const c10::optional<at::Tensor>& weight,
-    const c10::optional<at::Tensor>& bias, int64_t groups, double eps, int64_t activation) {
+    const c10::optional<at::Tensor>& bias, int64_t groups, double eps, int64_t activation,
+    int64_t normalized_ndim) {
   constexpr const char* kOp = "fastopt.group_norm_fwd";
   const c10::cuda::CUDAGuard guard(input.device());
-  const Input in = prepare(kOp, input, groups, activation);
+  const Input in = prepare(kOp, input, groups, activation, normalized_ndim);
   const GroupNormShape& s = in.shape;
   const at::Tensor gamma = channel_param(kOp, "weight", weight, s.C, in.opmath);
   const at::Tensor beta = channel_param(kOp, "bias", bias, s.C, in.opmath);
@@ -77,10 +79,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_fwd_cuda(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_bwd_cuda(
     const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& mean,
     const at::Tensor& rstd, const c10::optional<at::Tensor>& weight,
-    const c10::optional<at::Tensor>& bias, int64_t groups, int64_t activation) {
+    const c10::optional<at::Tensor>& bias, int64_t groups, int64_t activation,
+    int64_t normalized_ndim) {
   constexpr const char* kOp = "fastopt.group_norm_bwd";
   const c10::cuda::CUDAGuard guard(input.device());
-  const Input in = prepare(kOp, input, groups, activation);
+  const Input in = prepare(kOp, input, groups, activation, normalized_ndim);
   const GroupNormShape& s = in.shape;
   check_backward_args(kOp, grad_out, input, mean, rstd,
                       GroupNormDims{s.N, s.C, s.S, s.G, s.channels_last});

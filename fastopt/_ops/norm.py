@@ -5,6 +5,8 @@ Their autograd is in csrc/autograd/group_norm_autograd.cpp.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 ops = torch.ops.fastopt
@@ -32,14 +34,26 @@ def _like_native(x: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
+def _samples_and_channels(x: torch.Tensor, normalized_ndim: int) -> tuple[int, int]:
+    """(N, C) as the kernels count them: x's first two sizes, or a layer norm's rows and row length."""
+    if normalized_ndim == 0:
+        return x.size(0), x.size(1)
+    lead = x.dim() - normalized_ndim
+    return math.prod(x.shape[:lead]), math.prod(x.shape[lead:])
+
+
 @torch.library.register_fake("fastopt::group_norm_fwd")
-def _group_norm_fwd_fake(x, weight, bias, groups, eps, activation=0):
-    stats = x.new_empty((x.size(0), groups), dtype=_opmath_dtype(x.dtype))
-    return _like_native(x), stats, torch.empty_like(stats)
+def _group_norm_fwd_fake(x, weight, bias, groups, eps, activation=0, normalized_ndim=0):
+    samples, _ = _samples_and_channels(x, normalized_ndim)
+    stats = x.new_empty((samples, groups), dtype=_opmath_dtype(x.dtype))
+    y = torch.empty_like(x, memory_format=torch.contiguous_format) if normalized_ndim else _like_native(x)
+    return y, stats, torch.empty_like(stats)
 
 
 @torch.library.register_fake("fastopt::group_norm_bwd")
-def _group_norm_bwd_fake(grad_out, x, mean, rstd, weight, bias, groups, activation=0):
+def _group_norm_bwd_fake(grad_out, x, mean, rstd, weight, bias, groups, activation=0, normalized_ndim=0):
     param_dtype = weight.dtype if weight is not None else x.dtype
-    grad_weight = x.new_empty((x.size(1),), dtype=param_dtype)
-    return _like_native(x), grad_weight, torch.empty_like(grad_weight)
+    _, channels = _samples_and_channels(x, normalized_ndim)
+    grad_weight = x.new_empty((channels,), dtype=param_dtype)
+    grad_x = torch.empty_like(x, memory_format=torch.contiguous_format) if normalized_ndim else _like_native(x)
+    return grad_x, grad_weight, torch.empty_like(grad_weight)

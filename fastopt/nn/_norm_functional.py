@@ -4,8 +4,9 @@ GroupNorm, LayerNorm and InstanceNorm all run on ``torch.ops.fastopt.group_norm_
 (autograd and fake kernels in ``fastopt/_ops.py``):
 
 * GroupNorm: x of shape (N, C, *) in G groups of C / G channels;
-* LayerNorm: x viewed as (rows, K) over its K trailing elements, one group
-  of K "channels" per row, so that each element has its own weight;
+* LayerNorm: x as rows of its K trailing elements (the op's
+  ``normalized_ndim``), one group of K "channels" per row, so that each
+  element has its own weight;
 * InstanceNorm: GroupNorm with one channel per group.
 """
 
@@ -145,11 +146,8 @@ def layer_norm(
     _check_layer_norm_args(input, shape, weight, bias)
     if not has_kernel(input):
         return torch.nn.functional.layer_norm(input, shape, weight, bias, eps)
-    # The row count is spelled out, not -1: with a zero-size normalized_shape
-    # (LayerNorm(0)) reshape could not infer it.
-    rows = input.reshape(math.prod(input.shape[: input.dim() - len(shape)]), math.prod(shape))
-    y = torch.ops.fastopt.group_norm_fwd(rows, weight, bias, 1, eps, 0)[0]
-    return y.view(input.shape)
+    # The op takes input as it is, rows being its leading dims (normalized_ndim).
+    return torch.ops.fastopt.group_norm_fwd(input, weight, bias, 1, eps, 0, len(shape))[0]
 
 
 def _instance_norm(
