@@ -260,3 +260,31 @@ def test_batch_norm_update_stats(device, buffer_dtype, which):
     torch.library.opcheck(
         torch.ops.fastopt.batch_norm_update_stats_.default, (running_mean, running_var, mean, var, 0.1, 12)
     )
+
+
+@pytest.mark.parametrize("buffer_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("which", ["both", "var only"])
+def test_batch_norm_fwd_updates_running_stats(device, buffer_dtype, which):
+    """batch_norm_fwd's in-place update of the running estimates: schema, fake
+    kernel and autograd registration (opcheck), and the values, which must be
+    those of batch_norm_update_stats_ with the batch's statistics."""
+    x = torch.randn(4, 5, 3, device=device)
+    w, b = torch.randn(5, device=device), torch.randn(5, device=device)
+    running_mean = torch.randn(5, device=device, dtype=buffer_dtype) if which == "both" else None
+    running_var = torch.rand(5, device=device, dtype=buffer_dtype)
+    ops = torch.ops.fastopt
+    torch.library.opcheck(
+        ops.batch_norm_fwd.default,
+        (x.clone().requires_grad_(), w, b, 1e-5, None if running_mean is None else running_mean.clone(),
+         running_var.clone(), 0.3),
+    )  # fmt: skip
+    expected_mean = None if running_mean is None else running_mean.clone()
+    expected_var = running_var.clone()
+    _, mean, _, var = ops.batch_norm_fwd(x, w, b, 1e-5)
+    ops.batch_norm_update_stats_(expected_mean, expected_var, mean, var, 0.3, 12)
+    version = running_var._version
+    ops.batch_norm_fwd(x.requires_grad_(), w, b, 1e-5, running_mean, running_var, 0.3)
+    assert running_var._version > version  # autograd sees the buffer as modified
+    torch.testing.assert_close(running_var, expected_var, rtol=0, atol=0)
+    if running_mean is not None:
+        torch.testing.assert_close(running_mean, expected_mean, rtol=0, atol=0)

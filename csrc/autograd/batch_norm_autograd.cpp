@@ -10,6 +10,7 @@
 #include <ATen/ops/batch_norm.h>
 #include <ATen/ops/zeros_like.h>
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/variable.h>
 #include <torch/library.h>
 
 #include <tuple>
@@ -25,7 +26,8 @@ using Tensor3 = std::tuple<Tensor, Tensor, Tensor>;
 using Tensor4 = std::tuple<Tensor, Tensor, Tensor, Tensor>;
 
 const auto& fwd_op() {
-  static const auto op = op_handle<Tensor4(const Tensor&, const OptTensor&, const OptTensor&, double)>(
+  static const auto op = op_handle<Tensor4(const Tensor&, const OptTensor&, const OptTensor&, double,
+                                           const OptTensor&, const OptTensor&, double)>(
       "fastopt::batch_norm_fwd");
   return op;
 }
@@ -59,15 +61,21 @@ std::tuple<Tensor, Tensor> param_grads(bool want_weight, bool want_bias, const T
 }
 
 // Training: y, mean, invstd, var from the batch; dx flows through the batch
-// statistics. mean, invstd and var are outputs for the running estimates and
-// carry no gradient.
+// statistics. mean, invstd and var carry no gradient. The op also updates
+// the running estimates, buffers that get no gradient either.
 struct BatchNormTrain : torch::autograd::Function<BatchNormTrain> {
   static variable_list forward(AutogradContext* ctx, const Tensor& x, const OptTensor& weight,
-                               const OptTensor& bias, double eps) {
+                               const OptTensor& bias, double eps, const OptTensor& running_mean,
+                               const OptTensor& running_var, double momentum) {
     Tensor y, mean, invstd, var;
     {
       at::AutoDispatchBelowADInplaceOrView below;
-      std::tie(y, mean, invstd, var) = fwd_op().call(x, weight, bias, eps);
+      std::tie(y, mean, invstd, var) = fwd_op().call(x, weight, bias, eps, running_mean, running_var, momentum);
+    }
+    // Below ADInplaceOrView nothing counted the update as a modification:
+    // count it, so that a graph that saved a buffer before it sees the change.
+    for (const OptTensor& running : {running_mean, running_var}) {
+      if (running.has_value() && running->defined()) torch::autograd::impl::bump_version(*running);
     }
     // Only x and the [C] statistics; weight and bias are the module's
     // parameters (bias only for the double backward's recomputation).
@@ -80,7 +88,7 @@ struct BatchNormTrain : torch::autograd::Function<BatchNormTrain> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    if (!grads[0].defined()) return variable_list(4);
+    if (!grads[0].defined()) return variable_list(7);
     const BackwardDispatch dispatch;  // NOTE: [backward below autograd]
     const variable_list saved = ctx->get_saved_variables();
     const Tensor &x = saved[0], &mean = saved[1], &invstd = saved[2], &weight = saved[3], &bias = saved[4];
@@ -92,15 +100,15 @@ struct BatchNormTrain : torch::autograd::Function<BatchNormTrain> {
                                       ctx->saved_data["eps"].toDouble(), /*cudnn_enabled=*/false);
       const variable_list g = differentiable_grads(
           y, grads[0], {{x, edges.needs_grad(ctx, 0)}, {weight, want_weight}, {bias, want_bias}});
-      return {g[0], g[1], g[2], Tensor()};
+      return {g[0], g[1], g[2], Tensor(), Tensor(), Tensor(), Tensor()};
     }
     if (edges.needs_grad(ctx, 0)) {
       auto [dx, dw, db] = bwd_op().call(grads[0], x, mean, invstd, optional_of(weight));
-      return {dx, want_weight ? dw : Tensor(), want_bias ? db : Tensor(), Tensor()};
+      return {dx, want_weight ? dw : Tensor(), want_bias ? db : Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
     }
     // No dx wanted (a frozen input, e.g. the first layer): the reduction pass only.
     auto [dw, db] = param_grads(want_weight, want_bias, grads[0], x, mean, invstd, weight);
-    return {Tensor(), dw, db, Tensor()};
+    return {Tensor(), dw, db, Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
 
@@ -140,8 +148,9 @@ struct BatchNormEval : torch::autograd::Function<BatchNormEval> {
   }
 };
 
-Tensor4 batch_norm_fwd_autograd(const Tensor& x, const OptTensor& weight, const OptTensor& bias, double eps) {
-  const variable_list out = BatchNormTrain::apply(x, weight, bias, eps);
+Tensor4 batch_norm_fwd_autograd(const Tensor& x, const OptTensor& weight, const OptTensor& bias, double eps,
+                                const OptTensor& running_mean, const OptTensor& running_var, double momentum) {
+  const variable_list out = BatchNormTrain::apply(x, weight, bias, eps, running_mean, running_var, momentum);
   return {out[0], out[1], out[2], out[3]};
 }
 

@@ -144,9 +144,15 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_stats_cuda(const at::Tensor& input
   return {m.mean, m.m2};
 }
 
+void update_running_stats(const char* op, const c10::optional<at::Tensor>& running_mean,
+                          const c10::optional<at::Tensor>& running_var, const at::Tensor& mean,
+                          const at::Tensor& var, double momentum, int64_t count);
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_fwd_cuda(
     const at::Tensor& input, const c10::optional<at::Tensor>& weight,
-    const c10::optional<at::Tensor>& bias, double eps) {
+    const c10::optional<at::Tensor>& bias, double eps,
+    const c10::optional<at::Tensor>& running_mean, const c10::optional<at::Tensor>& running_var,
+    double momentum) {
   constexpr const char* kOp = "fastopt.batch_norm_fwd";
   const c10::cuda::CUDAGuard guard(input.device());
   const Input in = prepare(kOp, input);
@@ -164,6 +170,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_fwd_cuda(
   m.scale = new_stat(in);  // invstd * weight
   moments(in, w, eps, m);
   affine(in, {}, y, m.mean, m.scale, {}, b);
+  update_running_stats(kOp, running_mean, running_var, m.mean, m.var, momentum, in.count());
   return {y, m.mean, m.invstd, m.var};
 }
 
@@ -272,17 +279,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_bwd_cuda(
 }
 
 // As on the CPU: (1 - momentum) * running + momentum * statistic in double,
-// rounded once into the buffer; the variance made unbiased.
-void batch_norm_update_stats_cuda(const c10::optional<at::Tensor>& running_mean,
-                                  const c10::optional<at::Tensor>& running_var,
-                                  const at::Tensor& mean, const at::Tensor& var, double momentum,
-                                  int64_t count) {
-  constexpr const char* kOp = "fastopt.batch_norm_update_stats_";
+// rounded once into the buffer; the variance made unbiased. For
+// batch_norm_update_stats_ and the update in batch_norm_fwd.
+void update_running_stats(const char* kOp, const c10::optional<at::Tensor>& running_mean,
+                          const c10::optional<at::Tensor>& running_var, const at::Tensor& mean,
+                          const at::Tensor& var, double momentum, int64_t count) {
+  auto given = [](const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined(); };
+  if (!given(running_mean) && !given(running_var)) return;
   TORCH_CHECK(count > 1, kOp, ": count must be at least 2, got ", count);
   const c10::cuda::CUDAGuard guard(mean.device());
   const double unbias = static_cast<double>(count) / static_cast<double>(count - 1);
   auto update = [&](const c10::optional<at::Tensor>& running, const at::Tensor& stat, double scale) {
-    if (!running.has_value() || !running->defined()) return;
+    if (!given(running)) return;
     TORCH_CHECK(running->numel() == stat.numel() && running->is_contiguous(), kOp,
                 ": expected contiguous running statistics with ", stat.numel(), " elements");
     check_device(kOp, "running statistics", *running, stat);
@@ -297,6 +305,14 @@ void batch_norm_update_stats_cuda(const c10::optional<at::Tensor>& running_mean,
   };
   update(running_mean, mean, 1.0);
   update(running_var, var, unbias);
+}
+
+void batch_norm_update_stats_cuda(const c10::optional<at::Tensor>& running_mean,
+                                  const c10::optional<at::Tensor>& running_var,
+                                  const at::Tensor& mean, const at::Tensor& var, double momentum,
+                                  int64_t count) {
+  update_running_stats("fastopt.batch_norm_update_stats_", running_mean, running_var, mean, var,
+                       momentum, count);
 }
 
 }  // namespace

@@ -29,7 +29,7 @@ def _param_grad(x: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
 
 
 @torch.library.register_fake("fastopt::batch_norm_fwd")
-def _batch_norm_fwd_fake(x, weight, bias, eps):
+def _batch_norm_fwd_fake(x, weight, bias, eps, running_mean=None, running_var=None, momentum=0.0):
     return _like_native(x), _channel_stat(x), _channel_stat(x), _channel_stat(x)
 
 

@@ -17,7 +17,7 @@ from torch.autograd.function import once_differentiable
 
 from .._ops.batch_norm import param_grads
 from .._ops.norm import _opmath_dtype
-from ._torch_function import dispatches_torch_function, warn_shape_constant
+from ._torch_function import dispatches_torch_function
 
 ops = torch.ops.fastopt
 
@@ -90,16 +90,13 @@ def batch_norm(
     """
     if training:
         torch.nn.functional._verify_batch_size(input.size())  # torch's ValueError, checked first as in torch
-    channels = _check_input(input, running_mean, running_var, weight, bias)
+    _check_input(input, running_mean, running_var, weight, bias)
     _check_stats_not_differentiable(running_mean, running_var)
     if training:
-        y, mean, _invstd, var = ops.batch_norm_fwd(input, weight, bias, eps)
-        count = input.numel() // channels if channels else 0
-        # count > 1 unless empty (checked above); an empty batch leaves them alone, as in torch.
-        if count > 0 and (running_mean is not None or running_var is not None):
-            warn_shape_constant("BatchNorm's count of values per channel (running_var's correction)")
-            ops.batch_norm_update_stats_(running_mean, running_var, mean.detach(), var.detach(), momentum, count)
-        return y
+        # The op updates the running estimates too, from its count of values
+        # per channel (> 1 unless the batch is empty, checked above; an empty
+        # one leaves them alone, as in torch).
+        return ops.batch_norm_fwd(input, weight, bias, eps, running_mean, running_var, momentum)[0]
     if running_mean is None or running_var is None:
         raise RuntimeError("running_mean and running_var must be defined in evaluation mode")
     invstd = torch.rsqrt(running_var.to(_opmath_dtype(input.dtype)) + eps)

@@ -74,11 +74,10 @@ def test_functionals_offer_torch_function(device):
 @pytest.mark.parametrize(
     "module,shape",
     [
-        (lambda: fastopt.nn.BatchNorm1d(4), (3, 4)),
         (lambda: fastopt.nn.Dropout2d(0.5), (2, 3, 2, 2)),
         (lambda: fastopt.nn.InstanceNorm1d(4, track_running_stats=True), (2, 4, 5)),
     ],
-    ids=["batch_norm", "dropout2d", "instance_norm"],
+    ids=["dropout2d", "instance_norm"],
 )
 def test_jit_trace_warns_of_shape_constants(module, shape):
     """torch.jit.trace records the sizes fastopt's ops take as Python ints as
@@ -86,3 +85,22 @@ def test_jit_trace_warns_of_shape_constants(module, shape):
     which a TracerWarning says (not a silently wrong result elsewhere)."""
     with pytest.warns(torch.jit.TracerWarning, match="constant of this trace"):
         torch.jit.trace(module().train(), (torch.randn(shape),), check_trace=False)
+
+
+def test_jit_traced_batch_norm_counts_each_batch():
+    """BatchNorm's op reads the count of values per channel (running_var's
+    correction) from x itself, so a trace taken on one batch size updates the
+    running variance right on another, and fastopt warns of no constant (torch's
+    own batch-size check still warns that it converts a size to a bool)."""
+    import warnings
+
+    traced_bn, eager = fastopt.nn.BatchNorm1d(4), torch.nn.BatchNorm1d(4)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        traced = torch.jit.trace(traced_bn.train(), (torch.randn(3, 4),), check_trace=False)
+    assert not [w for w in seen if "constant of this trace" in str(w.message)]
+    traced_bn.reset_running_stats()
+    x = torch.randn(7, 4)
+    torch.testing.assert_close(traced(x), eager(x))
+    torch.testing.assert_close(traced_bn.running_var, eager.running_var)
+    torch.testing.assert_close(traced_bn.running_mean, eager.running_mean)
