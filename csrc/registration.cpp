@@ -127,6 +127,13 @@ TORCH_LIBRARY(fastopt, m) {
   m.def(
       "batch_norm_apply(Tensor x, Tensor mean, Tensor invstd, Tensor? weight, Tensor? bias) -> "
       "Tensor");
+  // Evaluation: batch_norm_apply with invstd = 1 / sqrt(running_var + eps),
+  // formed in x's arithmetic type. Composite (its autograd and its trace under
+  // torch.compile are those of its parts): one op call from Python where the
+  // invstd took three, each a few microseconds of host time.
+  m.def(
+      "batch_norm_eval(Tensor x, Tensor running_mean, Tensor running_var, Tensor? weight, "
+      "Tensor? bias, float eps) -> Tensor");
   //   backward sums: sum dy and sum dy * (x - mean);
   m.def(
       "batch_norm_bwd_reduce(Tensor grad_out, Tensor x, Tensor mean) -> "

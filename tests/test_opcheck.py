@@ -288,3 +288,14 @@ def test_batch_norm_fwd_updates_running_stats(device, buffer_dtype, which):
     torch.testing.assert_close(running_var, expected_var, rtol=0, atol=0)
     if running_mean is not None:
         torch.testing.assert_close(running_mean, expected_mean, rtol=0, atol=0)
+
+
+def test_batch_norm_eval_composite(device):
+    """batch_norm_eval is batch_norm_apply with invstd formed from running_var + eps."""
+    x = torch.randn(3, 4, 5, device=device, dtype=torch.bfloat16, requires_grad=True)
+    rm, rv = torch.randn(4, device=device), torch.rand(4, device=device)
+    w, b = torch.randn(4, device=device, requires_grad=True), torch.randn(4, device=device)
+    ops = torch.ops.fastopt
+    torch.library.opcheck(ops.batch_norm_eval.default, (x, rm, rv, w, b, 1e-3))
+    expected = ops.batch_norm_apply(x, rm, torch.rsqrt(rv + 1e-3), w, b)
+    torch.testing.assert_close(ops.batch_norm_eval(x, rm, rv, w, b, 1e-3), expected, rtol=0, atol=0)

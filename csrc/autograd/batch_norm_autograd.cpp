@@ -1,13 +1,16 @@
 // Autograd of fastopt::batch_norm_fwd (training: batch statistics) and
-// fastopt::batch_norm_apply (evaluation: running statistics).
+// fastopt::batch_norm_apply (evaluation: running statistics), and the
+// composite batch_norm_eval on top of the latter.
 //
 // In C++ rather than torch.library.register_autograd: a Python autograd
 // kernel costs ~70 us per forward+backward on the host, more than the whole
 // layer at small sizes and far more than a GPU kernel; here it is a few us.
 // The forward ops run below the autograd key, so torch.compile traces them
 // through their fake kernels (fastopt/_ops/batch_norm.py) as before.
+#include <ATen/OpMathType.h>
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/batch_norm.h>
+#include <ATen/ops/rsqrt.h>
 #include <ATen/ops/zeros_like.h>
 #include <torch/autograd.h>
 #include <torch/csrc/autograd/variable.h>
@@ -159,11 +162,20 @@ Tensor batch_norm_apply_autograd(const Tensor& x, const Tensor& mean, const Tens
   return BatchNormEval::apply(x, mean, invstd, weight, bias);
 }
 
+// fastopt::batch_norm_eval, the composite of evaluation mode (see its schema).
+Tensor batch_norm_eval(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
+                       const OptTensor& weight, const OptTensor& bias, double eps) {
+  const Tensor invstd = at::rsqrt(running_var.to(at::toOpMathType(x.scalar_type())) + eps);
+  return apply_op().call(x, running_mean, invstd, weight, bias);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastopt, Autograd, m) {
   m.impl("batch_norm_fwd", &batch_norm_fwd_autograd);
   m.impl("batch_norm_apply", &batch_norm_apply_autograd);
 }
+
+TORCH_LIBRARY_IMPL(fastopt, CompositeImplicitAutograd, m) { m.impl("batch_norm_eval", &batch_norm_eval); }
 
 }  // namespace fastopt::autograd

@@ -99,8 +99,7 @@ def batch_norm(
         return ops.batch_norm_fwd(input, weight, bias, eps, running_mean, running_var, momentum)[0]
     if running_mean is None or running_var is None:
         raise RuntimeError("running_mean and running_var must be defined in evaluation mode")
-    invstd = torch.rsqrt(running_var.to(_opmath_dtype(input.dtype)) + eps)
-    return ops.batch_norm_apply(input, running_mean, invstd, weight, bias)
+    return ops.batch_norm_eval(input, running_mean, running_var, weight, bias, eps)
 
 
 class SyncBatchNormFunction(torch.autograd.Function):

@@ -442,3 +442,36 @@ def test_running_stats_requiring_grad_are_refused(device, training):
         FF.batch_norm(x, mean, var, training=training)
     with torch.no_grad():  # as torch: only autograd minds
         FF.batch_norm(x, mean, var, training=training)
+
+
+def test_parameters_swapped_in_by_torch_utilities_are_used(device):
+    """The module reads its parameters and buffers from nn.Module's dicts when
+    they are there; tensors that torch's utilities put elsewhere must still be
+    the ones used: a parametrization (a property), torch.func.functional_call
+    (swapped into the dicts), and a weight replaced by a plain attribute."""
+    from torch.nn.utils import parametrize
+
+    x = torch.randn(4, 3, 2, 2, device=device)
+
+    class Doubled(torch.nn.Module):
+        def forward(self, w: torch.Tensor) -> torch.Tensor:
+            return 2 * w
+
+    ours, ref = fastopt.nn.BatchNorm2d(3).to(device), torch.nn.BatchNorm2d(3).to(device)
+    for m in (ours, ref):
+        torch.nn.init.uniform_(m.weight)
+        parametrize.register_parametrization(m, "weight", Doubled())
+    ref.load_state_dict(ours.state_dict())
+    torch.testing.assert_close(ours(x), ref(x))
+
+    ours, ref = fastopt.nn.BatchNorm2d(3).to(device), torch.nn.BatchNorm2d(3).to(device)
+    swapped = {"weight": torch.rand(3, device=device), "running_mean": torch.randn(3, device=device)}
+    torch.testing.assert_close(
+        torch.func.functional_call(ours.eval(), swapped, (x,)), torch.func.functional_call(ref.eval(), swapped, (x,))
+    )
+
+    ours, ref = fastopt.nn.BatchNorm2d(3).to(device).eval(), torch.nn.BatchNorm2d(3).to(device).eval()
+    for m in (ours, ref):
+        del m._parameters["bias"]
+        m.bias = torch.full((3,), 0.5, device=device)  # a plain attribute now
+    torch.testing.assert_close(ours(x), ref(x))
