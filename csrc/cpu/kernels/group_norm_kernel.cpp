@@ -90,7 +90,7 @@ inline void add_at(M* p, int64_t i, const T& v) {
 }
 
 // p[i] += u and q[i] += u * w (fused where SIMD): the per-channel sums that
-// the channels-last passes accumulate down the rows.
+// the channels-last backward with an activation accumulates down the rows.
 template <typename M, typename T>
 inline void add_pair_at(M* p, M* q, int64_t i, const T& u, const T& w) {
   if constexpr (std::is_same_v<T, M>) {
@@ -121,6 +121,28 @@ inline M rstd_of(M m2, int64_t count, double eps) {
   return M(1) / std::sqrt(m2 / static_cast<M>(count) + static_cast<M>(eps));
 }
 
+// Scratch layout, in values of M from the sample's scratch pointer: [0, 6C)
+// the per-channel arrays of the passes below, [6C, 8C) the partials of
+// channel_sums_down_rows, [8C, 12C) its 2C double sums (8-byte aligned: the
+// caller's scratch is, and 8C values of M are a multiple of 8 bytes).
+constexpr int64_t kSumPartials = 6;
+constexpr int64_t kSumTotals = 8;
+
+// Per-channel sums down the S rows of a channels-last sample (NOTE:
+// [channels-last reduction order] in norm_loops.h) into the M arrays s1, s2.
+template <bool kGradient, typename scalar_t, typename M>
+void channels_last_sums(const scalar_t* x, const scalar_t* dy, const M* center, int64_t C,
+                        int64_t S, M* scratch, M* s1, M* s2) {
+  double* totals = reinterpret_cast<double*>(scratch + kSumTotals * C);
+  std::fill(totals, totals + 2 * C, 0.0);
+  channel_sums_down_rows<scalar_t, kGradient>(x, dy, center, C, 0, S, scratch + kSumPartials * C,
+                                              totals, totals + C);
+  for (int64_t c = 0; c < C; ++c) {
+    s1[c] = static_cast<M>(totals[c]);
+    s2[c] = static_cast<M>(totals[C + c]);
+  }
+}
+
 // Calls then(g) after each group's statistics.
 template <typename scalar_t, typename M, typename Then>
 void channels_first_stats(const GroupNormConfig& cfg, const scalar_t* x, M* mean, M* rstd,
@@ -134,8 +156,8 @@ void channels_first_stats(const GroupNormConfig& cfg, const scalar_t* x, M* mean
   }
 }
 
-// Channels last: one pass over the [S, C] rows accumulates, per channel, the
-// sums of (x - shift_c) and its square, shifted by the mean of the channel's
+// Channels last: one pass over the [S, C] rows sums, per channel, (x -
+// shift_c) and its square (channels_last_sums), shifted by the mean of the channel's
 // first rows (NOTE: [moment shift] in common/moment_shift.h, within the
 // sample) so that a large mean does not cancel; Chan's formula then merges
 // the D channels of each group exactly. At S = 1 (LayerNorm) each group is a
@@ -163,15 +185,7 @@ void channels_last_stats(const GroupNormConfig& cfg, const scalar_t* x, M* mean,
     for (int64_t c = 0; c < C; ++c) shift[c] += static_cast<M>(x[s * C + c]);
   }
   for (int64_t c = 0; c < C; ++c) shift[c] /= static_cast<M>(shift_rows);
-  const PerElement<M> k{shift};
-  for (int64_t s = 0; s < S; ++s) {
-    map_elements<scalar_t>(x + s * C, nullptr, nullptr, C, [&](int64_t c, auto v, auto) {
-      using T = decltype(v);
-      const T d = v - k.template at<T>(c);
-      add_pair_at(s1, s2, c, d, d);
-      return v;
-    });
-  }
+  channels_last_sums<false>(x, static_cast<const scalar_t*>(nullptr), shift, C, S, scratch, s1, s2);
   const M inv_s = M(1) / static_cast<M>(S);
   for (int64_t g = 0; g < cfg.G; ++g) {
     M sum_means = 0, m2 = 0;
@@ -367,17 +381,22 @@ void backward(const GroupNormConfig& cfg, const GroupNormSample& s) {
   };
 
   if (cfg.channels_last) {
-    // Pass 1: a_c and b_c, down the rows.
-    for (int64_t c = 0; c < C; ++c) a[c] = b[c] = M(0);
-    const auto dz_of = grad_z(PerElement<M>{scale}, PerElement<M>{shift});
-    const PerElement<M> m{mean_c};
-    for (int64_t p = 0; p < S; ++p) {
-      map_elements<scalar_t>(x + p * C, dy + p * C, nullptr, C, [&](int64_t c, auto v, auto g) {
-        using T = decltype(v);
-        const T dz = dz_of(c, v, g);
-        add_pair_at(a, b, c, dz, T(v - m.template at<T>(c)));
-        return v;
-      });
+    // Pass 1: a_c and b_c, down the rows. Without an activation dz = dy:
+    // the column sums of sum dy and sum dy * (x - mean).
+    if constexpr (ACT == NormActivation::None) {
+      channels_last_sums<true>(x, dy, mean_c, C, S, scratch, a, b);
+    } else {
+      for (int64_t c = 0; c < C; ++c) a[c] = b[c] = M(0);
+      const auto dz_of = grad_z(PerElement<M>{scale}, PerElement<M>{shift});
+      const PerElement<M> m{mean_c};
+      for (int64_t p = 0; p < S; ++p) {
+        map_elements<scalar_t>(x + p * C, dy + p * C, nullptr, C, [&](int64_t c, auto v, auto g) {
+          using T = decltype(v);
+          const T dz = dz_of(c, v, g);
+          add_pair_at(a, b, c, dz, T(v - m.template at<T>(c)));
+          return v;
+        });
+      }
     }
     for (int64_t g = 0; g < cfg.G; ++g) coefficients(g);
     // Pass 2: dx.

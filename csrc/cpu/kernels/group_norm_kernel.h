@@ -34,8 +34,10 @@ struct GroupNormConfig {
   bool stream;  // write the output with non-temporal stores (see stream_output)
 };
 
-// Per-sample scratch the caller provides: this many opmath vectors of C.
-constexpr int64_t kGroupNormScratchVectors = 6;
+// Per-sample scratch the caller provides: this many opmath vectors of C,
+// 8-byte aligned (the channels-last sums keep 2 * C doubles in it; see the
+// layout in group_norm_kernel.cpp).
+constexpr int64_t kGroupNormScratchVectors = 12;
 
 // One sample. Storage pointers have the config's dtype; every other pointer is
 // in its arithmetic type (float for float, bfloat16 and float16; double for
