@@ -15,6 +15,7 @@
 #   memcheck  compute-sanitizer memcheck over the kernels' CUDA tests
 #   racecheck compute-sanitizer racecheck over the shared-memory (norm) kernels
 #   bench     the benchmark report on cuda, into $OUT/results
+#   overhead  benchmarks/host_overhead.py on cuda: the modules' per-call host cost
 #   gdb       the native backtrace of a crash: cuda-gdb runs the pytest node
 #             ids in $GDB_TESTS (it also debugs host code; the machine has no gdb)
 #
@@ -88,6 +89,9 @@ for s in "$@"; do
         ;;
     bench)
         step bench "$PY" -m fastopt.bench --device cuda --no-progress --detail --out "$OUT/results"
+        ;;
+    overhead)
+        step overhead "$PY" benchmarks/host_overhead.py --device cuda --calls 2000
         ;;
     gdb)
         # shellcheck disable=SC2086  # GDB_TESTS is a list of node ids
