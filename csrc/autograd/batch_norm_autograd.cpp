@@ -63,13 +63,14 @@ std::tuple<Tensor, Tensor> param_grads(bool want_weight, bool want_bias, const T
           want_bias ? sum_dy.to(dtype) : Tensor()};
 }
 
-// Training: y, mean, invstd, var from the batch; dx flows through the batch
-// statistics. mean, invstd and var carry no gradient. The op also updates
-// the running estimates, buffers that get no gradient either.
+// Training: y from the batch's statistics, through which dx flows. mean,
+// invstd and var carry no gradient and go to *stats (NOTE: [one
+// differentiable output]). The op also updates the running estimates,
+// buffers that get no gradient either.
 struct BatchNormTrain : torch::autograd::Function<BatchNormTrain> {
-  static variable_list forward(AutogradContext* ctx, const Tensor& x, const OptTensor& weight,
-                               const OptTensor& bias, double eps, const OptTensor& running_mean,
-                               const OptTensor& running_var, double momentum) {
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const OptTensor& weight, const OptTensor& bias,
+                        double eps, const OptTensor& running_mean, const OptTensor& running_var,
+                        double momentum, Stats* stats) {
     Tensor y, mean, invstd, var;
     {
       at::AutoDispatchBelowADInplaceOrView below;
@@ -83,19 +84,16 @@ struct BatchNormTrain : torch::autograd::Function<BatchNormTrain> {
     // Only x and the [C] statistics; weight and bias are the module's
     // parameters (bias only for the double backward's recomputation).
     ctx->save_for_backward({x, mean, invstd, weight.value_or(Tensor()), bias.value_or(Tensor())});
-    InputEdges({x, weight, bias}).save(ctx);
     ctx->saved_data["eps"] = eps;
-    ctx->mark_non_differentiable({mean, invstd, var});
-    set_no_zero_grads(ctx);  // NOTE: [statistics outputs get no zero gradients]
-    return {y, mean, invstd, var};
+    *stats = {mean, invstd, var};
+    return y;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    if (!grads[0].defined()) return variable_list(7);
     const BackwardDispatch dispatch;  // NOTE: [backward below autograd]
     const variable_list saved = ctx->get_saved_variables();
     const Tensor &x = saved[0], &mean = saved[1], &invstd = saved[2], &weight = saved[3], &bias = saved[4];
-    const InputEdges edges(ctx);
+    const InputEdges edges({x, optional_of(weight), optional_of(bias)});
     const bool want_weight = edges.needs_grad(ctx, 1), want_bias = edges.needs_grad(ctx, 2);
     if (building_backward_graph()) {  // NOTE: [double backward] in autograd/common.h
       const Tensor y = at::batch_norm(x, optional_of(weight), optional_of(bias), /*running_mean=*/{},
@@ -103,15 +101,16 @@ struct BatchNormTrain : torch::autograd::Function<BatchNormTrain> {
                                       ctx->saved_data["eps"].toDouble(), /*cudnn_enabled=*/false);
       const variable_list g = differentiable_grads(
           y, grads[0], {{x, edges.needs_grad(ctx, 0)}, {weight, want_weight}, {bias, want_bias}});
-      return {g[0], g[1], g[2], Tensor(), Tensor(), Tensor(), Tensor()};
+      return {g[0], g[1], g[2], Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
     }
     if (edges.needs_grad(ctx, 0)) {
       auto [dx, dw, db] = bwd_op().call(grads[0], x, mean, invstd, optional_of(weight));
-      return {dx, want_weight ? dw : Tensor(), want_bias ? db : Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+      return {dx,       want_weight ? dw : Tensor(), want_bias ? db : Tensor(), Tensor(), Tensor(), Tensor(),
+              Tensor(), Tensor()};
     }
     // No dx wanted (a frozen input, e.g. the first layer): the reduction pass only.
     auto [dw, db] = param_grads(want_weight, want_bias, grads[0], x, mean, invstd, weight);
-    return {Tensor(), dw, db, Tensor(), Tensor(), Tensor(), Tensor()};
+    return {Tensor(), dw, db, Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
 
@@ -126,21 +125,21 @@ struct BatchNormEval : torch::autograd::Function<BatchNormEval> {
       at::AutoDispatchBelowADInplaceOrView below;
       y = apply_op().call(x, mean, invstd, weight, bias);
     }
-    InputEdges({x, mean, invstd, weight, bias}).save(ctx);
     // x only where a parameter gradient needs its reduction. (Not
     // needs_input_grad: forward also runs where no input requires grad, and
     // then the node has no edges to ask.)
     auto requires_grad = [](const OptTensor& t) { return t.has_value() && t->requires_grad(); };
     const bool params = requires_grad(weight) || requires_grad(bias);
-    ctx->save_for_backward({params ? x : Tensor(), mean, invstd, weight.value_or(Tensor())});
+    // bias only to tell, in backward, whether there was one (InputEdges).
+    ctx->save_for_backward({params ? x : Tensor(), mean, invstd, weight.value_or(Tensor()), bias.value_or(Tensor())});
     return y;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const BackwardDispatch dispatch;  // NOTE: [backward below autograd]
     const variable_list saved = ctx->get_saved_variables();
-    const Tensor &x = saved[0], &mean = saved[1], &invstd = saved[2], &weight = saved[3];
-    const InputEdges edges(ctx);
+    const Tensor &x = saved[0], &mean = saved[1], &invstd = saved[2], &weight = saved[3], &bias = saved[4];
+    const auto edges = InputEdges::present({true, true, true, weight.defined(), bias.defined()});
     Tensor dx;
     if (edges.needs_grad(ctx, 0)) {
       dx = apply_op().call(grads[0], at::zeros_like(mean), invstd, optional_of(weight), c10::nullopt);
@@ -153,8 +152,9 @@ struct BatchNormEval : torch::autograd::Function<BatchNormEval> {
 
 Tensor4 batch_norm_fwd_autograd(const Tensor& x, const OptTensor& weight, const OptTensor& bias, double eps,
                                 const OptTensor& running_mean, const OptTensor& running_var, double momentum) {
-  const variable_list out = BatchNormTrain::apply(x, weight, bias, eps, running_mean, running_var, momentum);
-  return {out[0], out[1], out[2], out[3]};
+  Stats stats;
+  Tensor y = BatchNormTrain::apply(x, weight, bias, eps, running_mean, running_var, momentum, &stats);
+  return {std::move(y), std::move(stats[0]), std::move(stats[1]), std::move(stats[2])};
 }
 
 Tensor batch_norm_apply_autograd(const Tensor& x, const Tensor& mean, const Tensor& invstd,

@@ -83,26 +83,25 @@ struct DropoutAdd : torch::autograd::Function<DropoutAdd> {
   }
 };
 
-// The 1-bit mode: the mask is an output (not differentiable) and is saved.
+// The 1-bit mode: the mask, which carries no gradient, is saved and goes to
+// *bits_out (NOTE: [one differentiable output] in autograd/common.h).
 struct DropoutBits : torch::autograd::Function<DropoutBits> {
-  static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& seed, double p) {
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& seed, double p, Stats* bits_out) {
     Tensor y, bits;
     {
       at::AutoDispatchBelowADInplaceOrView below;
       std::tie(y, bits) = dropout_bits_op().call(x, seed, p);
     }
     ctx->save_for_backward({bits});
-    ctx->mark_non_differentiable({bits});
-    set_no_zero_grads(ctx);  // NOTE: [statistics outputs get no zero gradients]
     ctx->saved_data["p"] = p;
-    return {y, bits};
+    *bits_out = {bits};
+    return y;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    if (!grads[0].defined()) return variable_list(3);
     const BackwardDispatch dispatch;  // NOTE: [backward below autograd]
     const Tensor bits = ctx->get_saved_variables()[0];
-    return {from_bits_op().call(grads[0], bits, ctx->saved_data["p"].toDouble()), Tensor(), Tensor()};
+    return {from_bits_op().call(grads[0], bits, ctx->saved_data["p"].toDouble()), Tensor(), Tensor(), Tensor()};
   }
 };
 
@@ -134,8 +133,9 @@ Tensor dropout_add_autograd(const Tensor& x, const Tensor& residual, const OptTe
 }
 
 std::tuple<Tensor, Tensor> dropout_bits_autograd(const Tensor& x, const Tensor& seed, double p) {
-  const variable_list out = DropoutBits::apply(x, seed, p);
-  return {out[0], out[1]};
+  Stats bits;
+  Tensor y = DropoutBits::apply(x, seed, p, &bits);
+  return {std::move(y), std::move(bits[0])};
 }
 
 Tensor dropout_from_bits_autograd(const Tensor& grad, const Tensor& bits, double p) {

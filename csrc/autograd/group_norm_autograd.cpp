@@ -53,10 +53,10 @@ Tensor group_norm_composite(const Tensor& x, const Tensor& weight, const Tensor&
   return y;
 }
 
+// y alone; mean and rstd go to *stats (NOTE: [one differentiable output]).
 struct GroupNorm : torch::autograd::Function<GroupNorm> {
-  static variable_list forward(AutogradContext* ctx, const Tensor& x, const OptTensor& weight,
-                               const OptTensor& bias, int64_t groups, double eps, int64_t activation,
-                               int64_t normalized_ndim) {
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const OptTensor& weight, const OptTensor& bias,
+                        int64_t groups, double eps, int64_t activation, int64_t normalized_ndim, Stats* stats) {
     Tensor y, mean, rstd;
     {
       at::AutoDispatchBelowADInplaceOrView below;
@@ -65,22 +65,19 @@ struct GroupNorm : torch::autograd::Function<GroupNorm> {
     // Only x and the per-group statistics; weight and bias are the module's
     // parameters, held anyway (bias recomputes the activation's input).
     ctx->save_for_backward({x, mean, rstd, weight.value_or(Tensor()), bias.value_or(Tensor())});
-    ctx->mark_non_differentiable({mean, rstd});
-    set_no_zero_grads(ctx);  // NOTE: [statistics outputs get no zero gradients]
-    InputEdges({x, weight, bias}).save(ctx);
+    *stats = {mean, rstd};
     ctx->saved_data["groups"] = groups;
     ctx->saved_data["eps"] = eps;
     ctx->saved_data["activation"] = activation;
     ctx->saved_data["normalized_ndim"] = normalized_ndim;
-    return {y, mean, rstd};
+    return y;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    if (!grads[0].defined()) return variable_list(7);
     const BackwardDispatch dispatch;  // NOTE: [backward below autograd]
     const variable_list saved = ctx->get_saved_variables();
     const Tensor &x = saved[0], &mean = saved[1], &rstd = saved[2], &weight = saved[3], &bias = saved[4];
-    const InputEdges edges(ctx);
+    const InputEdges edges({x, optional_of(weight), optional_of(bias)});
     const int64_t groups = ctx->saved_data["groups"].toInt();
     const int64_t activation = ctx->saved_data["activation"].toInt();
     const int64_t normalized_ndim = ctx->saved_data["normalized_ndim"].toInt();
@@ -90,20 +87,21 @@ struct GroupNorm : torch::autograd::Function<GroupNorm> {
       const Tensor y = group_norm_composite(x, weight, bias, groups, ctx->saved_data["eps"].toDouble(), activation,
                                             normalized_ndim);
       const variable_list g = differentiable_grads(y, grads[0], {{x, want_x}, {weight, want_w}, {bias, want_b}});
-      return {g[0], g[1], g[2], Tensor(), Tensor(), Tensor(), Tensor()};
+      return {g[0], g[1], g[2], Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
     }
     auto [dx, dw, db] = bwd_op().call(grads[0], x, mean, rstd, optional_of(weight), optional_of(bias), groups,
                                       activation, normalized_ndim);
     // The op returns [C]; LayerNorm's weight has the normalized shape.
     return {want_x ? dx : Tensor(), want_w ? dw.view(weight.sizes()) : Tensor(),
-            want_b ? db.view(bias.sizes()) : Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+            want_b ? db.view(bias.sizes()) : Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
 
 Tensor3 group_norm_fwd_autograd(const Tensor& x, const OptTensor& weight, const OptTensor& bias,
                                 int64_t groups, double eps, int64_t activation, int64_t normalized_ndim) {
-  const variable_list out = GroupNorm::apply(x, weight, bias, groups, eps, activation, normalized_ndim);
-  return {out[0], out[1], out[2]};
+  Stats stats;
+  Tensor y = GroupNorm::apply(x, weight, bias, groups, eps, activation, normalized_ndim, &stats);
+  return {std::move(y), std::move(stats[0]), std::move(stats[1])};
 }
 
 }  // namespace

@@ -3,8 +3,11 @@
 // torch::autograd::Function gives an input edge only to tensors that are
 // present: an absent optional (a LayerNorm without bias) has none, and the
 // edges of the inputs after it shift down. needs_input_grad takes an edge
-// index, so backward maps argument positions through this table, recorded
-// in forward.
+// index, so backward maps argument positions through this table: recorded
+// in forward, or rebuilt in backward from which optionals were present, where
+// the saved tensors tell (undefined for an absent one). Rebuilding is the
+// cheaper: the recorded table is an int list in the context's saved_data,
+// and that cost a small GroupNorm forward+backward about 3 us.
 #pragma once
 
 #include <torch/autograd.h>
@@ -22,6 +25,14 @@ class InputEdges {
     for (const auto& t : inputs) edge_.push_back(t.has_value() && t->defined() ? next++ : -1);
   }
 
+  // From which tensor arguments were present, in order.
+  static InputEdges present(std::initializer_list<bool> present) {
+    InputEdges edges;
+    int64_t next = 0;
+    for (const bool p : present) edges.edge_.push_back(p ? next++ : -1);
+    return edges;
+  }
+
   // The table recorded by save() in forward.
   explicit InputEdges(torch::autograd::AutogradContext* ctx)
       : edge_(ctx->saved_data.at(kKey).toIntVector()) {}
@@ -34,6 +45,7 @@ class InputEdges {
   }
 
  private:
+  InputEdges() = default;
   static constexpr const char* kKey = "fastopt_input_edges";
   std::vector<int64_t> edge_;
 };
