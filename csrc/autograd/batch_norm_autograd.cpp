@@ -68,6 +68,8 @@ std::tuple<Tensor, Tensor> param_grads(bool want_weight, bool want_bias, const T
 // differentiable output]). The op also updates the running estimates,
 // buffers that get no gradient either.
 struct BatchNormTrain : torch::autograd::Function<BatchNormTrain> {
+  static constexpr size_t kArgs = 8;  // forward's arguments after ctx
+
   static Tensor forward(AutogradContext* ctx, const Tensor& x, const OptTensor& weight, const OptTensor& bias,
                         double eps, const OptTensor& running_mean, const OptTensor& running_var,
                         double momentum, Stats* stats) {
@@ -101,16 +103,15 @@ struct BatchNormTrain : torch::autograd::Function<BatchNormTrain> {
                                       ctx->saved_data["eps"].toDouble(), /*cudnn_enabled=*/false);
       const variable_list g = differentiable_grads(
           y, grads[0], {{x, edges.needs_grad(ctx, 0)}, {weight, want_weight}, {bias, want_bias}});
-      return {g[0], g[1], g[2], Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+      return input_grads(kArgs, {g[0], g[1], g[2]});
     }
     if (edges.needs_grad(ctx, 0)) {
       auto [dx, dw, db] = bwd_op().call(grads[0], x, mean, invstd, optional_of(weight));
-      return {dx,       want_weight ? dw : Tensor(), want_bias ? db : Tensor(), Tensor(), Tensor(), Tensor(),
-              Tensor(), Tensor()};
+      return input_grads(kArgs, {dx, want_weight ? dw : Tensor(), want_bias ? db : Tensor()});
     }
     // No dx wanted (a frozen input, e.g. the first layer): the reduction pass only.
     auto [dw, db] = param_grads(want_weight, want_bias, grads[0], x, mean, invstd, weight);
-    return {Tensor(), dw, db, Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+    return input_grads(kArgs, {Tensor(), dw, db});
   }
 };
 

@@ -101,7 +101,8 @@ struct DropoutBits : torch::autograd::Function<DropoutBits> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const BackwardDispatch dispatch;  // NOTE: [backward below autograd]
     const Tensor bits = ctx->get_saved_variables()[0];
-    return {from_bits_op().call(grads[0], bits, ctx->saved_data["p"].toDouble()), Tensor(), Tensor(), Tensor()};
+    // x, seed, p and the out-argument: a gradient for x only.
+    return input_grads(4, {from_bits_op().call(grads[0], bits, ctx->saved_data["p"].toDouble())});
   }
 };
 

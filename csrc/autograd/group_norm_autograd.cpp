@@ -55,6 +55,8 @@ Tensor group_norm_composite(const Tensor& x, const Tensor& weight, const Tensor&
 
 // y alone; mean and rstd go to *stats (NOTE: [one differentiable output]).
 struct GroupNorm : torch::autograd::Function<GroupNorm> {
+  static constexpr size_t kArgs = 8;  // forward's arguments after ctx
+
   static Tensor forward(AutogradContext* ctx, const Tensor& x, const OptTensor& weight, const OptTensor& bias,
                         int64_t groups, double eps, int64_t activation, int64_t normalized_ndim, Stats* stats) {
     Tensor y, mean, rstd;
@@ -87,13 +89,13 @@ struct GroupNorm : torch::autograd::Function<GroupNorm> {
       const Tensor y = group_norm_composite(x, weight, bias, groups, ctx->saved_data["eps"].toDouble(), activation,
                                             normalized_ndim);
       const variable_list g = differentiable_grads(y, grads[0], {{x, want_x}, {weight, want_w}, {bias, want_b}});
-      return {g[0], g[1], g[2], Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+      return input_grads(kArgs, {g[0], g[1], g[2]});
     }
     auto [dx, dw, db] = bwd_op().call(grads[0], x, mean, rstd, optional_of(weight), optional_of(bias), groups,
                                       activation, normalized_ndim);
     // The op returns [C]; LayerNorm's weight has the normalized shape.
-    return {want_x ? dx : Tensor(), want_w ? dw.view(weight.sizes()) : Tensor(),
-            want_b ? db.view(bias.sizes()) : Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+    return input_grads(kArgs, {want_x ? dx : Tensor(), want_w ? dw.view(weight.sizes()) : Tensor(),
+                               want_b ? db.view(bias.sizes()) : Tensor()});
   }
 };
 

@@ -21,15 +21,13 @@ class InputEdges {
  public:
   // From forward's tensor arguments, in order: each present one gets the next edge.
   InputEdges(std::initializer_list<c10::optional<at::Tensor>> inputs) {
-    int64_t next = 0;
-    for (const auto& t : inputs) edge_.push_back(t.has_value() && t->defined() ? next++ : -1);
+    for (const auto& t : inputs) add(t.has_value() && t->defined());
   }
 
   // From which tensor arguments were present, in order.
   static InputEdges present(std::initializer_list<bool> present) {
     InputEdges edges;
-    int64_t next = 0;
-    for (const bool p : present) edges.edge_.push_back(p ? next++ : -1);
+    for (const bool p : present) edges.add(p);
     return edges;
   }
 
@@ -46,8 +44,12 @@ class InputEdges {
 
  private:
   InputEdges() = default;
+  void add(bool present) {
+    edge_.push_back(present ? next_++ : -1);
+  }
   static constexpr const char* kKey = "fastopt_input_edges";
   std::vector<int64_t> edge_;
+  int64_t next_ = 0;  // the next present argument's edge
 };
 
 }  // namespace fastopt::autograd

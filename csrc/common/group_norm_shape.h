@@ -75,11 +75,6 @@ inline void check_backward_args(const char* op, const at::Tensor& grad_out, cons
               ": expected mean and rstd with N * num_groups = ", dims.N * dims.G, " elements");
 }
 
-// The dtype of grad_weight and grad_bias: the weight's, or x's without one.
-inline c10::ScalarType param_grad_dtype(const c10::optional<at::Tensor>& weight, const at::Tensor& x) {
-  return weight.has_value() && weight->defined() ? weight->scalar_type() : x.scalar_type();
-}
-
 inline NormActivation norm_activation(const char* op, int64_t activation) {
   TORCH_CHECK(activation >= 0 && activation <= 2, op,
               ": activation must be 0 (none), 1 (relu) or 2 (silu), got ", activation);

@@ -58,11 +58,19 @@ inline void check_dtype(const char* op, c10::ScalarType dtype) {
                               op, ": supports float32, float64, bfloat16 and float16, got ", dtype);
 }
 
+// Whether an optional tensor argument was passed (and is defined).
+inline bool is_given(const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
+
+// The dtype of grad_weight and grad_bias: the weight's, or x's without one.
+inline c10::ScalarType param_grad_dtype(const c10::optional<at::Tensor>& weight, const at::Tensor& x) {
+  return is_given(weight) ? weight->scalar_type() : x.scalar_type();
+}
+
 // A [C] weight or bias in the arithmetic type, or an undefined tensor.
 inline at::Tensor channel_param(const char* op, const char* name,
                                 const c10::optional<at::Tensor>& p, int64_t C,
                                 c10::ScalarType opmath) {
-  if (!p.has_value() || !p->defined()) return {};
+  if (!is_given(p)) return {};
   TORCH_CHECK(p->numel() == C, op, ": expected ", name, " with ", C, " elements, got ",
               p->sizes());
   return p->reshape({C}).to(opmath).contiguous();
@@ -70,6 +78,31 @@ inline at::Tensor channel_param(const char* op, const char* name,
 
 inline const void* ptr_or_null(const at::Tensor& t) {
   return t.defined() ? t.const_data_ptr() : nullptr;
+}
+
+inline void* mutable_ptr_or_null(const at::Tensor& t) { return t.defined() ? t.mutable_data_ptr() : nullptr; }
+
+// The device-independent part of a BatchNorm running-estimate update after
+// a batch of `count` values per channel: the checks, and for each estimate
+// given, update(running, statistic, scale) for
+//   running = (1 - momentum) * running + momentum * scale * statistic,
+// where scale makes the biased batch variance unbiased. Nothing to do, and
+// nothing checked, when neither estimate is given.
+template <typename Update>
+void for_each_running_stat(const char* op, const c10::optional<at::Tensor>& running_mean,
+                           const c10::optional<at::Tensor>& running_var, const at::Tensor& mean,
+                           const at::Tensor& var, int64_t count, const Update& update) {
+  if (!is_given(running_mean) && !is_given(running_var)) return;
+  TORCH_CHECK(count > 1, op, ": count must be at least 2, got ", count);
+  const double unbias = static_cast<double>(count) / static_cast<double>(count - 1);
+  auto one = [&](const c10::optional<at::Tensor>& running, const at::Tensor& stat, double scale) {
+    if (!is_given(running)) return;
+    TORCH_CHECK(running->numel() == stat.numel() && running->is_contiguous(), op,
+                ": expected contiguous running statistics with ", stat.numel(), " elements");
+    update(*running, stat, scale);
+  };
+  one(running_mean, mean, 1.0);
+  one(running_var, var, unbias);
 }
 
 }  // namespace fastopt::norm

@@ -226,31 +226,23 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_stats_cpu(const at::Tensor& input)
   return {mean, m2};
 }
 
-// running = (1 - momentum) * running + momentum * statistic in double, for
-// batch_norm_update_stats_ and the update in batch_norm_fwd.
+// The running estimates (for_each_running_stat), in double and rounded once,
+// for batch_norm_update_stats_ and the update in batch_norm_fwd.
 void update_running_stats(const char* op, const c10::optional<at::Tensor>& running_mean,
                           const c10::optional<at::Tensor>& running_var, const at::Tensor& mean,
                           const at::Tensor& var, double momentum, int64_t count) {
-  auto given = [](const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined(); };
-  if (!given(running_mean) && !given(running_var)) return;
-  TORCH_CHECK(count > 1, op, ": count must be at least 2, got ", count);
-  const double unbias = static_cast<double>(count) / static_cast<double>(count - 1);
-  auto update = [&](const c10::optional<at::Tensor>& running, const at::Tensor& stat, double scale) {
-    if (!given(running)) return;
-    TORCH_CHECK(running->numel() == stat.numel() && running->is_contiguous(), op,
-                ": expected contiguous running statistics with ", stat.numel(), " elements");
+  for_each_running_stat(op, running_mean, running_var, mean, var, count,
+                        [&](const at::Tensor& running, const at::Tensor& stat, double scale) {
     const at::Tensor s = stat.to(at::kDouble).contiguous();
     const double* sp = s.const_data_ptr<double>();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, running->scalar_type(), "fastopt.update_running_stats", [&] {
-      scalar_t* rp = running->mutable_data_ptr<scalar_t>();
-      for (int64_t c = 0; c < running->numel(); ++c) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, running.scalar_type(), "fastopt.update_running_stats", [&] {
+      scalar_t* rp = running.mutable_data_ptr<scalar_t>();
+      for (int64_t c = 0; c < running.numel(); ++c) {
         rp[c] = static_cast<scalar_t>((1.0 - momentum) * static_cast<double>(rp[c]) +
                                       momentum * scale * sp[c]);
       }
     });
-  };
-  update(running_mean, mean, 1.0);
-  update(running_var, var, unbias);
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_fwd_cpu(
@@ -440,8 +432,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_bwd_cpu(
       reduce_then_affine(in, reduce, affine, coefficients);
     });
   }
-  const c10::ScalarType param_dtype =
-      weight.has_value() && weight->defined() ? weight->scalar_type() : input.scalar_type();
+  const c10::ScalarType param_dtype = param_grad_dtype(weight, input);
   return {dx, grad_weight.to(param_dtype), grad_bias.to(param_dtype)};
 }
 

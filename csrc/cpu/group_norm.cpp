@@ -85,8 +85,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_fwd_cpu(
   if (x.numel() == 0) return {y, mean.zero_(), rstd.zero_()};
 
   const int64_t blocks = std::min(shape.N, kBlocks);
-  at::Tensor scratch = at::empty(
-      {blocks, group_norm_scratch_vectors(shape.channels_last, shape.S, shape.G) * shape.C}, mean.options());
+  const int64_t scratch_vectors = group_norm_scratch_vectors(shape.channels_last, shape.S, shape.G);
+  at::Tensor scratch = at::empty({blocks, scratch_vectors * shape.C}, mean.options());
   const int64_t sample = shape.C * shape.S, item = x.element_size();
   const GroupNormKernelFn kernel = group_norm_fwd_kernel();
   const char* xp = static_cast<const char*>(x.const_data_ptr());
@@ -130,8 +130,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_bwd_cpu(
   // Per block: [dgamma | dbeta] partial sums, then the kernel's scratch. Each
   // block zeroes its own partials on its first sample, inside the parallel
   // region: a separate at::zeros would be one more fork-join per call.
-  at::Tensor work = at::empty({blocks, (2 + group_norm_scratch_vectors(shape.channels_last, shape.S, shape.G)) * shape.C},
-                              x.options().dtype(opmath));
+  const int64_t scratch_vectors = group_norm_scratch_vectors(shape.channels_last, shape.S, shape.G);
+  at::Tensor work = at::empty({blocks, (2 + scratch_vectors) * shape.C}, x.options().dtype(opmath));
   if (x.numel() > 0) {
     const int64_t sample = shape.C * shape.S, item = x.element_size();
     const GroupNormKernelFn kernel = group_norm_bwd_kernel();

@@ -64,8 +64,6 @@ at::Tensor channel_weight(const char* op, const char* name, const c10::optional<
 
 at::Tensor new_stat(const Input& in) { return at::empty({in.shape.C}, in.x.options().dtype(in.opmath)); }
 
-void* mutable_ptr_or_null(const at::Tensor& t) { return t.defined() ? t.mutable_data_ptr() : nullptr; }
-
 cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream(); }
 
 // NOTE: [per-channel arithmetic in kernels] (kernels/batch_norm_kernel.h):
@@ -264,8 +262,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_bwd_cuda(
   const at::Tensor w = channel_weight(kOp, "weight", weight, in);  // checked before any launch
   // grad_weight = sum dy * (x - mean) * invstd and grad_bias = sum dy, in the
   // weight's dtype (x's without a weight).
-  const c10::ScalarType param_dtype =
-      weight.has_value() && weight->defined() ? weight->scalar_type() : input.scalar_type();
+  const c10::ScalarType param_dtype = param_grad_dtype(weight, input);
   const auto param_options = in.x.options().dtype(param_dtype);
   at::Tensor dx = at::empty_like(in.x);
   if (in.x.numel() == 0) {
@@ -284,27 +281,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_bwd_cuda(
 void update_running_stats(const char* kOp, const c10::optional<at::Tensor>& running_mean,
                           const c10::optional<at::Tensor>& running_var, const at::Tensor& mean,
                           const at::Tensor& var, double momentum, int64_t count) {
-  auto given = [](const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined(); };
-  if (!given(running_mean) && !given(running_var)) return;
-  TORCH_CHECK(count > 1, kOp, ": count must be at least 2, got ", count);
   const c10::cuda::CUDAGuard guard(mean.device());
-  const double unbias = static_cast<double>(count) / static_cast<double>(count - 1);
-  auto update = [&](const c10::optional<at::Tensor>& running, const at::Tensor& stat, double scale) {
-    if (!given(running)) return;
-    TORCH_CHECK(running->numel() == stat.numel() && running->is_contiguous(), kOp,
-                ": expected contiguous running statistics with ", stat.numel(), " elements");
-    check_device(kOp, "running statistics", *running, stat);
-    const DType dtype = kernel_dtype(kOp, running->scalar_type());
+  for_each_running_stat(kOp, running_mean, running_var, mean, var, count,
+                        [&](const at::Tensor& running, const at::Tensor& stat, double scale) {
+    check_device(kOp, "running statistics", running, stat);
+    const DType dtype = kernel_dtype(kOp, running.scalar_type());
     // The kernel reads the statistic as float64 or float32 (exact for the 16-bit types).
     const bool is_double = stat.scalar_type() == at::kDouble;
     const at::Tensor s = (is_double ? stat : stat.to(at::kFloat)).contiguous();
-    launch_batch_norm_running({dtype, running->mutable_data_ptr(), s.const_data_ptr(), is_double,
-                               running->numel(), momentum, scale},
+    launch_batch_norm_running({dtype, running.mutable_data_ptr(), s.const_data_ptr(), is_double,
+                               running.numel(), momentum, scale},
                               stream());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-  };
-  update(running_mean, mean, 1.0);
-  update(running_var, var, unbias);
+  });
 }
 
 void batch_norm_update_stats_cuda(const c10::optional<at::Tensor>& running_mean,

@@ -34,6 +34,13 @@ def _like_native(x: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
+def _like_output(x: torch.Tensor, normalized_ndim: int) -> torch.Tensor:
+    """An empty y or dx as the op makes it: contiguous for a layer norm (its rows), else as _like_native."""
+    if normalized_ndim:
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+    return _like_native(x)
+
+
 def _samples_and_channels(x: torch.Tensor, normalized_ndim: int) -> tuple[int, int]:
     """(N, C) as the kernels count them: x's first two sizes, or a layer norm's rows and row length."""
     if normalized_ndim == 0:
@@ -46,8 +53,7 @@ def _samples_and_channels(x: torch.Tensor, normalized_ndim: int) -> tuple[int, i
 def _group_norm_fwd_fake(x, weight, bias, groups, eps, activation=0, normalized_ndim=0):
     samples, _ = _samples_and_channels(x, normalized_ndim)
     stats = x.new_empty((samples, groups), dtype=_opmath_dtype(x.dtype))
-    y = torch.empty_like(x, memory_format=torch.contiguous_format) if normalized_ndim else _like_native(x)
-    return y, stats, torch.empty_like(stats)
+    return _like_output(x, normalized_ndim), stats, torch.empty_like(stats)
 
 
 @torch.library.register_fake("fastopt::group_norm_bwd")
@@ -55,5 +61,4 @@ def _group_norm_bwd_fake(grad_out, x, mean, rstd, weight, bias, groups, activati
     param_dtype = weight.dtype if weight is not None else x.dtype
     _, channels = _samples_and_channels(x, normalized_ndim)
     grad_weight = x.new_empty((channels,), dtype=param_dtype)
-    grad_x = torch.empty_like(x, memory_format=torch.contiguous_format) if normalized_ndim else _like_native(x)
-    return grad_x, grad_weight, torch.empty_like(grad_weight)
+    return _like_output(x, normalized_ndim), grad_weight, torch.empty_like(grad_weight)

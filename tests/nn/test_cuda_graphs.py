@@ -39,6 +39,24 @@ def _clear_grads(module: torch.nn.Module, x: torch.Tensor) -> None:
         p.grad = None
 
 
+def _capture(
+    step: Callable[[], torch.Tensor], before_capture: Callable[[], None]
+) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    """``step`` run once on a side stream (the warm-up torch's CUDA-graph
+    documentation prescribes), then ``before_capture``, then captured: the
+    graph and the output tensor its replays write."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    before_capture()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = step()
+    return graph, out
+
+
 @pytest.mark.parametrize("name", list(MODULES))
 def test_replays_match_eager_steps(name):
     make, shape = MODULES[name]
@@ -50,16 +68,11 @@ def test_replays_match_eager_steps(name):
     x_graph = x_eager.detach().clone().requires_grad_()
     dy = torch.randn(shape, device="cuda")
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up, as torch's CUDA-graph documentation prescribes
-        _step(graphed, x_graph, dy)
-    torch.cuda.current_stream().wait_stream(side)
-    _step(eager, x_eager, dy)  # the same step, so that running statistics agree
-    _clear_grads(graphed, x_graph)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        y_graph = _step(graphed, x_graph, dy)
+    def before_capture() -> None:
+        _step(eager, x_eager, dy)  # the warm-up's step, so that running statistics agree
+        _clear_grads(graphed, x_graph)
+
+    graph, y_graph = _capture(lambda: _step(graphed, x_graph, dy), before_capture)
 
     for _ in range(3):
         _clear_grads(eager, x_eager)
@@ -86,15 +99,7 @@ def test_dropout_replays_draw_new_masks(mask):
         y.backward(dy)
         return y
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        step()
-    torch.cuda.current_stream().wait_stream(side)
-    x.grad = None
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        y = step()
+    graph, y = _capture(step, lambda: setattr(x, "grad", None))
 
     kept = []
     for _ in range(2):

@@ -180,7 +180,7 @@ void channels_last_stats(const GroupNormConfig& cfg, const scalar_t* x, M* mean,
   // Only the constant of the shared header: its shift_extent would be a
   // shared inline symbol, which this per-ISA file must not define (top).
   const int64_t shift_rows = std::min(S, ::fastopt::norm::kShiftValues);
-  for (int64_t c = 0; c < C; ++c) shift[c] = s1[c] = s2[c] = M(0);
+  std::fill(shift, shift + C, M(0));  // s1 and s2 are written by channels_last_sums
   for (int64_t s = 0; s < shift_rows; ++s) {
     for (int64_t c = 0; c < C; ++c) shift[c] += static_cast<M>(x[s * C + c]);
   }
