@@ -17,6 +17,7 @@
 #include <torch/library.h>
 
 #include <tuple>
+#include <vector>
 
 #include "autograd/common.h"
 #include "autograd/input_edges.h"
@@ -145,9 +146,40 @@ struct BatchNormEval : torch::autograd::Function<BatchNormEval> {
     if (edges.needs_grad(ctx, 0)) {
       dx = apply_op().call(grads[0], at::zeros_like(mean), invstd, optional_of(weight), c10::nullopt);
     }
-    auto [dw, db] = param_grads(edges.needs_grad(ctx, 3), edges.needs_grad(ctx, 4), grads[0], x, mean,
-                                invstd, weight);
+    const bool want_weight = edges.needs_grad(ctx, 3), want_bias = edges.needs_grad(ctx, 4);
+    if (building_backward_graph()) {  // NOTE: [double backward] in autograd/common.h
+      // dx above is already differentiable (apply_op is this Function again);
+      // the parameter gradients come from torch's ops instead of the fused
+      // reduction, which has no derivative.
+      auto [dw, db] = differentiable_param_grads(want_weight, want_bias, grads[0], x, mean, invstd, weight);
+      return {dx, Tensor(), Tensor(), dw, db};
+    }
+    auto [dw, db] = param_grads(want_weight, want_bias, grads[0], x, mean, invstd, weight);
     return {dx, Tensor(), Tensor(), dw, db};
+  }
+
+  // sum dy * (x - mean) * invstd and sum dy over every dimension but the
+  // channels', in the arithmetic type, with torch's differentiable ops.
+  static std::tuple<Tensor, Tensor> differentiable_param_grads(bool want_weight, bool want_bias,
+                                                               const Tensor& grad_y, const Tensor& x,
+                                                               const Tensor& mean, const Tensor& invstd,
+                                                               const Tensor& weight) {
+    const auto opmath = at::toOpMathType(x.scalar_type());
+    std::vector<int64_t> dims, channel_shape(x.dim(), 1);
+    for (int64_t d = 0; d < x.dim(); ++d) {
+      if (d != 1) dims.push_back(d);
+    }
+    channel_shape[1] = x.size(1);
+    const Tensor dy = grad_y.to(opmath);
+    const auto dtype = weight.defined() ? weight.scalar_type() : opmath;
+    Tensor dw, db;
+    if (want_weight) {
+      const Tensor xhat = (x.to(opmath) - mean.to(opmath).reshape(channel_shape)) *
+                          invstd.to(opmath).reshape(channel_shape);
+      dw = (dy * xhat).sum(dims).to(dtype);
+    }
+    if (want_bias) db = dy.sum(dims).to(dtype);
+    return {dw, db};
   }
 };
 

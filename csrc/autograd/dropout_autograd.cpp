@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include <tuple>
+#include <utility>
 
 #include "autograd/common.h"
 #include "autograd/input_edges.h"
@@ -20,6 +21,11 @@ namespace {
 
 const auto& dropout_op() {
   static const auto op = op_handle<Tensor(const Tensor&, const Tensor&, double, c10::SymInt)>("fastopt::dropout");
+  return op;
+}
+const auto& dropout_inplace_op() {
+  static const auto op =
+      op_handle<void(const Tensor&, const Tensor&, double, c10::SymInt)>("fastopt::dropout_");
   return op;
 }
 const auto& dropout_add_op() {
@@ -128,6 +134,21 @@ Tensor dropout_autograd(const Tensor& x, const Tensor& seed, double p, c10::SymI
   return Dropout::apply(x, seed, p, group);
 }
 
+// In-place dropout has no derivative of its own: fastopt.nn.functional sends a
+// tensor that needs one through the out-of-place op and a copy_, which
+// autograd tracks. A direct call that would need one is refused here rather
+// than leaving a gradient (or a forward-mode tangent, which the autograd
+// fallback does not touch) silently unscaled. The write itself is counted
+// below this key (NOTE: [in-place versions]).
+void dropout_inplace_autograd(c10::DispatchKeySet keys, const Tensor& x, const Tensor& seed, double p,
+                              c10::SymInt group) {
+  TORCH_CHECK(!(at::GradMode::is_enabled() && x.requires_grad()),
+              "fastopt.dropout_: x requires grad, and in-place dropout has no autograd formula; "
+              "fastopt.nn.functional.dropout(x, p, inplace=True) differentiates it");
+  TORCH_CHECK(!x._fw_grad(/*level=*/0).defined(), "fastopt.dropout_: forward-mode AD is not supported");
+  dropout_inplace_op().redispatch(keys & c10::after_autograd_keyset, x, seed, p, std::move(group));
+}
+
 Tensor dropout_add_autograd(const Tensor& x, const Tensor& residual, const OptTensor& bias, const Tensor& seed,
                             double p) {
   return DropoutAdd::apply(x, residual, bias, seed, p);
@@ -147,6 +168,7 @@ Tensor dropout_from_bits_autograd(const Tensor& grad, const Tensor& bits, double
 
 TORCH_LIBRARY_IMPL(fastopt, Autograd, m) {
   m.impl("dropout", &dropout_autograd);
+  m.impl("dropout_", &dropout_inplace_autograd);
   m.impl("dropout_add", &dropout_add_autograd);
   m.impl("dropout_bits", &dropout_bits_autograd);
   m.impl("dropout_from_bits", &dropout_from_bits_autograd);

@@ -1,6 +1,7 @@
 // Autograd of fastopt::group_norm_fwd, which serves GroupNorm (with its fused
 // activation), LayerNorm and InstanceNorm (see batch_norm_autograd.cpp for
 // why autograd lives in C++).
+#include <ATen/TensorOperators.h>
 #include <ATen/ops/group_norm.h>
 #include <ATen/ops/layer_norm.h>
 #include <ATen/ops/relu.h>
@@ -9,6 +10,7 @@
 #include <torch/library.h>
 
 #include <tuple>
+#include <vector>
 
 #include "common/norm_activation.h"
 
@@ -42,6 +44,12 @@ Tensor group_norm_composite(const Tensor& x, const Tensor& weight, const Tensor&
   if (normalized_ndim > 0) {
     y = at::layer_norm(x, x.sizes().slice(x.dim() - normalized_ndim), optional_of(weight),
                        optional_of(bias), eps, /*cudnn_enable=*/false);
+  } else if (!weight.defined() && bias.defined()) {
+    // at::group_norm rejects a bias without a weight, which the functional
+    // instance_norm can pass: the bias is added apart.
+    std::vector<int64_t> channel_shape(x.dim(), 1);
+    channel_shape[1] = x.size(1);
+    y = at::group_norm(x, groups, {}, {}, eps, /*cudnn_enabled=*/false) + bias.reshape(channel_shape);
   } else {
     y = at::group_norm(x, groups, optional_of(weight), optional_of(bias), eps, /*cudnn_enabled=*/false);
   }

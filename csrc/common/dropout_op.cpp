@@ -23,10 +23,15 @@ void check_input(const char* op, const char* name, const at::Tensor& t, double p
   TORCH_CHECK(t.device().type() == device_type, op, ": ", name, " must be a ", device_type,
               " tensor, got one on ", t.device());
   const c10::ScalarType dtype = t.scalar_type();
-  // RuntimeError, as torch's dropout raises for an integer tensor.
-  TORCH_CHECK(dtype == c10::kFloat || dtype == c10::kDouble || dtype == c10::kBFloat16 ||
-                  dtype == c10::kHalf,
-              op, ": supports float32, float64, bfloat16 and float16 tensors, got ", dtype);
+  const bool supported = dtype == c10::kFloat || dtype == c10::kDouble || dtype == c10::kBFloat16 ||
+                         dtype == c10::kHalf;
+  // torch's dropout raises RuntimeError for an integer or bool tensor (its
+  // float mask cannot be cast to it), and NotImplementedError where its
+  // sampling has no kernel for the dtype (complex, float8).
+  TORCH_CHECK(supported || !(c10::isIntegralType(dtype, /*includeBool=*/true)), op,
+              ": supports float32, float64, bfloat16 and float16 tensors, got ", dtype);
+  TORCH_CHECK_NOT_IMPLEMENTED(supported, op, ": supports float32, float64, bfloat16 and float16 tensors, got ",
+                              dtype);
   TORCH_CHECK_VALUE(p >= 0.0 && p <= 1.0, op,
                     ": dropout probability has to be between 0 and 1, but got ", p);
 }

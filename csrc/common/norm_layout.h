@@ -97,9 +97,17 @@ void for_each_running_stat(const char* op, const c10::optional<at::Tensor>& runn
   const double unbias = static_cast<double>(count) / static_cast<double>(count - 1);
   auto one = [&](const c10::optional<at::Tensor>& running, const at::Tensor& stat, double scale) {
     if (!is_given(running)) return;
-    TORCH_CHECK(running->numel() == stat.numel() && running->is_contiguous(), op,
-                ": expected contiguous running statistics with ", stat.numel(), " elements");
-    update(*running, stat, scale);
+    TORCH_CHECK(running->numel() == stat.numel(), op, ": expected running statistics with ",
+                stat.numel(), " elements, got ", running->numel());
+    if (running->is_contiguous()) {
+      update(*running, stat, scale);
+      return;
+    }
+    // A strided view (a column of a stacked buffer, say), which torch also
+    // updates in place: through a contiguous copy, written back.
+    const at::Tensor dense = running->contiguous();
+    update(dense, stat, scale);
+    running->copy_(dense);
   };
   one(running_mean, mean, 1.0);
   one(running_var, var, unbias);

@@ -30,6 +30,7 @@
 #include "cpu/kernels/batch_norm_kernel.h"
 #include "cpu/output_cache.h"
 #include "cpu/stream_fence.h"
+#include "common/math_ops.h"
 #include "common/norm_layout.h"
 
 namespace fastopt::cpu {
@@ -194,7 +195,10 @@ void channel_shifts(const Input& in, M* shift) {
 void moments_from_sums(double shift, double s1, double s2, int64_t count, double& mean, double& m2) {
   const double d = s1 / static_cast<double>(count);
   mean = shift + d;
-  m2 = std::max(0.0, s2 - s1 * d);
+  // Rounding can take a constant channel's m2 a little below zero; a NaN
+  // (a NaN or inf in the batch) must stay NaN, so that the running variance
+  // shows the divergence as torch's does.
+  m2 = MathOps<double>::max(s2 - s1 * d, 0.0);
 }
 
 double invstd_of(double m2, int64_t count, double eps) {

@@ -216,6 +216,30 @@ def test_large_mean_does_not_cancel(device):
     torch.testing.assert_close(ours.running_var.double(), exact.running_var, rtol=1e-3, atol=1e-6)
 
 
+def test_nan_in_the_batch_reaches_the_running_variance(device):
+    """A diverging run must show in the running statistics: max(0, NaN) once made the variance finite."""
+    x = torch.randn(4, 2, 3, device=device)
+    x[0, 0, 0] = float("nan")
+    ours, ref = _module_pair(x.shape, device)
+    ours(x)
+    ref(x)
+    assert ours.running_var[0].isnan() and ref.running_var[0].isnan()
+    torch.testing.assert_close(ours.running_mean, ref.running_mean, equal_nan=True)
+    torch.testing.assert_close(ours.running_var, ref.running_var, equal_nan=True)
+
+
+def test_strided_running_statistics_are_updated_in_place(device):
+    """Views that are not contiguous, as torch accepts: the update lands in the viewed storage."""
+    x = torch.randn(4, 3, device=device)
+    stats = torch.stack([torch.zeros(3, device=device), torch.ones(3, device=device)], 1)
+    expected = stats.clone()
+    y = FF.batch_norm(x, stats[:, 0], stats[:, 1], training=True)
+    y_ref = F.batch_norm(x, expected[:, 0], expected[:, 1], training=True)
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(stats, expected)
+    assert not torch.equal(stats[:, 1], torch.ones(3, device=device))
+
+
 def test_non_contiguous_input(device):
     """A strided view that is neither layout is read correctly (made contiguous), and the result matches."""
     ours, ref = _module_pair((4, 6, 5, 5), device)

@@ -48,23 +48,43 @@ def _input(shape: tuple[int, ...], channels_last: bool, device: str) -> torch.Te
     return x
 
 
-def _gradient_penalty(m: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    """d/dx and d/dparams of ||d loss / dx||^2, the WGAN-GP pattern."""
+def _gradient_penalty(m: torch.nn.Module, x: torch.Tensor, through: str) -> list[torch.Tensor]:
+    """d/dx and d/dparams of ||first||^2, first the gradient of a loss with
+    respect to x (the WGAN-GP pattern) or to the parameters."""
     x = x.clone().requires_grad_()
+    params = list(m.parameters())
     y = m(x)
-    (gx,) = torch.autograd.grad((y * y.sin()).sum(), x, create_graph=True)
-    penalty = gx.square().sum()
-    return list(torch.autograd.grad(penalty, [x, *m.parameters()]))
+    first = torch.autograd.grad((y * y.sin()).sum(), [x] if through == "input" else params, create_graph=True)
+    penalty = sum(g.square().sum() for g in first)
+    return list(torch.autograd.grad(penalty, [x, *params]))
 
 
+# "params": evaluation-mode BatchNorm once returned zeros there, its weight
+# and bias gradients coming from the fused reduction, which has no derivative.
+@pytest.mark.parametrize("through", ["input", "params"])
 @pytest.mark.parametrize("name,factory,shape,channels_last", CASES, ids=[c[0] for c in CASES])
-def test_gradient_penalty_matches_torch(device, name, factory, shape, channels_last):
+def test_gradient_penalty_matches_torch(device, name, factory, shape, channels_last, through):
+    if through == "params" and name == "group_norm_no_affine":
+        pytest.skip("no parameters")
     x = _input(shape, channels_last, device)
-    ours = _gradient_penalty(_module(factory, fastopt.nn, device), x)
-    ref = _gradient_penalty(_module(factory, torch.nn, device), x)
+    ours = _gradient_penalty(_module(factory, fastopt.nn, device), x, through)
+    ref = _gradient_penalty(_module(factory, torch.nn, device), x, through)
     assert len(ours) == len(ref)
     for a, b in zip(ours, ref):
         assert a.abs().max() > 0 or b.abs().max() == 0  # a real second derivative, not a dropped path
+        torch.testing.assert_close(a, b)
+
+
+def test_instance_norm_bias_without_weight_differentiates_twice(device):
+    # Only the functional form passes a bias alone; torch's group norm, which
+    # the double backward recomputes with, cannot take one.
+    x = torch.randn(3, 4, 5, dtype=torch.float64, device=device, requires_grad=True)
+    bias = torch.randn(4, dtype=torch.float64, device=device, requires_grad=True)
+    results = []
+    for F in (fastopt.nn.functional, torch.nn.functional):
+        first = torch.autograd.grad(F.instance_norm(x, bias=bias).sin().sum(), [x, bias], create_graph=True)
+        results.append([*first, *torch.autograd.grad(first[0].square().sum(), [x, bias])])
+    for a, b in zip(*results):
         torch.testing.assert_close(a, b)
 
 

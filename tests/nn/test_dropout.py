@@ -259,6 +259,9 @@ def test_bad_input(device):
     # torch's exception type for an integer tensor.
     with pytest.raises(RuntimeError, match="float32"):
         torch.ops.fastopt.dropout(x.int(), seed, 0.5)
+    # torch's NotImplementedError where its sampling has no kernel for the dtype.
+    with pytest.raises(NotImplementedError, match="float32"):
+        torch.ops.fastopt.dropout(x.to(torch.complex64), seed, 0.5)
     with pytest.raises(ValueError, match="between 0 and 1"):
         torch.ops.fastopt.dropout(x, seed, 1.5)
     with pytest.raises(RuntimeError, match="2 words"):

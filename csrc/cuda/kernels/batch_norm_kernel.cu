@@ -16,6 +16,7 @@
 // its bandwidth.
 #include "cuda/kernels/batch_norm_kernel.h"
 
+#include "common/math_ops.h"
 #include "cuda/kernels/fast_divmod.cuh"
 #include "cuda/kernels/vec_memory.cuh"
 
@@ -279,7 +280,7 @@ __global__ void __launch_bounds__(kThreads) moments_kernel(BatchNormMomentsLaunc
   const double count = static_cast<double>(l.count);
   const double d = s1 / count;
   const double mean = static_cast<double>(static_cast<const M*>(l.shift)[c]) + d;
-  const double m2 = fmax(0.0, s2 - s1 * d);
+  const double m2 = MathOps<double>::max(s2 - s1 * d, 0.0);  // NaN stays NaN, unlike fmax
   const double var = m2 / count;
   const double invstd = 1.0 / sqrt(var + l.eps);
   const double w = l.weight != nullptr ? static_cast<double>(static_cast<const M*>(l.weight)[c]) : 1.0;
