@@ -139,9 +139,20 @@ def test_adagrad_tensor_lr(device):
 def test_ema(device, dtype):
     shadow, params = _tensors(device, dtype=dtype), _tensors(device, dtype=dtype)
     torch.library.opcheck(torch.ops.fastopt.ema_.default, (shadow, params), dict(decay=0.9))
+
+
 # Dropout: an odd size that is not a multiple of a Philox block, a
-# non-contiguous input (a transposed view) and an empty one.
-@pytest.mark.parametrize("make", [lambda d: torch.randn(7, 19, device=d), lambda d: torch.randn(19, 7, device=d).t(), lambda d: torch.randn(0, 3, device=d)])
+# non-contiguous input (a transposed view), an empty one and a channels-last
+# one (whose result keeps the format: the fake kernels must agree).
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda d: torch.randn(7, 19, device=d),
+        lambda d: torch.randn(19, 7, device=d).t(),
+        lambda d: torch.randn(0, 3, device=d),
+        lambda d: torch.randn(2, 3, 4, 5, device=d).contiguous(memory_format=torch.channels_last),
+    ],
+)
 def test_dropout(device, make):
     seed = torch.tensor([3, 4], device=device)
     x = make(device)

@@ -9,6 +9,7 @@
 #include <c10/util/Optional.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <tuple>
 
 namespace fastopt {
@@ -74,6 +75,26 @@ using DropoutAllocFn = at::Tensor (*)(const at::Tensor& like);
 
 template <DropoutRunFn RUN, DropoutAllocFn EMPTY_LIKE, c10::DeviceType DEVICE>
 struct DropoutOps {
+  // NOTE: [dropout memory format]
+  // torch's dropout returns a channels-last input's result in channels-last
+  // format, and the next layer (a channels-last convolution) relies on it.
+  // The kernels work in the logical element order (NOTE: [dropout stream]),
+  // so such an input is computed in a contiguous copy and the result copied
+  // back to the input's format: two passes more than a contiguous input,
+  // which a native channels-last kernel would save (not written yet). Other
+  // strided inputs give a contiguous result. fastopt/_ops/dropout.py's fake
+  // kernels mirror this.
+  static at::Tensor in_format_of(const at::Tensor& x, const at::Tensor& out) {
+    for (const auto format : {at::MemoryFormat::ChannelsLast, at::MemoryFormat::ChannelsLast3d}) {
+      if (!x.is_contiguous() && x.is_contiguous(format)) {
+        at::Tensor shaped = EMPTY_LIKE(x);  // x's strides: x is dense
+        shaped.copy_(out);
+        return shaped;
+      }
+    }
+    return out;
+  }
+
   // group is a SymInt as in the autograd kernel (csrc/autograd/dropout_autograd.cpp),
   // whose signature every kernel of the op must share; here it is concrete.
   static at::Tensor dropout(const at::Tensor& x, const at::Tensor& seed, double p, c10::SymInt group) {
@@ -81,7 +102,7 @@ struct DropoutOps {
                                                 c10::nullopt, DEVICE);
     at::Tensor out = EMPTY_LIKE(in.x);
     RUN(in, seed, p, out);
-    return out;
+    return in_format_of(x, out);
   }
 
   static void dropout_(const at::Tensor& x, const at::Tensor& seed, double p, int64_t group) {
@@ -100,7 +121,7 @@ struct DropoutOps {
     at::Tensor out = EMPTY_LIKE(in.x);
     in.bits_out = at::empty({dropout_mask_bytes(in.x.numel())}, x.options().dtype(at::kByte));
     RUN(in, seed, p, out);
-    return {out, in.bits_out};
+    return {in_format_of(x, out), in.bits_out};
   }
 
   // grad * mask / (1 - p) with the mask of an earlier dropout_bits call.
@@ -109,7 +130,7 @@ struct DropoutOps {
         check_dropout_bits_args("fastopt.dropout_from_bits", grad, bits, p, DEVICE);
     at::Tensor out = EMPTY_LIKE(in.x);
     RUN(in, at::Tensor(), p, out);
-    return out;
+    return in_format_of(grad, out);
   }
 
   static at::Tensor dropout_add(const at::Tensor& x, const at::Tensor& residual,
@@ -119,7 +140,7 @@ struct DropoutOps {
         check_dropout_args("fastopt.dropout_add", x, seed, p, 1, &residual, bias, DEVICE);
     at::Tensor out = EMPTY_LIKE(in.x);
     RUN(in, seed, p, out);
-    return out;
+    return in_format_of(x, out);
   }
 };
 

@@ -8,20 +8,27 @@ from .optim import _in_place_fake
 
 ops = torch.ops.fastopt
 
-# The ops return contiguous tensors (they work in the logical element order),
-# hence new_empty rather than empty_like, which would copy x's strides.
+
+
+def _like(x: torch.Tensor) -> torch.Tensor:
+    """An output as the ops allocate it (NOTE: [dropout memory format] in
+    csrc/common/dropout_op.h): in a channels-last input's format, else contiguous."""
+    for fmt in (torch.channels_last, torch.channels_last_3d):
+        if not x.is_contiguous() and x.is_contiguous(memory_format=fmt):
+            return torch.empty_like(x, memory_format=fmt)
+    return x.new_empty(x.shape)
 
 
 @torch.library.register_fake("fastopt::dropout")
 def _dropout_fake(x: torch.Tensor, seed: torch.Tensor, p: float, group: int = 1) -> torch.Tensor:
-    return x.new_empty(x.shape)
+    return _like(x)
 
 
 @torch.library.register_fake("fastopt::dropout_add")
 def _dropout_add_fake(
     x: torch.Tensor, residual: torch.Tensor, bias: torch.Tensor | None, seed: torch.Tensor, p: float
 ) -> torch.Tensor:
-    return x.new_empty(x.shape)
+    return _like(x)
 
 
 torch.library.register_fake("fastopt::dropout_")(_in_place_fake)
@@ -39,9 +46,9 @@ def _mask_bytes(numel: int) -> int:
 
 @torch.library.register_fake("fastopt::dropout_bits")
 def _dropout_bits_fake(x: torch.Tensor, seed: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
-    return x.new_empty(x.shape), x.new_empty((_mask_bytes(x.numel()),), dtype=torch.uint8)
+    return _like(x), x.new_empty((_mask_bytes(x.numel()),), dtype=torch.uint8)
 
 
 @torch.library.register_fake("fastopt::dropout_from_bits")
 def _dropout_from_bits_fake(grad: torch.Tensor, bits: torch.Tensor, p: float) -> torch.Tensor:
-    return grad.new_empty(grad.shape)
+    return _like(grad)

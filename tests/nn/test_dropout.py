@@ -70,6 +70,33 @@ def test_mask_follows_logical_index(device):
     assert torch.equal(y, y_ref)
 
 
+@pytest.mark.parametrize(
+    "shape,fmt", [((2, 3, 4, 5), torch.channels_last), ((2, 3, 2, 4, 5), torch.channels_last_3d)], ids=["2d", "3d"]
+)
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda x, g: F.dropout(x, 0.5, generator=g),
+        lambda x, g: F.dropout(x, 0.5, generator=g, mask="bits"),
+        lambda x, g: F.dropout2d(x, 0.5, generator=g) if x.dim() == 4 else F.dropout3d(x, 0.5, generator=g),
+        lambda x, g: F.dropout_add(x, x.flip(0), 0.5, generator=g),
+    ],
+    ids=["dropout", "bits", "channel-wise", "dropout_add"],
+)
+def test_channels_last_keeps_its_memory_format(device, shape, fmt, call):
+    """As torch's dropout (NOTE: [dropout memory format]): the contiguous input's values, in the input's format."""
+    x = _nonzero_randn(*shape, device=device)
+    leaf, leaf_ref = x.contiguous(memory_format=fmt).requires_grad_(), x.clone().requires_grad_()
+    y, y_ref = call(leaf, _gen(device, 2)), call(leaf_ref, _gen(device, 2))
+    assert y.is_contiguous(memory_format=fmt) and not y.is_contiguous()
+    assert torch.equal(y, y_ref)
+    # A channels-last gradient: dx keeps the format too, with the same mask.
+    y.backward(torch.ones_like(y))
+    y_ref.backward(torch.ones_like(y_ref))
+    assert leaf.grad.is_contiguous(memory_format=fmt)
+    assert torch.equal(leaf.grad, leaf_ref.grad)
+
+
 def _gen(device: str, seed: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
