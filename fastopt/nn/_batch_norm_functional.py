@@ -39,19 +39,46 @@ def _check_input(
     running_var: Optional[Tensor],
     weight: Optional[Tensor],
     bias: Optional[Tensor],
+    training: bool,
 ) -> int:
     """Torch's checks of F.batch_norm's arguments, in its order and words; returns the channel count.
 
     They run before the op, whose own checks word the same errors differently.
+    As in ATen, each running estimate is checked in turn: its size if given,
+    else, in evaluation, that it is missing.
     """
     if input.dim() < 2:
         raise ValueError(f"expected an input of shape (N, C, *), got {input.dim()}D input")
     channels = input.size(1)
-    check_per_channel(running_mean, "running_mean", channels)
-    check_per_channel(running_var, "running_var", channels)
+    for name, stat in (("running_mean", running_mean), ("running_var", running_var)):
+        if stat is None and not training:
+            raise RuntimeError(f"{name} must be defined in evaluation mode")
+        check_per_channel(stat, name, channels)
     check_per_channel(weight, "weight", channels)
     check_per_channel(bias, "bias", channels)
     return channels
+
+
+def _check_eps(eps: float, training: bool) -> None:
+    """torch.nn.functional.batch_norm's eps check: a ValueError, as torch raises it.
+
+    Training divides by sqrt(var + eps), and a batch's variance can be 0; in
+    evaluation the running variance is assumed positive, so eps = 0 passes.
+    A NaN passes both comparisons, as in torch.
+    """
+    if training and eps <= 0.0:
+        raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
+    if eps < 0.0:
+        raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
+
+
+def check_stats_pair(running_mean: Optional[Tensor], running_var: Optional[Tensor]) -> None:
+    """ATen's refusal (a ValueError) of one running estimate without the other in training.
+
+    The op would update the one given and skip the other.
+    """
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must either both be None or neither be None")
 
 
 def _check_stats_not_differentiable(running_mean: Optional[Tensor], running_var: Optional[Tensor]) -> None:
@@ -65,7 +92,7 @@ def _check_stats_not_differentiable(running_mean: Optional[Tensor], running_var:
     for name, stat in (("running_mean", running_mean), ("running_var", running_var)):
         if stat is not None and stat.requires_grad:
             raise RuntimeError(
-                f"The function 'batch_norm' is not differentiable with respect to argument '{name}'. "
+                f"The function 'native_batch_norm' is not differentiable with respect to argument '{name}'. "
                 "This input cannot have requires_grad True."
             )
 
@@ -90,15 +117,17 @@ def batch_norm(
     """
     if training:
         torch.nn.functional._verify_batch_size(input.size())  # torch's ValueError, checked first as in torch
-    _check_input(input, running_mean, running_var, weight, bias)
+    _check_eps(eps, training)
+    _check_input(input, running_mean, running_var, weight, bias, training)
+    # ATen's order: the argument checks above, then autograd's refusal of
+    # differentiable estimates, then the kernel's check of the pair.
     _check_stats_not_differentiable(running_mean, running_var)
     if training:
+        check_stats_pair(running_mean, running_var)
         # The op updates the running estimates too, from its count of values
         # per channel (> 1 unless the batch is empty, checked above; an empty
         # one leaves them alone, as in torch).
         return ops.batch_norm_fwd(input, weight, bias, eps, running_mean, running_var, momentum)[0]
-    if running_mean is None or running_var is None:
-        raise RuntimeError("running_mean and running_var must be defined in evaluation mode")
     return ops.batch_norm_eval(input, running_mean, running_var, weight, bias, eps)
 
 
@@ -126,7 +155,7 @@ class SyncBatchNormFunction(torch.autograd.Function):
         process_group: Any,
         world_size: int,
     ) -> Tensor:
-        channels = _check_input(input, running_mean, running_var, weight, bias)
+        channels = _check_input(input, running_mean, running_var, weight, bias, training=True)
         local_count = input.numel() // channels if channels else 0
         mean, m2 = ops.batch_norm_stats(input)
         totals = torch.cat([mean.new_full((1,), local_count, dtype=torch.float64), mean.double() * local_count])

@@ -81,8 +81,12 @@ def _maskless_dropout(input: Tensor, p: float, inplace: bool) -> Tensor | None:
     if p == 0.0 or input.numel() == 0:
         return input  # as torch: the input itself
     if p == 1.0:
-        # As torch: a multiplication by zero, which keeps NaNs and signs.
-        return input.mul_(0) if inplace else input * 0
+        # As torch: a multiplication by zero, which keeps NaNs and signs. The
+        # zero has the input's dtype, as ATen's, so that the result keeps it
+        # (a Python 0 would promote a bool input to int64, and then an
+        # in-place product could not be written back).
+        zero = input.new_zeros(())
+        return input.mul_(zero) if inplace else input * zero
     return None
 
 
@@ -129,7 +133,8 @@ def dropout(
     four), and backward is then a plain pass over the gradient. Both modes draw
     the same mask from the same generator state. In evaluation
     (``training=False``) or with ``p=0`` the input itself is returned; with
-    ``p=1`` the result is ``input * 0``. The result is contiguous.
+    ``p=1`` the result is ``input * 0``. The result is contiguous, or
+    channels-last for a channels-last input, as torch's.
     """
     _check_p(p)
     check_mask_mode(mask)
@@ -187,7 +192,18 @@ def dropout1d(
     return _batched_feature_dropout(input, p, training, inplace, generator, batched=input.dim() == 3)
 
 
+# The stacklevels of the warnings below point, as torch's do, at the line that
+# called the functional (in a module's forward, at that forward): they count
+# the frames of the functional and of the dispatching wrapper that
+# dispatches_torch_function puts around it.
+
+
 def _warn_feature_dims(name: str, dim: int, expected: tuple[int, int], spatial: int) -> None:
+    """torch's deprecation warning for a channel-wise dropout of an input of another rank.
+
+    Called from the functional itself: stacklevel 4 skips this function, the
+    functional and its dispatching wrapper.
+    """
     if dim not in expected:
         warnings.warn(
             f"{name}: Received a {dim}-D input to {name}, which is deprecated "
@@ -196,7 +212,7 @@ def _warn_feature_dims(name: str, dim: int, expected: tuple[int, int], spatial: 
             f"{name} exists to provide channel-wise dropout on inputs with {spatial} spatial "
             "dimensions, a channel dimension, and an optional batch dimension "
             f"(i.e. {expected[0]}D or {expected[1]}D inputs).",
-            stacklevel=3,
+            stacklevel=4,
         )
 
 
@@ -221,7 +237,7 @@ def dropout2d(
             "is the channel dim. This behavior will change in a future release to interpret the "
             "input as one without a batch dimension, i.e. shape (C, H, W). To maintain the 1D "
             "channel-wise dropout behavior, please switch to using dropout1d instead.",
-            stacklevel=2,
+            stacklevel=3,  # past dropout2d and its dispatching wrapper
         )
     return _feature_dropout(input, p, training, inplace, generator)
 
@@ -240,6 +256,23 @@ def dropout3d(
     return _batched_feature_dropout(input, p, training, inplace, generator, batched=input.dim() == 5)
 
 
+def _fuses(x: Tensor, residual: Tensor, bias: Tensor | None) -> bool:
+    """Whether the fused dropout_add op takes these arguments.
+
+    It takes dense tensors on x's device with x's dtype: a residual of x's
+    shape and a bias, if any, 1-D with x.size(-1) elements. Anything else
+    (under autocast, a bfloat16 x from a Linear with a float32 residual; a
+    bias that broadcasts otherwise) is torch's composition's to handle.
+    """
+
+    def like_x(t: Tensor) -> bool:
+        return t.layout == torch.strided and t.device == x.device and t.dtype == x.dtype
+
+    if x.layout != torch.strided or not like_x(residual) or residual.shape != x.shape:
+        return False
+    return bias is None or (like_x(bias) and bias.dim() == 1 and x.dim() >= 1 and bias.shape[0] == x.shape[-1])
+
+
 @dispatches_torch_function
 def dropout_add(
     x: Tensor,
@@ -249,17 +282,28 @@ def dropout_add(
     bias: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """``dropout(x + bias, p) + residual`` in one pass, forward and backward.
+    """``dropout(x + bias, p) + residual``, in one pass forward and backward where it can.
 
-    The residual connection of a transformer block. ``bias`` (optional) is 1-D
-    with ``x.size(-1)`` elements, broadcast like a Linear layer's bias;
-    ``residual`` has ``x``'s shape. All three share a dtype and device. The
-    arithmetic is done in float32 for 16-bit inputs (float64 for float64)
-    with one rounding at the end, so in bfloat16/float16 the result can differ
-    from the unfused composition by that composition's own roundings.
+    The residual connection of a transformer block. The fused pass takes a
+    ``bias`` (optional) 1-D with ``x.size(-1)`` elements, broadcast like a
+    Linear layer's bias, and a ``residual`` of ``x``'s shape, all three of
+    one dtype and device. Its arithmetic is done in float32 for 16-bit inputs
+    (float64 for float64) with one rounding at the end, so in bfloat16/float16
+    the result can differ from the unfused composition by that composition's
+    own roundings. Other arguments (a float32 residual under autocast, a bias
+    that broadcasts otherwise) get the composition, with torch's broadcasting,
+    type promotion and errors, on fastopt's dropout: it draws the same mask as
+    the fused pass from the same generator state. In evaluation or with
+    ``p=0``, the result is ``(x + bias) + residual``.
     """
     _check_p(p)
     _check_p_like_aten(p)  # a NaN fails as in dropout
-    if not training or p == 0.0:
-        return (x if bias is None else x + bias) + residual
-    return _ops.ops.dropout_add(x, residual, bias, _draw_seed(x, generator), p)
+    if training and p != 0.0 and _fuses(x, residual, bias):
+        return _ops.ops.dropout_add(x, residual, bias, _draw_seed(x, generator), p)
+    pre = x if bias is None else x + bias
+    if training:
+        # Draws its key from the generator as the fused pass does (pre is on
+        # x's device whenever the fused pass could have run), so the mask is
+        # the one the fused pass would have drawn at the same generator state.
+        pre = _dropout_impl(pre, p, False, 1, generator)
+    return pre + residual

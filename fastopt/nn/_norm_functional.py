@@ -13,12 +13,12 @@ GroupNorm, LayerNorm and InstanceNorm all run on ``torch.ops.fastopt.group_norm_
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 
-from ._batch_norm_functional import check_per_channel
+from ._batch_norm_functional import check_per_channel, check_stats_pair
 from ._torch_function import dispatches_torch_function, warn_shape_constant
 
 # Codes of the op's `activation` argument.
@@ -72,6 +72,8 @@ def _check_group_norm_args(input: Tensor, num_groups: int, weight: Optional[Tens
     torch.nn.functional._verify_batch_size(
         [input.size(0) * input.size(1) // num_groups, num_groups] + list(input.size()[2:])
     )
+    if num_groups <= 0:  # ATen's check, before the divisibility one (0 already failed above, as in torch)
+        raise RuntimeError(f"Expected num groups to be greater than 0, got {num_groups}")
     channels = input.size(1)
     if channels % num_groups != 0:
         raise RuntimeError(
@@ -109,6 +111,20 @@ def group_norm(
     return torch.ops.fastopt.group_norm_fwd(input, weight, bias, num_groups, eps, code)[0]
 
 
+def _normalized_shape(normalized_shape: Sequence[int]) -> tuple[int, ...]:
+    """``normalized_shape`` as a tuple, refused as torch's argument parser refuses it.
+
+    torch.layer_norm takes a list or tuple (torch.Size is one), not a bare int:
+    only the LayerNorm module turns an int into a 1-tuple, in its constructor.
+    """
+    if not isinstance(normalized_shape, (tuple, list)):
+        raise TypeError(
+            "layer_norm(): argument 'normalized_shape' (position 2) must be tuple of ints, "
+            f"not {type(normalized_shape).__name__}"
+        )
+    return tuple(normalized_shape)
+
+
 def _check_layer_norm_args(
     input: Tensor, shape: tuple[int, ...], weight: Optional[Tensor], bias: Optional[Tensor]
 ) -> None:
@@ -136,13 +152,13 @@ def _check_layer_norm_args(
 @dispatches_torch_function
 def layer_norm(
     input: Tensor,
-    normalized_shape: Union[int, Sequence[int]],
+    normalized_shape: Sequence[int],
     weight: Optional[Tensor] = None,
     bias: Optional[Tensor] = None,
     eps: float = 1e-5,
 ) -> Tensor:
     """``torch.nn.functional.layer_norm`` on fastopt's group-norm kernels."""
-    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    shape = _normalized_shape(normalized_shape)
     _check_layer_norm_args(input, shape, weight, bias)
     if not has_kernel(input):
         return torch.nn.functional.layer_norm(input, shape, weight, bias, eps)
@@ -167,8 +183,7 @@ def _check_instance_norm_args(input: Tensor, tensors: dict[str, Optional[Tensor]
     per-channel tensor repeated N times, and its messages count the repeats
     (so with N = 0, nothing is checked here; the op still checks weight and bias).
     """
-    if (tensors["running_mean"] is None) != (tensors["running_var"] is None):
-        raise ValueError("running_mean and running_var must either both be None or neither be None")
+    check_stats_pair(tensors["running_mean"], tensors["running_var"])
     for name, t in tensors.items():
         check_per_channel(t, name, input.size(1), repeats=input.size(0))
 
