@@ -28,7 +28,6 @@ missing) and train_cnn.json to --out. Exits non-zero if a stack ends below
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import statistics

@@ -9,8 +9,6 @@ with all_reduce in between (fastopt/nn/_batch_norm_functional.py).
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from .norm import _like_native, _opmath_dtype

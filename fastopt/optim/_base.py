@@ -45,6 +45,10 @@ class Bucket:
     # With master weights, `params` are the float32 masters and `copies` the
     # 16-bit parameters the op writes the rounded result to; empty otherwise.
     copies: list[Tensor] = field(default_factory=list)
+    # (the parameter's .grad, the copy in `grads`) for complex gradients with
+    # their conjugate or negative bit set, which the op cannot take as they
+    # are: see FusedOptimizer._write_back_grads. Empty almost always.
+    resolved_grads: list[tuple[Tensor, Tensor]] = field(default_factory=list)
     # Philox (key, offset) of this step's stochastic rounding; None when the
     # op rounds to nearest.
     rounding_seed: Tensor | None = None
@@ -218,15 +222,53 @@ class FusedOptimizer(torch.optim.Optimizer):
                 "parameters only, got a float16 parameter; use master_weights=True"
             )
 
+    # What _init_extensions and the steps set on the optimizer, which
+    # torch's __getstate__ (defaults, state and param_groups only) would drop
+    # from a deepcopy, a pickle or torch.save(optimizer). Caches derived from
+    # these (_device_hparams: per-stream CUDA tables) are left out, and are
+    # rebuilt by the copy's first step.
+    _EXTENSION_ATTRS = (
+        "max_grad_norm",
+        "skip_nonfinite",
+        "master_weights",
+        "stochastic_rounding",
+        "skipped_steps",
+        "_last_step",
+        "_track_ratios",
+        "_last_norms",
+    )
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.update({name: self.__dict__[name] for name in self._EXTENSION_ATTRS if name in self.__dict__})
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        # torch's load_state_dict also calls __setstate__, with only "state"
+        # and "param_groups": the options set on self stay. Only an object
+        # unpickled from torch's state alone (pickled by a fastopt before
+        # __getstate__ kept the options) has none; it gets the constructor's
+        # defaults.
+        if "_last_step" not in self.__dict__:
+            self._init_extensions(
+                max_grad_norm=None, skip_nonfinite=False, master_weights=False, stochastic_rounding=False
+            )
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """torch's, after the constructor's checks of fastopt's options on the new parameters."""
-        params = param_group["params"]
-        # A single tensor or any iterable, as torch takes them, listed once (so
-        # that a generator is not consumed by the check) in the caller's dict,
-        # which torch then keeps as the group itself, as it does the same.
-        param_group["params"] = [params] if isinstance(params, Tensor) else list(params)
-        self._check_rounding(param_group["params"])
+        """torch's, then the constructor's checks of fastopt's options on the new parameters.
+
+        torch's checks come first, so that a bad group (not a dict, a set of
+        parameters, a non-leaf) fails with torch's error; torch also lists the
+        parameters (a generator is consumed once). A group that fastopt then
+        refuses is taken out again, leaving the optimizer as it was.
+        """
         super().add_param_group(param_group)
+        try:
+            self._check_rounding(self.param_groups[-1]["params"])
+        except ValueError:
+            self.param_groups.pop()
+            raise
 
     def _uses_master(self, param: Tensor) -> bool:
         return getattr(self, "master_weights", False) and param.dtype in LOW_PRECISION
@@ -303,12 +345,16 @@ class FusedOptimizer(torch.optim.Optimizer):
         """
         if self._has_step_counter:
             state["step"] = new_step_counter(param)
-        # With master weights, moments are float32 like the master they update.
-        dtype = torch.float32 if self._uses_master(param) else param.dtype
-        for key in self._state_keys(group):
-            state[key] = torch.zeros_like(param, dtype=dtype, memory_format=torch.preserve_format)
+        self._zero_state(param, state, self._state_keys(group))
         if self._uses_master(param):
             state["master_param"] = self._new_master(param)
+
+    def _zero_state(self, param: Tensor, state: dict[str, Any], keys: tuple[str, ...]) -> None:
+        """Zero state tensors ``keys`` for ``param``, in its layout."""
+        # With master weights, moments are float32 like the master they update.
+        dtype = torch.float32 if self._uses_master(param) else param.dtype
+        for key in keys:
+            state[key] = torch.zeros_like(param, dtype=dtype, memory_format=torch.preserve_format)
 
     def _update(
         self,
@@ -357,6 +403,12 @@ class FusedOptimizer(torch.optim.Optimizer):
         for group_index, group in enumerate(self.param_groups):
             keys = self._state_keys(group)
             has_state = bool(keys) or has_step or masters_on
+            # An op that initialises new state also starts the keys that a
+            # parameter's existing state lacks: SGD's momentum buffer after a
+            # user's own entry, or after steps without momentum that kept only
+            # master_param. torch's SGD starts it from the gradient then, as on
+            # a first step (torch's other optimizers raise KeyError, as ours do).
+            in_op_keys = keys if new_state_in_op else ()
             row: list[float] | None = None
             layout: tuple[Any, ...] | None = None
             # (dtype, device, new state in op, bucket, on the CPU)
@@ -378,6 +430,13 @@ class FusedOptimizer(torch.optim.Optimizer):
                     new_state = not state
                     if new_state:
                         self._init_state(group, p, state)
+                    elif in_op_keys:
+                        # (A plain loop: the cheapest check of a key or two.)
+                        for key in in_op_keys:
+                            if key not in state:
+                                new_state = True
+                                self._zero_state(p, state, tuple(k for k in keys if k not in state))
+                                break
                 dtype = p.dtype
                 device = p.device
                 master = masters_on and dtype in LOW_PRECISION
@@ -409,6 +468,12 @@ class FusedOptimizer(torch.optim.Optimizer):
                 if dtype.is_complex:
                     # torch.optim updates complex parameters as pairs of reals;
                     # so do we. (Never with master weights: those are 16-bit.)
+                    # A conjugate gradient (autograd makes one for p.conj() * w)
+                    # has no real view: the op takes a resolved copy.
+                    if grad.is_conj() or grad.is_neg():
+                        resolved = grad.resolve_conj().resolve_neg()
+                        bucket.resolved_grads.append((grad, resolved))
+                        grad = resolved
                     bucket.params.append(torch.view_as_real(p))
                     bucket.grads.append(torch.view_as_real(grad))
                     for k in keys:
@@ -507,9 +572,27 @@ class FusedOptimizer(torch.optim.Optimizer):
             self._update(
                 group, bucket, to_device(grad_scale, device), to_device(found_inf, device), norms
             )
+            if bucket.resolved_grads and grad_scale is not None:
+                self._write_back_grads(bucket)
         if sparse:
             self._sparse_steps(sparse, grad_scale, found_inf)
         return loss
+
+    @staticmethod
+    def _write_back_grads(bucket: Bucket) -> None:
+        """Copy the unscaled, clipped gradients the op wrote to resolved copies back to ``.grad``.
+
+        With a grad_scale (AMP's, or the clip factor) the op divides the
+        gradients by it in place, and fastopt promises that ``.grad`` holds
+        the unscaled, clipped gradients afterwards, as GradScaler.unscale_ and
+        clip_grad_norm_ leave them (both of which refuse conjugate gradients
+        in torch 2.13). The op wrote a copy for a conjugate gradient, so the
+        values go back into the caller's tensor, which stays the same object
+        (copy_ writes through the conjugate view). Without a grad_scale the op
+        leaves gradients alone and there is nothing to copy.
+        """
+        for grad, resolved in bucket.resolved_grads:
+            grad.copy_(resolved)
 
     # ------------------------------------------------------------ sparse gradients
     # An embedding with sparse=True gives its weight a sparse gradient, which

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 import fastopt.nn.functional
+import fastopt.optim
 
 # A parameter set that covers the layouts a kernel can trip over. Each entry
 # is (name, factory(device, dtype) -> Parameter).
@@ -94,6 +95,19 @@ def assert_same_state(ours: torch.optim.Optimizer, ref: torch.optim.Optimizer, o
             else:
                 torch.testing.assert_close(a, b, msg=lambda m: f"param {i} {key}: {m}", **tol)
 
+
+
+# (fastopt class, torch class, config): every optimizer, with state that a
+# wrong clip factor, a half-skipped step, a lost option or a wrongly started
+# buffer would visibly change.
+EVERY_OPTIMIZER: list[tuple[type, type, dict[str, Any]]] = [
+    (fastopt.optim.Adam, torch.optim.Adam, {"lr": 0.01, "weight_decay": 0.1}),
+    (fastopt.optim.AdamW, torch.optim.AdamW, {"lr": 0.01, "amsgrad": True}),
+    (fastopt.optim.SGD, torch.optim.SGD, {"lr": 0.01, "momentum": 0.9, "nesterov": True}),
+    (fastopt.optim.Adagrad, torch.optim.Adagrad, {"lr": 0.05}),
+    (fastopt.optim.RMSprop, torch.optim.RMSprop, {"lr": 0.01, "momentum": 0.5, "centered": True}),
+]
+EVERY_OPTIMIZER_IDS = [o[0].__name__ for o in EVERY_OPTIMIZER]
 
 STEPS = 10
 

@@ -9,7 +9,6 @@ import fastopt
 from fastopt.optim import Adagrad
 
 from .reference import (
-    assert_same_state,
     assert_same_validation_error,
     check_closure,
     check_complex_params,
@@ -20,8 +19,6 @@ from .reference import (
     check_update_ratios,
     clone_params,
     compare_with_torch,
-    random_grads,
-    run_steps,
 )
 
 # torch's own configuration grid (optim_inputs_func_adagrad), plus combinations.

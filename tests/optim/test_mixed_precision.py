@@ -15,9 +15,11 @@ import math
 import pytest
 import torch
 
-from fastopt.optim import SGD, Adagrad, Adam, AdamW, RMSprop, clip_grad_norm_, grad_norm
+from fastopt.optim import SGD, Adam, clip_grad_norm_, grad_norm
 
 from .reference import (
+    EVERY_OPTIMIZER,
+    EVERY_OPTIMIZER_IDS,
     assert_same_state,
     clone_params,
     make_params,
@@ -28,16 +30,7 @@ from .reference import (
 
 from ..cpu_isa import cpu_capability, supported_isas
 
-# (fastopt class, torch class, config): every optimizer, with state that a
-# wrong clip factor or a half-skipped step would visibly corrupt.
-OPTIMIZERS = [
-    (Adam, torch.optim.Adam, {"lr": 0.01, "weight_decay": 0.1}),
-    (AdamW, torch.optim.AdamW, {"lr": 0.01, "amsgrad": True}),
-    (SGD, torch.optim.SGD, {"lr": 0.01, "momentum": 0.9, "nesterov": True}),
-    (Adagrad, torch.optim.Adagrad, {"lr": 0.05}),
-    (RMSprop, torch.optim.RMSprop, {"lr": 0.01, "momentum": 0.5, "centered": True}),
-]
-OPT_IDS = [o[0].__name__ for o in OPTIMIZERS]
+OPTIMIZERS, OPT_IDS = EVERY_OPTIMIZER, EVERY_OPTIMIZER_IDS
 
 
 # --------------------------------------------------------------------------- grad_norm op
@@ -578,7 +571,7 @@ def test_stochastic_rounding_rejects_float16():
 
 
 def test_stochastic_rounding_rejects_float16_in_add_param_group():
-    """add_param_group applies the constructor's check, before the group is added."""
+    """add_param_group applies the constructor's check, and a refused group leaves the optimizer as it was."""
     opt = Adam([torch.nn.Parameter(torch.zeros(2, dtype=torch.bfloat16))], stochastic_rounding=True)
     with pytest.raises(ValueError, match="stochastic_rounding supports bfloat16"):
         opt.add_param_group({"params": (p for p in [torch.nn.Parameter(torch.zeros(2, dtype=torch.float16))])})
