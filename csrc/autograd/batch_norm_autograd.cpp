@@ -93,8 +93,8 @@ struct BatchNormTrain : torch::autograd::Function<BatchNormTrain> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();  // first: NOTE: [unpack before going below autograd]
     const BackwardDispatch dispatch;  // NOTE: [backward below autograd]
-    const variable_list saved = ctx->get_saved_variables();
     const Tensor &x = saved[0], &mean = saved[1], &invstd = saved[2], &weight = saved[3], &bias = saved[4];
     const InputEdges edges({x, optional_of(weight), optional_of(bias)});
     const bool want_weight = edges.needs_grad(ctx, 1), want_bias = edges.needs_grad(ctx, 2);
@@ -138,8 +138,8 @@ struct BatchNormEval : torch::autograd::Function<BatchNormEval> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();  // first: NOTE: [unpack before going below autograd]
     const BackwardDispatch dispatch;  // NOTE: [backward below autograd]
-    const variable_list saved = ctx->get_saved_variables();
     const Tensor &x = saved[0], &mean = saved[1], &invstd = saved[2], &weight = saved[3], &bias = saved[4];
     const auto edges = InputEdges::present({true, true, true, weight.defined(), bias.defined()});
     Tensor dx;

@@ -54,6 +54,14 @@ inline bool building_backward_graph() { return at::GradMode::is_enabled(); }
 // took a tiny GroupNorm forward+backward from 78.5 to 73.2 us on the 2-core
 // dev VM. With create_graph the ops keep their autograd kernels, so that a
 // dropout backward can be differentiated again.
+//
+// NOTE: [unpack before going below autograd]
+// A backward unpacks its saved tensors before it enters BackwardDispatch.
+// Under non-reentrant activation checkpointing (torch.utils.checkpoint with
+// use_reentrant=False) the first unpack reruns the checkpointed forward, and
+// that rerun must go through the autograd kernels to save its tensors again:
+// below the autograd key it saved none, and checkpoint raised CheckpointError
+// for every fastopt module.
 class BackwardDispatch {
  public:
   BackwardDispatch() {

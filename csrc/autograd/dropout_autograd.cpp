@@ -55,8 +55,8 @@ struct Dropout : torch::autograd::Function<Dropout> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const Tensor seed = ctx->get_saved_variables()[0];  // first: NOTE: [unpack before going below autograd]
     const BackwardDispatch dispatch;  // NOTE: [backward below autograd]
-    const Tensor seed = ctx->get_saved_variables()[0];
     const Tensor dx =
         dropout_op().call(grads[0], seed, ctx->saved_data["p"].toDouble(), ctx->saved_data["group"].toSymInt());
     return {dx, Tensor(), Tensor(), Tensor()};
@@ -75,9 +75,9 @@ struct DropoutAdd : torch::autograd::Function<DropoutAdd> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const Tensor seed = ctx->get_saved_variables()[0];  // first: NOTE: [unpack before going below autograd]
     const BackwardDispatch dispatch;  // NOTE: [backward below autograd]
     const InputEdges edges(ctx);
-    const Tensor seed = ctx->get_saved_variables()[0];
     const Tensor& grad = grads[0];
     const bool want_bias = edges.needs_grad(ctx, 2);
     Tensor dx;
@@ -105,8 +105,8 @@ struct DropoutBits : torch::autograd::Function<DropoutBits> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const Tensor bits = ctx->get_saved_variables()[0];  // first: NOTE: [unpack before going below autograd]
     const BackwardDispatch dispatch;  // NOTE: [backward below autograd]
-    const Tensor bits = ctx->get_saved_variables()[0];
     // x, seed, p and the out-argument: a gradient for x only.
     return input_grads(4, {from_bits_op().call(grads[0], bits, ctx->saved_data["p"].toDouble())});
   }
@@ -122,8 +122,8 @@ struct DropoutFromBits : torch::autograd::Function<DropoutFromBits> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const Tensor bits = ctx->get_saved_variables()[0];  // first: NOTE: [unpack before going below autograd]
     const BackwardDispatch dispatch;  // NOTE: [backward below autograd]
-    const Tensor bits = ctx->get_saved_variables()[0];
     return {from_bits_op().call(grads[0], bits, ctx->saved_data["p"].toDouble()), Tensor(), Tensor()};
   }
 };

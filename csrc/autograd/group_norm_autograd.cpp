@@ -84,8 +84,8 @@ struct GroupNorm : torch::autograd::Function<GroupNorm> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();  // first: NOTE: [unpack before going below autograd]
     const BackwardDispatch dispatch;  // NOTE: [backward below autograd]
-    const variable_list saved = ctx->get_saved_variables();
     const Tensor &x = saved[0], &mean = saved[1], &rstd = saved[2], &weight = saved[3], &bias = saved[4];
     const InputEdges edges({x, optional_of(weight), optional_of(bias)});
     const int64_t groups = ctx->saved_data["groups"].toInt();
