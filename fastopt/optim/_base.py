@@ -282,7 +282,11 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     def _ensure_master_state(self, group: dict[str, Any], param: Tensor, state: dict[str, Any]) -> None:
         """Masters for state that was loaded (e.g. from torch) or created without them."""
-        if "master_param" not in state:
+        master = state.get("master_param")
+        # A master of another dtype came back through a torch optimizer, which
+        # cast it to the parameter's dtype and never updated it: rebuilt from
+        # the parameter, as for a torch checkpoint without one.
+        if master is None or master.dtype != torch.float32:
             state["master_param"] = self._new_master(param)
         for key in self._state_keys(group):
             if state[key].dtype != torch.float32:
@@ -623,10 +627,12 @@ class FusedOptimizer(torch.optim.Optimizer):
         if found_inf is not None and bool(found_inf.ne(0).any()):
             return
         for group, params in sparse:
-            grads = [p.grad for p in params]
             if grad_scale is not None:
-                grads = [g / grad_scale.to(g.device) for g in grads]
-            self._sparse_update(group, params, grads)
+                # In place, as the fused ops unscale and clip dense gradients:
+                # .grad holds what the step used.
+                for p in params:
+                    p.grad.div_(grad_scale.to(p.grad.device))
+            self._sparse_update(group, params, [p.grad for p in params])
 
     def _sparse_update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
         """torch's update of ``params`` by their sparse ``grads``, keeping state in ``self.state``."""

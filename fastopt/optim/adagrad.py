@@ -74,6 +74,15 @@ class Adagrad(FusedOptimizer, torch.optim.Adagrad):
             master_weights=master_weights,
             stochastic_rounding=stochastic_rounding,
         )
+        # torch's constructor filled each "sum" in its parameter's dtype, which
+        # for a 16-bit parameter rounds initial_accumulator_value; a master's
+        # float32 accumulator starts from the exact value instead.
+        for group in self.param_groups:
+            for p in group["params"]:
+                if self._uses_master(p):
+                    self.state[p]["sum"] = torch.full_like(
+                        p, initial_accumulator_value, dtype=torch.float32, memory_format=torch.preserve_format
+                    )
 
     def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
         return ("sum",)

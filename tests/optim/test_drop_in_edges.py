@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from fastopt.optim import SGD, Adam, RMSprop
+from fastopt.optim import SGD, Adagrad, Adam, RMSprop
 from fastopt.optim._base import FusedOptimizer
 
 from .reference import (
@@ -386,3 +386,68 @@ def test_load_state_dict_keeps_options(opt):
     assert (ours.max_grad_norm, ours.skip_nonfinite, ours.master_weights, ours.stochastic_rounding) == (1.0, True, True, True)
     assert ours.last_grad_norm is norm
     assert ours.state[p]["master_param"].dtype == torch.float32
+
+
+# --------------------------------------------------------------------------- master weights and sparse gradients
+
+
+def test_adagrad_master_accumulator_starts_from_the_exact_initial_value():
+    """torch's constructor fills "sum" in the 16-bit dtype; a master's float32 one must not inherit the rounding."""
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(64).to(torch.bfloat16))
+    q = torch.nn.Parameter(p.detach().float())
+    ours = Adagrad([p], lr=0.1, initial_accumulator_value=0.1, master_weights=True)
+    ref = torch.optim.Adagrad([q], lr=0.1, initial_accumulator_value=0.1)
+    for _ in range(3):
+        g = torch.randn(64, dtype=torch.bfloat16)
+        p.grad, q.grad = g, g.float()
+        ours.step()
+        ref.step()
+    assert torch.equal(ours.state[p]["sum"], ref.state[q]["sum"])
+    torch.testing.assert_close(ours.state[p]["master_param"], q.detach(), rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("ours_cls,torch_cls,config", OPTIMIZERS, ids=OPT_IDS)
+def test_master_state_back_from_a_torch_optimizer_is_rebuilt(ours_cls, torch_cls, config):
+    """A master cast to bfloat16 by a torch optimizer, which never updated it, is rebuilt from the parameter."""
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(8, dtype=torch.bfloat16))
+    first = ours_cls([p], master_weights=True, **config)
+    p.grad = torch.randn_like(p)
+    first.step()
+    q = torch.nn.Parameter(p.detach().clone())
+    middle = torch_cls([q], **config)
+    middle.load_state_dict(first.state_dict())
+    q.grad = torch.randn_like(q)
+    middle.step()
+    # The same as loading the checkpoint without its stale master, which
+    # builds the master from the parameter.
+    state = middle.state_dict()
+    stripped = copy.deepcopy(state)
+    for entry in stripped["state"].values():
+        entry.pop("master_param")
+    grad = torch.randn_like(q)
+    masters = []
+    for checkpoint in (state, stripped):
+        r = torch.nn.Parameter(q.detach().clone())
+        last = ours_cls([r], master_weights=True, **config)
+        last.load_state_dict(checkpoint)
+        r.grad = grad.clone()
+        last.step()
+        masters.append(last.state[r]["master_param"])
+    assert masters[0].dtype == torch.float32
+    assert torch.equal(masters[0], masters[1])
+
+
+def test_sparse_gradients_are_left_clipped_in_grad():
+    """As the dense ones: .grad holds the clipped gradient the step used."""
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(10, 3, sparse=True)
+    lin = torch.nn.Linear(3, 1)
+    params = [*emb.parameters(), *lin.parameters()]
+    opt = SGD(params, lr=0.1, max_grad_norm=0.01)
+    lin(emb(torch.tensor([1, 2, 5]))).pow(2).sum().backward()
+    norm = torch.nn.utils.get_total_norm([emb.weight.grad.coalesce().values(), *(p.grad for p in lin.parameters())])
+    raw = emb.weight.grad.coalesce().values().clone()
+    opt.step()
+    torch.testing.assert_close(emb.weight.grad.coalesce().values(), raw * (0.01 / (norm + 1e-6)))
