@@ -1,6 +1,7 @@
 // Every fastopt op schema, in one place. Backends register implementations
 // under their dispatch keys (csrc/cpu/*.cpp, csrc/cuda/*_cuda.cpp); the fake
-// (meta) kernels that let torch.compile trace the ops live in fastopt/_ops.py.
+// (meta) kernels that let torch.compile trace the ops live in fastopt/_ops/,
+// the autograd kernels in csrc/autograd/.
 //
 // Mutating multi-tensor ops follow ATen's convention: a trailing underscore,
 // Tensor(x!)[] for every list the op writes, and no return value.

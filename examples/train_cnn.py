@@ -10,7 +10,7 @@ Every comparison runs twice from the same seed, so both stacks start from the
 same weights and see the same batches:
 - torch: torch.nn modules and torch.optim;
 - fastopt: the same model after ``fastopt.nn.convert`` (the modules it
-  replaces are listed; BatchNorm joins them once fastopt has one) and the
+  replaces: BatchNorm, GroupNorm, LayerNorm, Dropout) and the
   optimizer from ``fastopt.optim``.
 
 Runs: AdamW with a linear-warmup + cosine schedule; SGD with Nesterov momentum

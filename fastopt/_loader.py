@@ -25,9 +25,8 @@ def check_torch_version(built: str, running: str) -> None:
         raise ImportError(
             f"fastopt was compiled against torch {built}, but torch {running} is installed. "
             "C++ extensions only load under the torch minor release they were built for; "
-            "rebuild fastopt against this torch with "
-            "`pip install --no-build-isolation --force-reinstall --no-deps fastopt` "
-            "(or from a checkout: `pip install --no-build-isolation .`)."
+            "rebuild fastopt against this torch from its source checkout with "
+            "`pip install --no-build-isolation --force-reinstall --no-deps .`."
         )
 
 

@@ -3,7 +3,8 @@
 Training normalizes with the batch's statistics (``torch.ops.fastopt.batch_norm_fwd``,
 one op for statistics and normalization) and updates the running estimates
 as torch does; evaluation normalizes with the running estimates
-(``batch_norm_apply``). Autograd and fake kernels live in fastopt/_ops/batch_norm.py.
+(``batch_norm_apply``). Autograd is in csrc/autograd/batch_norm_autograd.cpp, fake
+kernels in fastopt/_ops/batch_norm.py.
 """
 
 from __future__ import annotations

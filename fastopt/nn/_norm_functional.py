@@ -1,7 +1,7 @@
 """Functional forms of fastopt's modules.
 
 GroupNorm, LayerNorm and InstanceNorm all run on ``torch.ops.fastopt.group_norm_fwd``
-(autograd and fake kernels in ``fastopt/_ops.py``):
+(autograd in ``csrc/autograd/``, fake kernels in ``fastopt/_ops/norm.py``):
 
 * GroupNorm: x of shape (N, C, *) in G groups of C / G channels;
 * LayerNorm: x as rows of its K trailing elements (the op's
