@@ -218,8 +218,10 @@ def _update_running_stats(
     try:
         new_mean = running_mean.mul(1 - momentum).add_(mean.mean(0).to(running_mean.dtype), alpha=momentum)
         new_var = running_var.mul(1 - momentum).add_(unbiased.mean(0).to(running_var.dtype), alpha=momentum)
-    except RuntimeError as e:  # what torch says in that case
-        raise RuntimeError(
+    except RuntimeError as e:
+        if not torch._C._functorch.is_batchedtensor(mean):  # not vmap (functionalize, say): its own error
+            raise
+        raise RuntimeError(  # what torch says in the vmap case
             "InstanceNorm got a batched tensor as input while the running_mean or running_var, which will "
             "be updated in place, were not batched."
         ) from e
