@@ -114,7 +114,9 @@ class SyncBatchNorm(_FusedBatchNorm, torch.nn.SyncBatchNorm):
     In training, with a process group of more than one process, the batch
     statistics are those of the union of every process's batch, reduced with
     ``torch.distributed.all_reduce`` (gloo for CPU tensors, NCCL for CUDA
-    ones). Otherwise it is a plain BatchNorm, as in torch.
+    ones). Otherwise it is a plain BatchNorm, as in torch. On the CPU,
+    ``DistributedDataParallel`` refuses a model holding any
+    ``torch.nn.SyncBatchNorm``, this subclass included (torch's check).
     """
 
     def forward(self, input: Tensor) -> Tensor:

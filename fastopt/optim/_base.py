@@ -181,7 +181,10 @@ class FusedOptimizer(torch.optim.Optimizer):
         2-norm, as :func:`torch.nn.utils.clip_grad_norm_` followed by the step
         would, with the clip factor applied inside the update and read from
         device memory (no host synchronisation). The clipped gradients are
-        left in ``.grad``, as torch's clipping leaves them.
+        left in ``.grad``, as torch's clipping leaves them. "All parameters"
+        are this optimizer's: as the ``optimizer_class`` of
+        ``ZeroRedundancyOptimizer``, a rank's shard (and so for
+        ``skip_nonfinite``), so clip with ``clip_grad_norm_`` there instead.
         ``skip_nonfinite``: a step whose gradients hold any inf or NaN changes
         nothing (parameters, state, step counters); ``skipped_steps`` counts
         such steps on the device.
