@@ -165,17 +165,16 @@ struct BatchNormEval : torch::autograd::Function<BatchNormEval> {
                                                                const Tensor& mean, const Tensor& invstd,
                                                                const Tensor& weight) {
     const auto opmath = at::toOpMathType(x.scalar_type());
-    std::vector<int64_t> dims, channel_shape(x.dim(), 1);
+    const std::vector<int64_t> shape = channel_shape(x);
+    std::vector<int64_t> dims;  // every dimension but the channels'
     for (int64_t d = 0; d < x.dim(); ++d) {
       if (d != 1) dims.push_back(d);
     }
-    channel_shape[1] = x.size(1);
     const Tensor dy = grad_y.to(opmath);
     const auto dtype = weight.defined() ? weight.scalar_type() : opmath;
     Tensor dw, db;
     if (want_weight) {
-      const Tensor xhat = (x.to(opmath) - mean.to(opmath).reshape(channel_shape)) *
-                          invstd.to(opmath).reshape(channel_shape);
+      const Tensor xhat = (x.to(opmath) - mean.to(opmath).reshape(shape)) * invstd.to(opmath).reshape(shape);
       dw = (dy * xhat).sum(dims).to(dtype);
     }
     if (want_bias) db = dy.sum(dims).to(dtype);

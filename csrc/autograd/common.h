@@ -72,6 +72,14 @@ class BackwardDispatch {
   c10::optional<at::AutoDispatchBelowADInplaceOrView> below_;
 };
 
+// [1, C, 1, ...]: a per-channel [C] tensor's view that broadcasts against x
+// (N, C, *), for the double backwards' recomputations in torch's ops.
+inline std::vector<int64_t> channel_shape(const Tensor& x) {
+  std::vector<int64_t> shape(x.dim(), 1);
+  shape[1] = x.size(1);
+  return shape;
+}
+
 // NOTE: [one differentiable output]
 // torch::autograd::Function pays for every output it returns: metadata, a
 // non-differentiable set, a gradient slot per output in backward, which it

@@ -10,7 +10,6 @@
 #include <torch/library.h>
 
 #include <tuple>
-#include <vector>
 
 #include "common/norm_activation.h"
 
@@ -47,9 +46,7 @@ Tensor group_norm_composite(const Tensor& x, const Tensor& weight, const Tensor&
   } else if (!weight.defined() && bias.defined()) {
     // at::group_norm rejects a bias without a weight, which the functional
     // instance_norm can pass: the bias is added apart.
-    std::vector<int64_t> channel_shape(x.dim(), 1);
-    channel_shape[1] = x.size(1);
-    y = at::group_norm(x, groups, {}, {}, eps, /*cudnn_enabled=*/false) + bias.reshape(channel_shape);
+    y = at::group_norm(x, groups, {}, {}, eps, /*cudnn_enabled=*/false) + bias.reshape(channel_shape(x));
   } else {
     y = at::group_norm(x, groups, optional_of(weight), optional_of(bias), eps, /*cudnn_enabled=*/false);
   }

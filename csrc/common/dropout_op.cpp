@@ -28,10 +28,9 @@ void check_input(const char* op, const char* name, const at::Tensor& t, double p
   // torch's dropout raises RuntimeError for an integer or bool tensor (its
   // float mask cannot be cast to it), and NotImplementedError where its
   // sampling has no kernel for the dtype (complex, float8).
-  TORCH_CHECK(supported || !(c10::isIntegralType(dtype, /*includeBool=*/true)), op,
-              ": supports float32, float64, bfloat16 and float16 tensors, got ", dtype);
-  TORCH_CHECK_NOT_IMPLEMENTED(supported, op, ": supports float32, float64, bfloat16 and float16 tensors, got ",
-                              dtype);
+  constexpr const char* kSupported = ": supports float32, float64, bfloat16 and float16 tensors, got ";
+  TORCH_CHECK(supported || !c10::isIntegralType(dtype, /*includeBool=*/true), op, kSupported, dtype);
+  TORCH_CHECK_NOT_IMPLEMENTED(supported, op, kSupported, dtype);
   TORCH_CHECK_VALUE(p >= 0.0 && p <= 1.0, op,
                     ": dropout probability has to be between 0 and 1, but got ", p);
 }

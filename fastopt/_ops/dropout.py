@@ -9,7 +9,6 @@ from .optim import _in_place_fake
 ops = torch.ops.fastopt
 
 
-
 def _like(x: torch.Tensor) -> torch.Tensor:
     """An output as the ops allocate it (NOTE: [dropout memory format] in
     csrc/common/dropout_op.h): in a channels-last input's format, else contiguous."""
