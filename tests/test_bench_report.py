@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
+import fastopt.optim
 from fastopt.bench import readme, report, runner
 from fastopt.bench.__main__ import main
-from fastopt.bench.suite import FASTOPT, TORCH, Case, Context, Suite
-from fastopt.bench.suites import REGISTRY
+from fastopt.bench.suite import FASTOPT, INVALID, TORCH, Case, Context, Suite
+from fastopt.bench.suites import REGISTRY, optim
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +168,40 @@ def test_failing_case_is_reported_and_the_run_goes_on(monkeypatch: pytest.Monkey
     assert broken_case["error"] == "NotImplementedError: no kernel for this device"
     assert fine_case["summary"]["speedup"] > 0
     assert "error: NotImplementedError" in report.summary_table(payload)
+
+
+class _SkipsBlocksWhenForeach(torch.optim.SGD):
+    """torch's SGD, except that its foreach path leaves the first 4096 elements of each parameter as they were."""
+
+    def step(self, closure=None):  # type: ignore[override]
+        if not self.defaults["foreach"]:
+            return super().step(closure)
+        params = [p for group in self.param_groups for p in group["params"]]
+        kept = [p.detach()[:4096].clone() for p in params]
+        super().step(closure)
+        with torch.no_grad():
+            for p, k in zip(params, kept):
+                p[:4096] = k
+
+
+def test_wrong_torch_path_is_timed_but_never_the_baseline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The optimizer suite probes each torch path; one that skips updates becomes INVALID and is named in the notes."""
+    spec = optim.OptimSpec("SGD", _SkipsBlocksWhenForeach, fastopt.optim.SGD, reads=3, writes=2,
+                           kwargs={"lr": 0.01, "momentum": 0.9}, torch_paths=(optim.FOR_LOOP, optim.FOREACH))  # fmt: skip
+    cpu = torch.device("cpu")
+    assert optim.torch_path_fault(spec, optim.FOR_LOOP, torch.float32, cpu) is None
+    fault = optim.torch_path_fault(spec, optim.FOREACH, torch.float32, cpu)
+    assert fault is not None and fault.startswith("param change off by")
+    monkeypatch.setattr(optim, "SPECS", (spec,))
+    monkeypatch.setattr(optim, "DTYPES", (torch.float32,))
+    monkeypatch.setattr(runner, "load", lambda name: optim.SUITE)
+    payload = runner.run(Context(device=cpu, smoke=True), ["optim"], progress=False)
+    for case in payload["cases"]:
+        contenders = case["contenders"]
+        assert contenders[optim.FOREACH]["role"] == INVALID and contenders[optim.FOR_LOOP]["role"] == TORCH
+        assert case["summary"]["best_torch"] == optim.FOR_LOOP
+    wrong = payload["notes"]["optim"]["torch paths left out as wrong (timed, never the baseline)"]
+    assert list(wrong) == [f"SGD(lr=0.01, momentum=0.9) float32 {optim.FOREACH}"]
 
 
 def test_unknown_suite_is_refused() -> None:

@@ -142,7 +142,7 @@ def run(ctx: Context, suite_names: Sequence[str] | None = None, progress: bool =
         "settings": {"quick": ctx.quick, "smoke": ctx.smoke, "peers": ctx.peers, "suites": names,
                      "bandwidth_reps": bandwidth_reps,
                      "bytes": "minimal traffic: each input read once, each output written once",
-                     "roles": {"fastopt": FASTOPT, "torch": TORCH, "other": ["peer", "extra", "reference"]}},
+                     "roles": {"fastopt": FASTOPT, "torch": TORCH, "other": ["peer", "extra", "reference", "invalid"]}},
         "bandwidth": dataclasses.asdict(bandwidth),
         "suites": {s.name: s.title for s in suites},
         "cases": records,

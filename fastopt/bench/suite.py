@@ -23,11 +23,15 @@ from .harness import Call, cuda_graph_replay
 # Contender roles. The table compares the fastopt contender with the fastest
 # torch contender; peers (other libraries) and extras (fastopt variants,
 # reference copies) are timed in the same round-robin and kept in the JSON.
+# A torch path that a suite found computing wrong results in the installed
+# torch is INVALID: still timed and kept, never the one compared against
+# (skipping work makes a kernel fast, not a fair baseline).
 FASTOPT = "fastopt"
 TORCH = "torch"
 PEER = "peer"
 EXTRA = "extra"
 REFERENCE = "reference"
+INVALID = "invalid"
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,7 @@ class Case:
     ``setup()`` builds the inputs and returns one zero-argument callable per
     contender, each doing the case's work once on its own copy of identical
     inputs. ``roles`` maps each contender name to FASTOPT (exactly one),
-    TORCH, PEER, EXTRA or REFERENCE. ``nbytes`` is the minimal traffic of one
+    TORCH, PEER, EXTRA, REFERENCE or INVALID. ``nbytes`` is the minimal traffic of one
     call (each input read once, each output written once); ``nbytes_of``
     overrides it for contenders that do different work (a reference copy).
     ``params`` are facts recorded in the JSON (dtype, shapes, hyperparameters).
@@ -126,7 +130,7 @@ def graph_replayed(case: Case) -> Case:
     :func:`~fastopt.bench.harness.cuda_graph_replay`), which is what a
     bandwidth fraction should be taken of, and what a model under CUDA graphs
     (``torch.compile(mode="reduce-overhead")``, or captured by hand) gets.
-    Extras and references are left out: each kept contender holds a graph
+    Extras, references and invalid paths are left out: each kept contender holds a graph
     and its memory pool. A contender that cannot be captured fails the case,
     which the report records as an error row.
     """

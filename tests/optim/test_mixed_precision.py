@@ -21,6 +21,7 @@ from .reference import (
     EVERY_OPTIMIZER,
     EVERY_OPTIMIZER_IDS,
     assert_same_state,
+    check_16bit_storage_float32_math,
     clone_params,
     make_params,
     random_grads,
@@ -41,6 +42,13 @@ def _reference_norm(grads: list[torch.Tensor], p: float) -> torch.Tensor:
     # (torch refuses the inf norms of empty tensors; they contribute nothing)
     norms = [torch.linalg.vector_norm(g.double(), p) for g in grads if g.numel() > 0]
     return torch.linalg.vector_norm(torch.stack(norms), p)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize(("ours_cls", "ref_cls", "config"), EVERY_OPTIMIZER, ids=EVERY_OPTIMIZER_IDS)
+def test_16bit_params_get_float32_math(ours_cls, ref_cls, config, dtype, device):
+    """A 16-bit step loads, computes in float32 and rounds once per store, unlike torch's for-loop and foreach paths."""
+    check_16bit_storage_float32_math(ours_cls, ref_cls, dtype, device, config)
 
 
 @pytest.mark.parametrize("norm_type", [2.0, 1.0, 3.0, 0.5, math.inf, -math.inf, 0.0])

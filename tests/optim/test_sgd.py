@@ -11,6 +11,7 @@ from fastopt.optim import SGD
 from .reference import (
     assert_same_state,
     assert_same_validation_error,
+    check_16bit_storage_float32_math,
     check_closure,
     check_complex_params,
     check_grad_scale_and_found_inf,
@@ -51,6 +52,12 @@ def test_matches_torch(config, dtype, device):
 @pytest.mark.parametrize("config", [{"momentum": 0.9, "weight_decay": 0.1}, {"momentum": 0.9, "nesterov": True}], ids=repr)
 def test_low_precision_error_within_twice_torch(dtype, config, device):
     check_low_precision(SGD, torch.optim.SGD, dtype, device, {"lr": 0.05, **config})
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("config", [{"momentum": 0.9, "weight_decay": 0.1}, {"momentum": 0.9, "nesterov": True}, {"momentum": 0.9, "dampening": 0.5, "maximize": True}], ids=repr)
+def test_low_precision_is_float32_math(dtype, config, device):
+    check_16bit_storage_float32_math(SGD, torch.optim.SGD, dtype, device, {"lr": 0.05, **config})
 
 
 def test_is_a_torch_optimizer():

@@ -19,7 +19,7 @@ import torch
 import fastopt.optim
 
 from ..harness import Call
-from ..suite import EXTRA, FASTOPT, PEER, TORCH, Case, Context, Suite, dtype_name
+from ..suite import EXTRA, FASTOPT, INVALID, PEER, TORCH, Case, Context, Suite, dtype_name
 
 Shape = tuple[int, ...]
 OptimizerFactory = Callable[[list[torch.Tensor]], torch.optim.Optimizer]
@@ -37,12 +37,14 @@ DEEPSPEED = "DeepSpeed CPUAdam"
 # for-loop on CPU and foreach on CUDA.
 TORCH_DEFAULT = {"cpu": FOR_LOOP, "cuda": FOREACH}
 
+DTYPES = (torch.float32, torch.bfloat16)
+
 # ResNet-50's stem width is 64; 40 keeps every channel count a multiple of 8
 # and brings the total from 25.6M down to about 10M parameters.
 RESNET_BASE_WIDTH = 40
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # hashed by identity: a spec keys torch_path_fault's cache
 class OptimSpec:
     """One benchmarked optimizer configuration.
 
@@ -193,14 +195,77 @@ def _with_update_ratios(spec: OptimSpec, params: list[torch.Tensor]) -> torch.op
     return opt
 
 
-def contenders(spec: OptimSpec, ctx: Context) -> tuple[dict[str, OptimizerFactory], dict[str, str]]:
-    """Optimizer factories per contender, all with the spec's hyperparameters, and their roles."""
-    path_kwargs = {FOR_LOOP: {"foreach": False}, FOREACH: {"foreach": True}, FUSED: {"fused": True}}
-    paths = [p for p in spec.torch_paths if p != FUSED or ctx.device.type in spec.fused_devices]
+PATH_KWARGS = {FOR_LOOP: {"foreach": False}, FOREACH: {"foreach": True}, FUSED: {"fused": True}}
+
+# A torch path is a baseline only if it gets the update right. Each
+# (optimizer, dtype, path) is checked once per process: PROBE_STEPS steps on a
+# PROBE_NUMEL-element parameter (whole SIMD blocks and a tail) against torch's
+# for-loop in float64, started from the same rounded values and fed the same
+# gradients. The check is for gross faults (updates skipped, state written
+# with garbage), not rounding: it fails a path whose parameter change or any
+# state tensor is off by more than PROBE_TOLERANCE times that tensor's
+# largest magnitude. On torch 2.13 (CPU) every correct float32 and bf16 path,
+# and fastopt, stays under 0.05 (bf16 AdamW's for-loop param change: 0.047).
+# torch 2.13's fused CPU SGD in bf16 and fp16 is off by 100%: it skips the
+# update of every whole SIMD block (pytorch/pytorch#191763, fixed after 2.13).
+PROBE_NUMEL = 4099
+PROBE_STEPS = 3
+PROBE_TOLERANCE = 0.25
+
+
+def _probe_run(make: OptimizerFactory, dtype: torch.dtype, rounded_to: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+    """The parameter's change and float state after the probe's steps in ``dtype``, as float64.
+
+    The starting values and gradients are rounded to ``rounded_to`` first, so
+    that the float64 reference sees exactly the values the probed run sees.
+    """
+    gen = torch.Generator().manual_seed(0)
+    # Small params and unit grads: the change, not the rounding of the param, dominates.
+    start = (torch.randn(PROBE_NUMEL, generator=gen) * 1e-2).to(rounded_to)
+    grads = [torch.randn(PROBE_NUMEL, generator=gen).to(rounded_to) for _ in range(PROBE_STEPS)]
+    p = start.to(device, dtype, copy=True).requires_grad_()
+    opt = make([p])
+    for g in grads:
+        p.grad = g.to(device, dtype)
+        opt.step()
+    out = {"param change": p.detach().double().cpu() - start.double()}
+    for key, value in opt.state[p].items():
+        if torch.is_tensor(value) and value.is_floating_point() and value.numel() == PROBE_NUMEL:
+            out[key] = value.double().cpu()
+    return out
+
+
+@functools.cache
+def torch_path_fault(spec: OptimSpec, path: str, dtype: torch.dtype, device: torch.device) -> str | None:
+    """Why torch's ``path`` for ``spec`` computes wrong results in ``dtype`` (see PROBE_*), or None."""
+    try:
+        probed = _probe_run(functools.partial(spec.torch_cls, **spec.kwargs, **PATH_KWARGS[path]), dtype, dtype, device)
+    except Exception:  # noqa: BLE001 -- a path that raises fails its case's timing, which reports it
+        return None
+    ref = _probe_run(functools.partial(spec.torch_cls, **spec.kwargs, foreach=False), torch.float64, dtype, device)
+    for name, want in ref.items():
+        got = probed.get(name)
+        err = math.inf if got is None else ((got - want).abs().max() / want.abs().max()).item()
+        if not err <= PROBE_TOLERANCE:  # also catches NaN
+            return f"{name} off by {err:.0%} of its largest value after {PROBE_STEPS} steps, against torch's for-loop in float64"
+    return None
+
+
+def torch_paths(spec: OptimSpec, ctx: Context) -> list[str]:
+    """The torch paths of ``spec`` that exist on ``ctx.device``."""
+    return [p for p in spec.torch_paths if p != FUSED or ctx.device.type in spec.fused_devices]
+
+
+def contenders(spec: OptimSpec, dtype: torch.dtype, ctx: Context) -> tuple[dict[str, OptimizerFactory], dict[str, str]]:
+    """Optimizer factories per contender, all with the spec's hyperparameters, and their roles.
+
+    A torch path that fails torch_path_fault in ``dtype`` is INVALID: timed, never the baseline.
+    """
+    paths = torch_paths(spec, ctx)
     factories: dict[str, OptimizerFactory] = {
-        path: functools.partial(spec.torch_cls, **spec.kwargs, **path_kwargs[path]) for path in paths
+        path: functools.partial(spec.torch_cls, **spec.kwargs, **PATH_KWARGS[path]) for path in paths
     }
-    roles = {path: TORCH for path in paths}
+    roles = {path: INVALID if torch_path_fault(spec, path, dtype, ctx.device) else TORCH for path in paths}
     factories["fastopt"] = functools.partial(spec.fastopt_cls, **spec.kwargs)
     roles["fastopt"] = FASTOPT
     factories[WITH_RATIOS] = functools.partial(_with_update_ratios, spec)
@@ -215,10 +280,10 @@ def contenders(spec: OptimSpec, ctx: Context) -> tuple[dict[str, OptimizerFactor
 
 def cases(ctx: Context) -> list[Case]:
     result = []
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype in DTYPES:
         element_size = torch.empty((), dtype=dtype).element_size()
         for spec in SPECS:
-            factories, roles = contenders(spec, ctx)
+            factories, roles = contenders(spec, dtype, ctx)
             for layout, shapes in layouts(ctx).items():
 
                 def setup(shapes=shapes, dtype=dtype, factories=factories) -> dict[str, Call]:
@@ -253,6 +318,15 @@ def notes(ctx: Context) -> dict[str, object]:
         "torch_default_path": TORCH_DEFAULT.get(ctx.device.type, FOR_LOOP),
         "hyperparameters": "torch defaults, plus each case's hyperparameters",
     }
+    faults = {
+        f"{spec.label} {dtype_name(dtype)} {path}": fault
+        for dtype in DTYPES
+        for spec in SPECS
+        for path in torch_paths(spec, ctx)
+        if (fault := torch_path_fault(spec, path, dtype, ctx.device))
+    }
+    if faults:
+        facts["torch paths left out as wrong (timed, never the baseline)"] = faults
     if ctx.peers:
         facts["deepspeed_cpu_adam"] = deepspeed_status() if ctx.device.type == "cpu" else "CPU only; not run on CUDA"
     return facts
