@@ -129,6 +129,20 @@ def _compare_step(ours, ref, x, grad):
     return got
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_every_plane_tail_length(device, dtype):
+    """Planes of 1 to 33 elements: every remainder after the SIMD blocks (up to 32 bf16 lanes).
+
+    Channels-first statistics, backward sums and the affine pass end each
+    plane in the scalar tail of the SIMD loops (norm_loops.h); a tail that is
+    skipped, doubled or read past the plane shows at one of these lengths.
+    """
+    for S in range(1, 34):
+        shape = (3, 4, 1, S)
+        ours, ref = _module_pair(shape, device, dtype)
+        _compare_step(ours, ref, _input(shape, torch.contiguous_format, device, dtype), torch.randn(shape, device=device, dtype=dtype))
+
+
 @pytest.mark.parametrize("shape,fmt", CASES, ids=CASE_IDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize(

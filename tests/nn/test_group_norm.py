@@ -64,6 +64,24 @@ def test_matches_torch_fp64(device, shape, groups_of, channels_last, activation)
     assert y.is_contiguous(memory_format=fmt) and grads[0].is_contiguous(memory_format=fmt)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_every_plane_tail_length(device, dtype):
+    """Planes of 1 to 33 elements: every remainder after the SIMD blocks (up to 32 bf16 lanes).
+
+    Each channels-first plane ends in the scalar tail of the SIMD loops
+    (norm_loops.h); a tail that is skipped, doubled or read past the plane
+    shows at one of these lengths, under each CPU kernel variant.
+    """
+    # float32: its own default tolerance; bf16: an output rounds once, its gradients sum S of them
+    tol = {torch.float32: {"rtol": 1.3e-6, "atol": 1e-5}, torch.bfloat16: {"rtol": 2e-2, "atol": 2e-2}}.get(dtype, {})
+    for S in range(1, 34):
+        x, w, b, grad = _inputs((2, 4, 1, S), 2, dtype, False, device)
+        ours = _run(lambda x, w, b: FF.group_norm(x, 2, w, b, 1e-5, "silu"), x, w, b, grad)
+        exact = _run(lambda x, w, b: F.silu(F.group_norm(x, 2, w, b, 1e-5)), *(t.double() for t in (x, w, b)), grad.double())
+        for got, ref in zip([ours[0], *ours[1]], [exact[0], *exact[1]]):
+            torch.testing.assert_close(got.double(), ref, **tol, msg=lambda m: f"S={S}: {m}")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_low_precision_within_twice_torch_error(device, dtype, channels_last):
