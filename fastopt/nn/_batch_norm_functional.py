@@ -34,6 +34,39 @@ def check_per_channel(t: Optional[Tensor], name: str, channels: int, repeats: in
         raise RuntimeError(f"{name} should contain {channels * repeats} elements not {t.numel() * repeats}")
 
 
+# c10's names of the dtypes, as ATen's messages print them.
+_SCALAR_TYPE_NAMES = {torch.float32: "Float", torch.float64: "Double", torch.bfloat16: "BFloat16", torch.float16: "Half"}
+
+
+def check_param_dtypes(input: Tensor, *params: Optional[Tensor], checked_first: tuple[Optional[Tensor], ...] = ()) -> None:
+    """ATen's dtype rule for a CPU normalization's per-channel tensors, with its RuntimeErrors.
+
+    They share the input's dtype, except that a bfloat16 or float16 input may
+    take float32 ones ("mixed type"); whether a call is mixed is decided by
+    the first of ``params`` given. Otherwise the first tensor of another dtype
+    than the input's is named, looking at ``checked_first`` before ``params``
+    (batch_norm in training looks at its running estimates first). The kernels would
+    compute any combination in the input's arithmetic type, but torch refuses
+    these on the CPU, and a drop-in refuses what torch refuses. Other devices
+    are left to their ops.
+    """
+    if input.device.type != "cpu":
+        return
+    given = [p for p in params if p is not None]
+    if not given:
+        return
+    if given[0].dtype != input.dtype:
+        if any(p.dtype != torch.float32 for p in given):
+            raise RuntimeError("mixed dtype (CPU): expect parameter to have scalar type of Float")
+        if input.dtype not in (torch.bfloat16, torch.float16):
+            raise RuntimeError("mixed dtype (CPU): all inputs must share same datatype.")
+        return
+    for p in (*(t for t in checked_first if t is not None), *given):
+        if p.dtype != input.dtype:
+            expected, found = (_SCALAR_TYPE_NAMES.get(d, str(d)) for d in (input.dtype, p.dtype))
+            raise RuntimeError(f"expected scalar type {expected} but found {found}")
+
+
 def _check_input(
     input: Tensor,
     running_mean: Optional[Tensor],
@@ -57,6 +90,9 @@ def _check_input(
         check_per_channel(stat, name, channels)
     check_per_channel(weight, "weight", channels)
     check_per_channel(bias, "bias", channels)
+    # Training looks at the running estimates first, evaluation at weight and bias first.
+    first = (running_mean, running_var) if training else ()
+    check_param_dtypes(input, weight, bias, running_mean, running_var, checked_first=first)
     return channels
 
 

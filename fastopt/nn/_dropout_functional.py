@@ -51,6 +51,21 @@ def _check_p(p: float) -> None:
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
 
 
+def _check_training(training: bool, op: str, inplace: bool) -> None:
+    """torch's argument parser's check that ``training`` is a bool, a TypeError naming ATen's ``op``.
+
+    Only a real bool passes (not an int, a numpy bool or a tensor): torch
+    refuses the rest rather than guess a truth value.
+    """
+    if not isinstance(training, bool):
+        # The parser prints the C type name: a class's own name ("Tensor"), a
+        # static extension type's dotted one ("numpy.bool").
+        cls = type(training)
+        heap_type = bool(cls.__flags__ & (1 << 9))  # Py_TPFLAGS_HEAPTYPE
+        name = cls.__name__ if heap_type or cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__name__}"
+        raise TypeError(f"{op}{'_' if inplace else ''}(): argument 'train' (position 3) must be bool, not {name}")
+
+
 def _check_p_like_aten(p: float) -> None:
     """ATen's range check, which is what rejects a NaN (every comparison with it is False).
 
@@ -138,6 +153,7 @@ def dropout(
     """
     _check_p(p)
     check_mask_mode(mask)
+    _check_training(training, "dropout", inplace)
     _check_p_like_aten(p)
     if not training:
         return input
@@ -148,6 +164,7 @@ def _feature_dropout(
     input: Tensor, p: float, training: bool, inplace: bool, generator: torch.Generator | None
 ) -> Tensor:
     """Channel-wise dropout: one mask entry per ``input[n, c]``, like ATen's feature_dropout."""
+    _check_training(training, "feature_dropout", inplace)
     _check_p_like_aten(p)
     if not training:
         return input
@@ -297,6 +314,7 @@ def dropout_add(
     ``p=0``, the result is ``(x + bias) + residual``.
     """
     _check_p(p)
+    _check_training(training, "dropout", False)
     _check_p_like_aten(p)  # a NaN fails as in dropout
     if training and p != 0.0 and _fuses(x, residual, bias):
         return _ops.ops.dropout_add(x, residual, bias, _draw_seed(x, generator), p)

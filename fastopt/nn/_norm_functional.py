@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from ._batch_norm_functional import check_per_channel, check_stats_pair
+from ._batch_norm_functional import check_param_dtypes, check_per_channel, check_stats_pair
 from ._torch_function import dispatches_torch_function, warn_shape_constant
 
 # Codes of the op's `activation` argument.
@@ -86,6 +86,7 @@ def _check_group_norm_args(input: Tensor, num_groups: int, weight: Optional[Tens
                 f"Expected {name} to be a vector of size equal to the number of channels in input, but got "
                 f"{name} of shape {list(param.shape)} and input of shape {list(input.shape)}"
             )
+    check_param_dtypes(input, weight, bias)
 
 
 @dispatches_torch_function
@@ -147,6 +148,7 @@ def _check_layer_norm_args(
             f"Given normalized_shape={list(shape)}, expected input with shape [*, "
             f"{', '.join(str(s) for s in shape)}], but got input of size{list(input.shape)}"
         )
+    check_param_dtypes(input, weight, bias)
 
 
 @dispatches_torch_function
@@ -186,6 +188,13 @@ def _check_instance_norm_args(input: Tensor, tensors: dict[str, Optional[Tensor]
     check_stats_pair(tensors["running_mean"], tensors["running_var"])
     for name, t in tensors.items():
         check_per_channel(t, name, input.size(1), repeats=input.size(0))
+    # torch 2.13's instance_norm takes running estimates of any dtype, so only
+    # weight and bias are checked; but given running estimates and a bias
+    # without a weight, it refuses a float32 bias for another input dtype as if
+    # a weight of the input's dtype followed the bias.
+    weight, bias = tensors["weight"], tensors["bias"]
+    stand_in = weight is None and bias is not None and tensors["running_mean"] is not None
+    check_param_dtypes(input, weight, bias, *([input.new_empty(0)] if stand_in else []))
 
 
 @torch.no_grad()

@@ -27,6 +27,57 @@ def _away_from_zero(*shape: int, device: str, dtype: torch.dtype = torch.float32
     return (torch.rand(shape, device=device) + 1).to(dtype)
 
 
+# --- Normalization: dtypes of the per-channel tensors (CPU) -----------------------
+
+_NORM_DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+_NORM_CALLS: dict[str, Callable[..., Any]] = {
+    "batch_norm train": lambda F, x, w, b, r: F.batch_norm(x, r, None if r is None else r + 1, w, b, True),
+    "batch_norm eval": lambda F, x, w, b, r: F.batch_norm(
+        x, torch.zeros(4, dtype=x.dtype if r is None else r.dtype), torch.ones(4, dtype=x.dtype if r is None else r.dtype), w, b, False
+    ),
+    "group_norm": lambda F, x, w, b, r: F.group_norm(x, 2, w, b),
+    "layer_norm": lambda F, x, w, b, r: F.layer_norm(x, (3,), None if w is None else w[:3], None if b is None else b[:3]),
+    "instance_norm": lambda F, x, w, b, r: F.instance_norm(x, r, None if r is None else r + 1, w, b),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("call", list(_NORM_CALLS))
+def test_norm_param_dtypes_match_torch_on_cpu(call):
+    """Every (input, weight, bias, running stats) dtype combination: torch's result dtype or its error.
+
+    torch's CPU norms take per-channel tensors of the input's dtype, or float32
+    ones for a 16-bit input, and refuse the rest with RuntimeErrors whose
+    wording depends on which tensor comes first; fastopt's kernels could
+    compute them all, but a drop-in refuses what torch refuses.
+    """
+    fn = _NORM_CALLS[call]
+    x0 = torch.randn(2, 4, 3, 3)
+    for xd in _NORM_DTYPES:
+        for wd in [None, *_NORM_DTYPES]:
+            for bd in [None, *_NORM_DTYPES]:
+                for rd in [None, *_NORM_DTYPES] if "layer" not in call and "group" not in call else [None]:
+                    x = x0.to(xd)
+                    w = None if wd is None else torch.rand(4, dtype=wd) + 0.5
+                    b = None if bd is None else torch.randn(4, dtype=bd)
+                    r = None if rd is None else torch.zeros(4, dtype=rd)
+                    try:
+                        expected = fn(torch.nn.functional, x, w, b, None if r is None else r.clone())
+                    except RuntimeError:
+                        assert_same_functional_error(fn, x, w, b, None if r is None else r.clone())
+                        continue
+                    got = fn(FF, x, w, b, None if r is None else r.clone())
+                    assert got.dtype == expected.dtype, (xd, wd, bd, rd)
+
+
+@pytest.mark.parametrize("training", [None, 0, 1, 1.0, "yes", torch.tensor(True)], ids=repr)
+@pytest.mark.parametrize("name", ["dropout", "dropout1d", "dropout2d", "dropout3d"])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_dropout_training_must_be_a_bool(name, training, inplace):
+    """torch's argument parser refuses a non-bool ``training`` with a TypeError naming ATen's op."""
+    x = torch.randn((2, 3, 4, 4, 4)[: {"dropout": 2, "dropout1d": 3, "dropout2d": 4, "dropout3d": 5}[name]])
+    assert_same_functional_error(lambda F, x: getattr(F, name)(x, 0.5, training=training, inplace=inplace), x)
+
+
 # --- BatchNorm: eps, and the running estimates -----------------------------------
 
 
