@@ -141,9 +141,10 @@ def test_ema(device, dtype):
     torch.library.opcheck(torch.ops.fastopt.ema_.default, (shadow, params), dict(decay=0.9))
 
 
-# Dropout: an odd size that is not a multiple of a Philox block, a
-# non-contiguous input (a transposed view), an empty one and a channels-last
-# one (whose result keeps the format: the fake kernels must agree).
+# Dropout: an odd size that is not a multiple of a Philox block, dense
+# non-contiguous inputs (a transposed view, a channels-last tensor: their
+# results keep their strides, and the fake kernels must agree), one with gaps
+# (a contiguous result) and an empty one.
 @pytest.mark.parametrize(
     "make",
     [
@@ -151,6 +152,7 @@ def test_ema(device, dtype):
         lambda d: torch.randn(19, 7, device=d).t(),
         lambda d: torch.randn(0, 3, device=d),
         lambda d: torch.randn(2, 3, 4, 5, device=d).contiguous(memory_format=torch.channels_last),
+        lambda d: torch.randn(7, 38, device=d)[:, ::2],
     ],
 )
 def test_dropout(device, make):

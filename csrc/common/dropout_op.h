@@ -76,23 +76,20 @@ using DropoutAllocFn = at::Tensor (*)(const at::Tensor& like);
 template <DropoutRunFn RUN, DropoutAllocFn EMPTY_LIKE, c10::DeviceType DEVICE>
 struct DropoutOps {
   // NOTE: [dropout memory format]
-  // torch's dropout returns a channels-last input's result in channels-last
-  // format, and the next layer (a channels-last convolution) relies on it.
-  // The kernels work in the logical element order (NOTE: [dropout stream]),
-  // so such an input is computed in a contiguous copy and the result copied
-  // back to the input's format: two passes more than a contiguous input,
-  // which a native channels-last kernel would save (not written yet). Other
-  // strided inputs give a contiguous result. fastopt/_ops/dropout.py's fake
-  // kernels mirror this.
+  // torch's dropout returns the result of a dense input (no gaps, no
+  // overlap) in that input's strides: a channels-last input's result is
+  // channels-last, which the next layer (a channels-last convolution) relies
+  // on, and a transposed one's is transposed. The kernels work in the logical
+  // element order (NOTE: [dropout stream]), so such an input is computed in
+  // a contiguous copy and the result copied back to the input's strides: two
+  // passes more than a contiguous input, which a native strided kernel would
+  // save (not written yet). Inputs with gaps give a contiguous result, as
+  // torch's do. fastopt/_ops/dropout.py's fake kernels mirror this.
   static at::Tensor in_format_of(const at::Tensor& x, const at::Tensor& out) {
-    for (const auto format : {at::MemoryFormat::ChannelsLast, at::MemoryFormat::ChannelsLast3d}) {
-      if (!x.is_contiguous() && x.is_contiguous(format)) {
-        at::Tensor shaped = EMPTY_LIKE(x);  // x's strides: x is dense
-        shaped.copy_(out);
-        return shaped;
-      }
-    }
-    return out;
+    if (x.is_contiguous() || !x.is_non_overlapping_and_dense()) return out;
+    at::Tensor shaped = EMPTY_LIKE(x);  // x's strides: x is dense
+    shaped.copy_(out);
+    return shaped;
   }
 
   // group is a SymInt as in the autograd kernel (csrc/autograd/dropout_autograd.cpp),

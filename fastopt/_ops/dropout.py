@@ -6,15 +6,26 @@ import torch
 
 from .optim import _in_place_fake
 
+
+def _dense(x: torch.Tensor) -> bool:
+    """ATen's is_non_overlapping_and_dense (not a Python Tensor method): sorted by
+    stride, each dim of size > 1 steps over exactly the dims inside it."""
+    expected = 1
+    for stride, size in sorted((st, n) for n, st in zip(x.shape, x.stride()) if n != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
 ops = torch.ops.fastopt
 
 
 def _like(x: torch.Tensor) -> torch.Tensor:
     """An output as the ops allocate it (NOTE: [dropout memory format] in
-    csrc/common/dropout_op.h): in a channels-last input's format, else contiguous."""
-    for fmt in (torch.channels_last, torch.channels_last_3d):
-        if not x.is_contiguous() and x.is_contiguous(memory_format=fmt):
-            return torch.empty_like(x, memory_format=fmt)
+    csrc/common/dropout_op.h): in a dense input's strides, else contiguous."""
+    if not x.is_contiguous() and _dense(x):
+        return torch.empty_like(x)  # preserve_format keeps a dense tensor's strides
     return x.new_empty(x.shape)
 
 

@@ -70,30 +70,44 @@ def test_mask_follows_logical_index(device):
     assert torch.equal(y, y_ref)
 
 
-@pytest.mark.parametrize(
-    "shape,fmt", [((2, 3, 4, 5), torch.channels_last), ((2, 3, 2, 4, 5), torch.channels_last_3d)], ids=["2d", "3d"]
-)
+def _permuted_storage(x: torch.Tensor, order: tuple[int, ...]) -> torch.Tensor:
+    """``x``'s values, stored with dims in ``order`` (outermost first): a dense, non-contiguous tensor."""
+    inverse = sorted(range(len(order)), key=order.__getitem__)
+    return x.permute(order).contiguous().permute(inverse)
+
+
+# (shape, relayout): dense non-contiguous inputs, whose result torch gives in their strides.
+DENSE_LAYOUTS = {
+    "channels_last": ((2, 3, 4, 5), lambda x: x.contiguous(memory_format=torch.channels_last)),
+    "channels_last_3d": ((2, 3, 2, 4, 5), lambda x: x.contiguous(memory_format=torch.channels_last_3d)),
+    "batch_innermost": ((2, 3, 4, 5), lambda x: _permuted_storage(x, (1, 2, 3, 0))),
+    "transposed_3d": ((4, 3, 5), lambda x: _permuted_storage(x, (2, 1, 0))),
+}
+
+
+@pytest.mark.parametrize(("shape", "relayout"), DENSE_LAYOUTS.values(), ids=list(DENSE_LAYOUTS))
 @pytest.mark.parametrize(
     "call",
     [
         lambda x, g: F.dropout(x, 0.5, generator=g),
         lambda x, g: F.dropout(x, 0.5, generator=g, mask="bits"),
-        lambda x, g: F.dropout2d(x, 0.5, generator=g) if x.dim() == 4 else F.dropout3d(x, 0.5, generator=g),
+        lambda x, g: {3: F.dropout1d, 4: F.dropout2d, 5: F.dropout3d}[x.dim()](x, 0.5, generator=g),
         lambda x, g: F.dropout_add(x, x.flip(0), 0.5, generator=g),
     ],
     ids=["dropout", "bits", "channel-wise", "dropout_add"],
 )
-def test_channels_last_keeps_its_memory_format(device, shape, fmt, call):
-    """As torch's dropout (NOTE: [dropout memory format]): the contiguous input's values, in the input's format."""
+def test_dense_input_keeps_its_strides(device, shape, relayout, call):
+    """As torch's dropout (NOTE: [dropout memory format]): the contiguous input's values, in the input's strides."""
     x = _nonzero_randn(*shape, device=device)
-    leaf, leaf_ref = x.contiguous(memory_format=fmt).requires_grad_(), x.clone().requires_grad_()
+    leaf, leaf_ref = relayout(x).requires_grad_(), x.clone().requires_grad_()
+    assert not leaf.is_contiguous()
     y, y_ref = call(leaf, _gen(device, 2)), call(leaf_ref, _gen(device, 2))
-    assert y.is_contiguous(memory_format=fmt) and not y.is_contiguous()
+    assert y.stride() == leaf.stride()
     assert torch.equal(y, y_ref)
-    # A channels-last gradient: dx keeps the format too, with the same mask.
+    # A gradient in those strides: dx keeps them too, with the same mask.
     y.backward(torch.ones_like(y))
     y_ref.backward(torch.ones_like(y_ref))
-    assert leaf.grad.is_contiguous(memory_format=fmt)
+    assert leaf.grad.stride() == leaf.stride()
     assert torch.equal(leaf.grad, leaf_ref.grad)
 
 
