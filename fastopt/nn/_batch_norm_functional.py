@@ -50,8 +50,8 @@ def check_param_dtypes(input: Tensor, *params: Optional[Tensor], checked_first: 
     these on the CPU, and a drop-in refuses what torch refuses. Other devices
     are left to their ops.
     """
-    if input.device.type != "cpu":
-        return
+    if input.device.type != "cpu" or not input.is_floating_point():
+        return  # an integer or complex input is refused by the op, as by torch (NotImplementedError)
     given = [p for p in params if p is not None]
     if not given:
         return

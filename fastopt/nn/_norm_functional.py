@@ -265,6 +265,10 @@ def instance_norm(
             input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps
         )
     torch.nn.functional._verify_spatial_size(input.size())  # torch's ValueError
+    if input.size(0) == 0 and (weight is not None or bias is not None):
+        # torch repeats weight and bias per sample, and an empty batch leaves
+        # nothing for its kernel to index.
+        raise IndexError("select(): index 0 out of range for tensor of size [0] at dimension 0")
     _check_instance_norm_args(
         input, {"running_mean": running_mean, "running_var": running_var, "weight": weight, "bias": bias}
     )

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from ._batch_norm_functional import SyncBatchNormFunction, batch_norm
+from ._scripting import ScriptsAsTorch
 from ._torch_function import dispatches_torch_function, fx_tracing
 
 
@@ -67,7 +68,7 @@ def _batch_norm_module(
     return batch_norm(input, running_mean, running_var, weight, bias, use_batch_stats, factor, eps)
 
 
-class _FusedBatchNorm:
+class _FusedBatchNorm(ScriptsAsTorch):
     """Mixin with the forward of torch's ``_BatchNorm`` on fastopt's kernels."""
 
     def _module_args(self) -> tuple:
@@ -125,6 +126,9 @@ class SyncBatchNorm(_FusedBatchNorm, torch.nn.SyncBatchNorm):
             return _batch_norm_module(input, *self._module_args())
         self._check_input_dim(input)
         self._check_non_zero_input_channels(input)
+        if self.training and self.track_running_stats and self.num_batches_tracked is None:
+            # torch's SyncBatchNorm asserts this, where BatchNorm quietly skips the count.
+            raise AssertionError("num_batches_tracked must not be None")
         group, world_size = self._sync_group()
         if world_size <= 1:
             return _batch_norm_module(input, *self._module_args())

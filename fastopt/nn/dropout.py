@@ -12,11 +12,12 @@ from torch import Tensor
 
 from . import functional as F
 from ._dropout_functional import check_mask_mode
+from ._scripting import ScriptsAsTorch
 
 __all__ = ["Dropout", "Dropout1d", "Dropout2d", "Dropout3d"]
 
 
-class Dropout(torch.nn.Dropout):
+class Dropout(torch.nn.Dropout, ScriptsAsTorch):
     """:class:`torch.nn.Dropout` whose mask is regenerated in backward, not saved.
 
     Same arguments as torch's module, plus ``mask``: ``"recompute"`` (default)
@@ -39,21 +40,21 @@ class Dropout(torch.nn.Dropout):
         return extra if self.mask == "recompute" else f"{extra}, mask={self.mask!r}"
 
 
-class Dropout1d(torch.nn.Dropout1d):
+class Dropout1d(torch.nn.Dropout1d, ScriptsAsTorch):
     """:class:`torch.nn.Dropout1d` (channel-wise) on fastopt's kernels."""
 
     def forward(self, input: Tensor) -> Tensor:
         return F.dropout1d(input, self.p, self.training, self.inplace)
 
 
-class Dropout2d(torch.nn.Dropout2d):
+class Dropout2d(torch.nn.Dropout2d, ScriptsAsTorch):
     """:class:`torch.nn.Dropout2d` (channel-wise) on fastopt's kernels."""
 
     def forward(self, input: Tensor) -> Tensor:
         return F.dropout2d(input, self.p, self.training, self.inplace)
 
 
-class Dropout3d(torch.nn.Dropout3d):
+class Dropout3d(torch.nn.Dropout3d, ScriptsAsTorch):
     """:class:`torch.nn.Dropout3d` (channel-wise) on fastopt's kernels."""
 
     def forward(self, input: Tensor) -> Tensor:

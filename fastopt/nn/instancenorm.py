@@ -11,10 +11,11 @@ import torch
 from torch import Tensor
 
 from . import functional as F
+from ._scripting import ScriptsAsTorch
 from ._torch_function import fx_tracing
 
 
-class _FusedInstanceNorm:
+class _FusedInstanceNorm(ScriptsAsTorch):
     """Mixin that replaces ``_InstanceNorm._apply_instance_norm``."""
 
     def forward(self, input: Tensor) -> Tensor:

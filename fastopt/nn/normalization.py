@@ -9,9 +9,10 @@ from torch import Tensor
 
 from . import functional as F
 from ._norm_functional import check_activation
+from ._scripting import ScriptsAsTorch
 
 
-class GroupNorm(torch.nn.GroupNorm):
+class GroupNorm(torch.nn.GroupNorm, ScriptsAsTorch):
     """:class:`torch.nn.GroupNorm` with fused kernels and an optional fused activation.
 
     Same arguments, defaults, validation and ``state_dict`` as torch's module,
@@ -47,8 +48,17 @@ class GroupNorm(torch.nn.GroupNorm):
         extra = super().extra_repr()
         return extra if self.activation is None else f"{extra}, activation={self.activation!r}"
 
+    def __prepare_scriptable__(self) -> torch.nn.Module:
+        if self.activation is not None:
+            raise RuntimeError(
+                f"fastopt.nn.GroupNorm(activation={self.activation!r}) cannot be scripted: torch's GroupNorm, "
+                "which torch.jit.script compiles in its place, has no fused activation; script a GroupNorm "
+                "without activation followed by the activation module instead"
+            )
+        return super().__prepare_scriptable__()
 
-class LayerNorm(torch.nn.LayerNorm):
+
+class LayerNorm(torch.nn.LayerNorm, ScriptsAsTorch):
     """:class:`torch.nn.LayerNorm` on fastopt's fused kernels; same arguments and ``state_dict``."""
 
     def forward(self, input: Tensor) -> Tensor:

@@ -296,14 +296,17 @@ class FusedOptimizer(torch.optim.Optimizer):
                 state[key] = state[key].to(torch.float32)
 
     def state_dict(self) -> dict[str, Any]:
-        """torch's ``state_dict``, plus ``"skipped_steps"``, the device count of skipped steps.
+        """torch's ``state_dict``; with ``skip_nonfinite``, plus ``"skipped_steps"``.
 
-        torch's optimizers read only ``"state"`` and ``"param_groups"``, so the
-        dict still loads into them.
+        Without that fastopt-only option the dict has torch's keys and nothing
+        else, so code that checks or walks them sees no difference (the count
+        of steps AMP skipped then lives on ``skipped_steps`` only, as
+        GradScaler keeps its own state). torch's optimizers read only
+        ``"state"`` and ``"param_groups"``, so either dict loads into them.
         """
         state_dict = super().state_dict()
         skipped = getattr(self, "skipped_steps", None)
-        if skipped is not None:
+        if skipped is not None and getattr(self, "skip_nonfinite", False):
             state_dict["skipped_steps"] = skipped
         return state_dict
 
@@ -318,9 +321,6 @@ class FusedOptimizer(torch.optim.Optimizer):
         which then stays as it was.
         """
         saved_skips = state_dict.get("skipped_steps")
-        skipped = getattr(self, "skipped_steps", None)
-        if saved_skips is not None and skipped is not None:
-            skipped.copy_(saved_skips)
         kept: dict[Any, dict[str, Tensor]] = {}
         if getattr(self, "master_weights", False):
             for pid, st in state_dict["state"].items():
@@ -331,6 +331,10 @@ class FusedOptimizer(torch.optim.Optimizer):
                 }
         saved_ids = [pid for g in state_dict["param_groups"] for pid in g["params"]]
         super().load_state_dict(state_dict)
+        # After torch's checks: a load that raises leaves the count as it was.
+        skipped = getattr(self, "skipped_steps", None)
+        if saved_skips is not None and skipped is not None:
+            skipped.copy_(saved_skips)
         params = [p for g in self.param_groups for p in g["params"]]
         for pid, p in zip(saved_ids, params):
             if pid in kept and self._uses_master(p):

@@ -347,3 +347,36 @@ def test_p_one_module_on_bool(device):
     x = torch.tensor([True, False, True], device=device)
     assert torch.equal(fastopt.nn.Dropout(1.0)(x), torch.nn.Dropout(1.0)(x))
     assert fastopt.nn.Dropout(1.0)(x).dtype == torch.bool
+
+
+# --- Inputs torch refuses: integer dtypes, an empty batch with affine InstanceNorm ----
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_integer_input_raises_not_implemented_like_torch(training):
+    """An integer input is refused with torch's exception type (the message names fastopt's op)."""
+    for make in (lambda nn: nn.BatchNorm2d(3), lambda nn: nn.InstanceNorm2d(3, affine=True, track_running_stats=True)):
+        x = torch.ones(2, 3, 4, 4, dtype=torch.long)
+        with pytest.raises(NotImplementedError):
+            make(torch.nn).train(training)(x)
+        with pytest.raises(NotImplementedError):
+            make(fastopt.nn).train(training)(x)
+
+
+@pytest.mark.parametrize(("weight", "bias"), [(True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("running", [False, True])
+def test_instance_norm_empty_batch_with_affine_raises_like_torch(weight, bias, running):
+    x = torch.randn(0, 3, 5)
+    args = (torch.zeros(3) if running else None, torch.ones(3) if running else None,
+            torch.ones(3) if weight else None, torch.zeros(3) if bias else None)  # fmt: skip
+    assert_same_functional_error(lambda F, x: F.instance_norm(x, *args), x)
+
+
+def test_sync_batch_norm_without_a_batch_count_asserts_like_torch():
+    """torch's SyncBatchNorm asserts num_batches_tracked in training with tracked statistics."""
+    def run(nn):
+        m = nn.SyncBatchNorm(3)
+        m.num_batches_tracked = None
+        m(torch.randn(4, 3, 5, 5))
+
+    assert_same_error(lambda: run(torch.nn), lambda: run(fastopt.nn))

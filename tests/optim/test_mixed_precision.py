@@ -690,6 +690,23 @@ def test_stochastic_rounding_same_stream_on_every_kernel_variant():
         assert torch.equal(other[1], results[0][1])
 
 
+@pytest.mark.parametrize(("ours_cls", "ref_cls", "config"), EVERY_OPTIMIZER, ids=EVERY_OPTIMIZER_IDS)
+def test_state_dict_has_torchs_keys_unless_skip_nonfinite(ours_cls, ref_cls, config, device):
+    """Without fastopt-only options the state_dict has exactly torch's keys; a failed load keeps the skip count."""
+    params = make_params(device, torch.float32, ["bias"])
+    ours, ref = ours_cls(params, **config), ref_cls(clone_params(params), **config)
+    assert list(ours.state_dict()) == list(ref.state_dict()) == ["state", "param_groups"]
+    skipping = ours_cls(params, skip_nonfinite=True, **config)
+    saved = skipping.state_dict()
+    assert list(saved) == ["state", "param_groups", "skipped_steps"]
+    # A dict that torch's checks refuse changes nothing, the count included.
+    saved["skipped_steps"] = torch.tensor(5)
+    saved["param_groups"][0]["params"] = saved["param_groups"][0]["params"] * 2
+    with pytest.raises(ValueError, match="doesn't match the size"):
+        skipping.load_state_dict(saved)
+    assert int(skipping.skipped_steps) == 0
+
+
 def test_skipped_steps_survive_a_checkpoint(device, tmp_path):
     """skipped_steps is in the state_dict, through torch.save, and the dict still loads into torch."""
     params = make_params(device, torch.float32, ["non_aligned", "bias"])
