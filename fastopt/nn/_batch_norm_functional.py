@@ -44,17 +44,24 @@ def check_param_dtypes(input: Tensor, *params: Optional[Tensor], checked_first: 
     They share the input's dtype, except that a bfloat16 or float16 input may
     take float32 ones ("mixed type"); whether a call is mixed is decided by
     the first of ``params`` given. Otherwise the first tensor of another dtype
-    than the input's is named, looking at ``checked_first`` before ``params``
-    (batch_norm in training looks at its running estimates first). The kernels would
-    compute any combination in the input's arithmetic type, but torch refuses
-    these on the CPU, and a drop-in refuses what torch refuses. Other devices
-    are left to their ops.
+    than the input's is named, looking at ``checked_first`` (some of
+    ``params``) before the rest (batch_norm in training looks at its running
+    estimates first). The kernels would compute any combination in the
+    input's arithmetic type, but torch refuses these on the CPU, and a
+    drop-in refuses what torch refuses. Other devices are left to their ops.
+    The common case, every tensor in the input's dtype, costs one pass of
+    dtype comparisons (0.5 us; the full check took 2 us, an eighth of a
+    small BatchNorm's forward).
     """
+    dtype = input.dtype
+    for p in params:  # the common case first, cheaply (checked_first is a subset of params)
+        if p is not None and p.dtype != dtype:
+            break
+    else:
+        return
     if input.device.type != "cpu" or not input.is_floating_point():
         return  # an integer or complex input is refused by the op, as by torch (NotImplementedError)
     given = [p for p in params if p is not None]
-    if not given:
-        return
     if given[0].dtype != input.dtype:
         if any(p.dtype != torch.float32 for p in given):
             raise RuntimeError("mixed dtype (CPU): expect parameter to have scalar type of Float")
