@@ -38,7 +38,9 @@ def check_per_channel(t: Optional[Tensor], name: str, channels: int, repeats: in
 _SCALAR_TYPE_NAMES = {torch.float32: "Float", torch.float64: "Double", torch.bfloat16: "BFloat16", torch.float16: "Half"}
 
 
-def check_param_dtypes(input: Tensor, *params: Optional[Tensor], checked_first: tuple[Optional[Tensor], ...] = ()) -> None:
+def check_param_dtypes(
+    input: Tensor, *params: Optional[Tensor], checked_first: tuple[Optional[Tensor], ...] = (), allow_mixed: bool = True
+) -> None:
     """ATen's dtype rule for a CPU normalization's per-channel tensors, with its RuntimeErrors.
 
     They share the input's dtype, except that a bfloat16 or float16 input may
@@ -46,7 +48,8 @@ def check_param_dtypes(input: Tensor, *params: Optional[Tensor], checked_first: 
     the first of ``params`` given. Otherwise the first tensor of another dtype
     than the input's is named, looking at ``checked_first`` (some of
     ``params``) before the rest (batch_norm in training looks at its running
-    estimates first). The kernels would compute any combination in the
+    estimates first). ``allow_mixed=False`` refuses the mixed case too, with
+    its message. The kernels would compute any combination in the
     input's arithmetic type, but torch refuses these on the CPU, and a
     drop-in refuses what torch refuses. Other devices are left to their ops.
     The common case, every tensor in the input's dtype, costs one pass of
@@ -62,15 +65,15 @@ def check_param_dtypes(input: Tensor, *params: Optional[Tensor], checked_first: 
     if input.device.type != "cpu" or not input.is_floating_point():
         return  # an integer or complex input is refused by the op, as by torch (NotImplementedError)
     given = [p for p in params if p is not None]
-    if given[0].dtype != input.dtype:
-        if any(p.dtype != torch.float32 for p in given):
+    if given[0].dtype != dtype:
+        if not allow_mixed or any(p.dtype != torch.float32 for p in given):
             raise RuntimeError("mixed dtype (CPU): expect parameter to have scalar type of Float")
-        if input.dtype not in (torch.bfloat16, torch.float16):
+        if dtype not in (torch.bfloat16, torch.float16):
             raise RuntimeError("mixed dtype (CPU): all inputs must share same datatype.")
         return
     for p in (*(t for t in checked_first if t is not None), *given):
-        if p.dtype != input.dtype:
-            expected, found = (_SCALAR_TYPE_NAMES.get(d, str(d)) for d in (input.dtype, p.dtype))
+        if p.dtype != dtype:
+            expected, found = (_SCALAR_TYPE_NAMES.get(d, str(d)) for d in (dtype, p.dtype))
             raise RuntimeError(f"expected scalar type {expected} but found {found}")
 
 

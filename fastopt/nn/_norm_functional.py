@@ -190,11 +190,10 @@ def _check_instance_norm_args(input: Tensor, tensors: dict[str, Optional[Tensor]
         check_per_channel(t, name, input.size(1), repeats=input.size(0))
     # torch 2.13's instance_norm takes running estimates of any dtype, so only
     # weight and bias are checked; but given running estimates and a bias
-    # without a weight, it refuses a float32 bias for another input dtype as if
-    # a weight of the input's dtype followed the bias.
+    # without a weight, it refuses a float32 bias for a 16-bit input too.
     weight, bias = tensors["weight"], tensors["bias"]
-    stand_in = weight is None and bias is not None and tensors["running_mean"] is not None
-    check_param_dtypes(input, weight, bias, *([input.new_empty(0)] if stand_in else []))
+    bias_alone = weight is None and bias is not None and tensors["running_mean"] is not None
+    check_param_dtypes(input, weight, bias, allow_mixed=not bias_alone)
 
 
 @torch.no_grad()

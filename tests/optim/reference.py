@@ -158,14 +158,15 @@ def check_low_precision(
     # layout, as autograd makes them (torch's CUDA fused kernels refuse others).
     grads = [[torch.empty_like(p).copy_(g.to(dtype)) for p, g in zip(fp32_params, step)] for step in grads]
     if torch_kwargs is None:
-        # torch's fused Adagrad is CPU-only: on other devices its 16-bit path is the for-loop.
-        # torch's fused CPU SGD skips the update of every whole SIMD block of a
-        # 16-bit param (pytorch/pytorch#191763, in torch 2.13 and earlier): its
-        # large error would make this check vacuous, so SGD on CPU uses the for-loop.
-        fused = (ref_cls is not torch.optim.Adagrad or device == "cpu") and not (
-            ref_cls is torch.optim.SGD and device == "cpu"
-        )
-        torch_kwargs = {"fused": True} if fused else {"foreach": False}
+        if ref_cls is torch.optim.Adagrad and device != "cpu":
+            torch_kwargs = {"foreach": False}  # torch's fused Adagrad is CPU-only
+        elif ref_cls is torch.optim.SGD and device == "cpu":
+            # torch's fused CPU SGD skips the update of every whole SIMD block
+            # of a 16-bit param (pytorch/pytorch#191763, in torch 2.13 and
+            # earlier): its large error would make this check vacuous.
+            torch_kwargs = {"foreach": False}
+        else:
+            torch_kwargs = {"fused": True}
     run_steps(ref_cls(fp32_params, foreach=False, **config), fp32_params, grads)
     run_steps(ref_cls(torch_params, **torch_kwargs, **config), torch_params, grads)
     run_steps(ours_cls(ours_params, **config), ours_params, grads)
