@@ -78,13 +78,17 @@ def test_in_place_dropout_of_an_inference_tensor_is_refused(device):
     assert torch.equal(x, kept)  # counted before anything is written
 
 
-def test_in_place_dropout_refuses_forward_mode_ad(device):
+def test_in_place_dropout_op_refuses_forward_mode_ad(device):
+    """The op has no forward-mode formula, so it refuses a dual tensor rather than
+    leave its tangent unscaled. (In a dual level the functional is torch's dropout:
+    tests/nn/test_func_transforms.py.)"""
     import torch.autograd.forward_ad as fwAD
 
+    seed = torch.tensor([1, 2], device=device)
     with fwAD.dual_level():
         x = fwAD.make_dual(torch.randn(8, device=device), torch.ones(8, device=device))
         with pytest.raises(RuntimeError, match="forward-mode AD"):
-            FF.dropout(x, 0.5, inplace=True)
+            torch.ops.fastopt.dropout_(x, seed, 0.5)
 
 
 def test_direct_in_place_op_refuses_a_tensor_that_needs_grad(device):

@@ -164,6 +164,8 @@ struct BatchNormEval : torch::autograd::Function<BatchNormEval> {
                                                                const Tensor& grad_y, const Tensor& x,
                                                                const Tensor& mean, const Tensor& invstd,
                                                                const Tensor& weight) {
+    // x was saved only if a parameter required grad; without one it is undefined here.
+    if (!want_weight && !want_bias) return {Tensor(), Tensor()};
     const auto opmath = at::toOpMathType(x.scalar_type());
     const std::vector<int64_t> shape = channel_shape(x);
     std::vector<int64_t> dims;  // every dimension but the channels'

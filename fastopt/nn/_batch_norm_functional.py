@@ -128,7 +128,7 @@ def check_stats_pair(running_mean: Optional[Tensor], running_var: Optional[Tenso
         raise ValueError("running_mean and running_var must either both be None or neither be None")
 
 
-def _check_stats_not_differentiable(running_mean: Optional[Tensor], running_var: Optional[Tensor]) -> None:
+def check_stats_not_differentiable(running_mean: Optional[Tensor], running_var: Optional[Tensor]) -> None:
     """torch's refusal of running statistics that require grad.
 
     The ops give them no gradient (they are buffers), so rather than leave a
@@ -144,7 +144,7 @@ def _check_stats_not_differentiable(running_mean: Optional[Tensor], running_var:
             )
 
 
-@dispatches_torch_function
+@dispatches_torch_function(twin=torch.nn.functional.batch_norm)
 def batch_norm(
     input: Tensor,
     running_mean: Optional[Tensor],
@@ -168,7 +168,7 @@ def batch_norm(
     _check_input(input, running_mean, running_var, weight, bias, training)
     # ATen's order: the argument checks above, then autograd's refusal of
     # differentiable estimates, then the kernel's check of the pair.
-    _check_stats_not_differentiable(running_mean, running_var)
+    check_stats_not_differentiable(running_mean, running_var)
     if training:
         check_stats_pair(running_mean, running_var)
         # The op updates the running estimates too, from its count of values

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -128,7 +129,61 @@ def _dropout_impl(
     return input
 
 
-@dispatches_torch_function
+# Twins for torch.func transforms (see dispatches_torch_function): torch's
+# functionals, whose masks come from torch's own RNG. They take no generator.
+
+
+def _refuse_generator(name: str, generator: torch.Generator | None) -> None:
+    if generator is not None:
+        raise NotImplementedError(
+            f"fastopt.nn.functional.{name}: under torch.func transforms the result is torch's {name}, "
+            "which draws from the default generator; a generator argument is not supported there"
+        )
+
+
+def _torch_dropout(
+    input: Tensor,
+    p: float = 0.5,
+    training: bool = True,
+    inplace: bool = False,
+    generator: torch.Generator | None = None,
+    *,
+    mask: str = "recompute",
+) -> Tensor:
+    check_mask_mode(mask)
+    _refuse_generator("dropout", generator)
+    return torch.nn.functional.dropout(input, p, training, inplace)
+
+
+def _torch_feature_dropout(name: str) -> Callable[..., Tensor]:
+    torch_fn = getattr(torch.nn.functional, name)
+
+    def twin(
+        input: Tensor,
+        p: float = 0.5,
+        training: bool = True,
+        inplace: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        _refuse_generator(name, generator)
+        return torch_fn(input, p, training, inplace)
+
+    return twin
+
+
+def _torch_dropout_add(
+    x: Tensor,
+    residual: Tensor,
+    p: float = 0.5,
+    training: bool = True,
+    bias: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    pre = x if bias is None else x + bias
+    return _torch_dropout(pre, p, training, False, generator) + residual
+
+
+@dispatches_torch_function(twin=_torch_dropout)
 def dropout(
     input: Tensor,
     p: float = 0.5,
@@ -189,7 +244,7 @@ def _batched_feature_dropout(
     return result
 
 
-@dispatches_torch_function
+@dispatches_torch_function(twin=_torch_feature_dropout("dropout1d"))
 def dropout1d(
     input: Tensor,
     p: float = 0.5,
@@ -233,7 +288,7 @@ def _warn_feature_dims(name: str, dim: int, expected: tuple[int, int], spatial: 
         )
 
 
-@dispatches_torch_function
+@dispatches_torch_function(twin=_torch_feature_dropout("dropout2d"))
 def dropout2d(
     input: Tensor,
     p: float = 0.5,
@@ -259,7 +314,7 @@ def dropout2d(
     return _feature_dropout(input, p, training, inplace, generator)
 
 
-@dispatches_torch_function
+@dispatches_torch_function(twin=_torch_feature_dropout("dropout3d"))
 def dropout3d(
     input: Tensor,
     p: float = 0.5,
@@ -290,7 +345,7 @@ def _fuses(x: Tensor, residual: Tensor, bias: Tensor | None) -> bool:
     return bias is None or (like_x(bias) and bias.dim() == 1 and x.dim() >= 1 and bias.shape[0] == x.shape[-1])
 
 
-@dispatches_torch_function
+@dispatches_torch_function(twin=_torch_dropout_add)
 def dropout_add(
     x: Tensor,
     residual: Tensor,

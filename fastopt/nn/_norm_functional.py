@@ -18,7 +18,12 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from ._batch_norm_functional import check_param_dtypes, check_per_channel, check_stats_pair
+from ._batch_norm_functional import (
+    check_param_dtypes,
+    check_per_channel,
+    check_stats_not_differentiable,
+    check_stats_pair,
+)
 from ._torch_function import dispatches_torch_function, warn_shape_constant
 
 # Codes of the op's `activation` argument.
@@ -89,7 +94,20 @@ def _check_group_norm_args(input: Tensor, num_groups: int, weight: Optional[Tens
     check_param_dtypes(input, weight, bias)
 
 
-@dispatches_torch_function
+def _torch_group_norm(
+    input: Tensor,
+    num_groups: int,
+    weight: Optional[Tensor] = None,
+    bias: Optional[Tensor] = None,
+    eps: float = 1e-5,
+    activation: Optional[str] = None,
+) -> Tensor:
+    """:func:`group_norm` from torch's functionals (and its unfused activation)."""
+    activate = _TORCH_ACTIVATIONS[check_activation(activation)]
+    return activate(torch.nn.functional.group_norm(input, num_groups, weight, bias, eps))
+
+
+@dispatches_torch_function(twin=_torch_group_norm)
 def group_norm(
     input: Tensor,
     num_groups: int,
@@ -108,7 +126,7 @@ def group_norm(
     code = _ACTIVATIONS[check_activation(activation)]
     _check_group_norm_args(input, num_groups, weight, bias)
     if not has_kernel(input):
-        return _TORCH_ACTIVATIONS[activation](torch.nn.functional.group_norm(input, num_groups, weight, bias, eps))
+        return _torch_group_norm(input, num_groups, weight, bias, eps, activation)
     return torch.ops.fastopt.group_norm_fwd(input, weight, bias, num_groups, eps, code)[0]
 
 
@@ -151,7 +169,7 @@ def _check_layer_norm_args(
     check_param_dtypes(input, weight, bias)
 
 
-@dispatches_torch_function
+@dispatches_torch_function(twin=torch.nn.functional.layer_norm)
 def layer_norm(
     input: Tensor,
     normalized_shape: Sequence[int],
@@ -220,24 +238,15 @@ def _update_running_stats(
     warn_shape_constant("InstanceNorm's count of values per instance (running_var's correction)")
     var = rstd.double().pow(-2).sub_(eps).clamp_min_(0)
     unbiased = var * (count / (count - 1))
-    # Both new values first, then the buffers: a call that cannot update them
-    # (under vmap, batched statistics into unbatched buffers) fails before
-    # either is touched.
-    try:
-        new_mean = running_mean.mul(1 - momentum).add_(mean.mean(0).to(running_mean.dtype), alpha=momentum)
-        new_var = running_var.mul(1 - momentum).add_(unbiased.mean(0).to(running_var.dtype), alpha=momentum)
-    except RuntimeError as e:
-        if not torch._C._functorch.is_batchedtensor(mean):  # not vmap (functionalize, say): its own error
-            raise
-        raise RuntimeError(  # what torch says in the vmap case
-            "InstanceNorm got a batched tensor as input while the running_mean or running_var, which will "
-            "be updated in place, were not batched."
-        ) from e
+    # (Under torch.func transforms, instance_norm is torch's: no batched
+    # statistics reach these unbatched buffers.)
+    new_mean = running_mean.mul(1 - momentum).add_(mean.mean(0).to(running_mean.dtype), alpha=momentum)
+    new_var = running_var.mul(1 - momentum).add_(unbiased.mean(0).to(running_var.dtype), alpha=momentum)
     running_mean.copy_(new_mean)
     running_var.copy_(new_var)
 
 
-@dispatches_torch_function
+@dispatches_torch_function(twin=torch.nn.functional.instance_norm)
 def instance_norm(
     input: Tensor,
     running_mean: Optional[Tensor] = None,
@@ -271,6 +280,8 @@ def instance_norm(
     _check_instance_norm_args(
         input, {"running_mean": running_mean, "running_var": running_var, "weight": weight, "bias": bias}
     )
+    # torch's BatchNorm on the repeated estimates refuses them if they require grad.
+    check_stats_not_differentiable(running_mean, running_var)
     y, mean, rstd = _instance_norm(input, weight, bias, eps)
     if running_mean is not None and running_var is not None:
         _update_running_stats(input, mean, rstd, running_mean, running_var, momentum, eps)

@@ -6,31 +6,94 @@ symbolic tracing. That is what lets ``torch.fx.symbolic_trace`` record
 ``F.batch_norm(...)`` as one node instead of running its Python body on
 proxies, whose shape checks and branches cannot be traced. fastopt's
 functionals do the same, so a model converted to fastopt modules still traces.
+
+The same wrapper hands the call to a torch twin under ``torch.func``
+transforms (see :func:`dispatches_torch_function`).
 """
 
 from __future__ import annotations
 
 import functools
 import warnings
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Optional, TypeVar
 
 import torch
+from torch.autograd import forward_ad
 from torch.overrides import handle_torch_function, has_torch_function
 
 Fn = TypeVar("Fn", bound=Callable[..., Any])
 
 
-def dispatches_torch_function(fn: Fn) -> Fn:
-    """``fn``, first offered to any argument with a ``__torch_function__`` override."""
+def _under_func_transforms() -> bool:
+    """Whether a ``torch.func`` transform (grad, vmap, jvp, jacrev, functionalize,
+    ...) or a forward-mode AD level (``torch.autograd.forward_ad.dual_level``) is active.
 
-    @functools.wraps(fn)
-    def dispatching(*args: Any, **kwargs: Any) -> Any:
-        relevant = args + tuple(kwargs.values()) if kwargs else args
-        if has_torch_function(relevant):
-            return handle_torch_function(dispatching, relevant, *args, **kwargs)
-        return fn(*args, **kwargs)
+    torch.compile cannot trace the check, and traces transforms its own way:
+    while compiling, the answer is no.
+    """
+    if torch.compiler.is_compiling():
+        return False
+    return torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0
 
-    return dispatching  # type: ignore[return-value]
+
+def dispatches_torch_function(*, twin: Optional[Callable[..., Any]]) -> Callable[[Fn], Fn]:
+    """Decorate a functional: first offered to any argument with a
+    ``__torch_function__`` override, then, under ``torch.func`` transforms or
+    forward-mode AD, computed by ``twin``, its equivalent made of torch's own
+    functionals.
+
+    fastopt's autograd is C++ (``torch::autograd::Function``), which functorch
+    refuses ("cannot use C++ torch::autograd::Function with functorch
+    transforms") and which has no forward-mode formula; nor do its ops have
+    batching rules. Inside ``torch.func.grad``, ``vmap``, ``jvp``, ``jacrev``,
+    ``functionalize`` and the rest, and inside a ``dual_level``, the twin gives
+    torch's results at torch's speed (dropout draws torch's masks there).
+    Elsewhere the check costs about 0.2 us a call. ``twin=None`` is for a
+    function that reaches fastopt's ops only through functionals that have twins.
+    """
+
+    def decorate(fn: Fn) -> Fn:
+        @functools.wraps(fn)
+        def dispatching(*args: Any, **kwargs: Any) -> Any:
+            relevant = args + tuple(kwargs.values()) if kwargs else args
+            if has_torch_function(relevant):
+                return handle_torch_function(dispatching, relevant, *args, **kwargs)
+            if twin is not None and _under_func_transforms():
+                return twin(*args, **kwargs)
+            return fn(*args, **kwargs)
+
+        return dispatching  # type: ignore[return-value]
+
+    return decorate
+
+
+Forward = TypeVar("Forward", bound=Callable[..., Any])
+
+
+def fx_leaf(forward: Forward) -> Forward:
+    """Decorate a module's ``forward``: under ``torch.fx.symbolic_trace``, the
+    module's call is one ``call_module`` node, as a torch.nn module's is.
+
+    fx's default rule keeps torch.nn's modules as leaves, so a traced graph
+    runs their forward, in the train or eval mode they have then. fastopt's
+    modules live outside torch.nn, and that rule traces through them: their
+    mode would become a constant of the graph, which ``gm.eval()`` could no
+    longer change (batch statistics and dropout in evaluation). Under the
+    default rule they are leaves too. A tracer with its own rule (FX
+    quantization's) has decided what to trace through, and so is the module
+    traced from (the root), as torch's would be.
+    """
+
+    @functools.wraps(forward)
+    def leaf_forward(self: torch.nn.Module, input: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(input, torch.fx.Proxy):
+            tracer = input.tracer
+            default_rule = type(tracer).is_leaf_module is torch.fx.Tracer.is_leaf_module
+            if default_rule and self is not getattr(tracer, "root", None):
+                return tracer.create_proxy("call_module", tracer.path_of_module(self), (input, *args), kwargs)
+        return forward(self, input, *args, **kwargs)
+
+    return leaf_forward  # type: ignore[return-value]
 
 
 def fx_tracing(input: Any) -> bool:

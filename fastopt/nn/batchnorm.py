@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ._batch_norm_functional import SyncBatchNormFunction, batch_norm
 from ._scripting import ScriptsAsTorch
-from ._torch_function import dispatches_torch_function, fx_tracing
+from ._torch_function import dispatches_torch_function, fx_leaf, fx_tracing
 
 
 def _batch_norm_mode(
@@ -42,7 +42,7 @@ def _batch_norm_mode(
     return use_batch_stats, running_mean if tracked else None, running_var if tracked else None, factor
 
 
-@dispatches_torch_function
+@dispatches_torch_function(twin=None)  # batch_norm has the twin
 def _batch_norm_module(
     input: Tensor,
     weight: Optional[Tensor],
@@ -91,6 +91,7 @@ class _FusedBatchNorm(ScriptsAsTorch):
             self.eps,
         )
 
+    @fx_leaf
     def forward(self, input: Tensor) -> Tensor:
         if not fx_tracing(input):
             self._check_input_dim(input)
@@ -120,6 +121,7 @@ class SyncBatchNorm(_FusedBatchNorm, torch.nn.SyncBatchNorm):
     ``torch.nn.SyncBatchNorm``, this subclass included (torch's check).
     """
 
+    @fx_leaf
     def forward(self, input: Tensor) -> Tensor:
         if fx_tracing(input):
             # As a plain BatchNorm: a traced graph holds no process group.

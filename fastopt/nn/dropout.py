@@ -13,6 +13,7 @@ from torch import Tensor
 from . import functional as F
 from ._dropout_functional import check_mask_mode
 from ._scripting import ScriptsAsTorch
+from ._torch_function import fx_leaf
 
 __all__ = ["Dropout", "Dropout1d", "Dropout2d", "Dropout3d"]
 
@@ -32,6 +33,7 @@ class Dropout(torch.nn.Dropout, ScriptsAsTorch):
         super().__init__(p, inplace)
         self.mask = check_mask_mode(mask)
 
+    @fx_leaf
     def forward(self, input: Tensor) -> Tensor:
         return F.dropout(input, self.p, self.training, self.inplace, mask=self.mask)
 
@@ -43,6 +45,7 @@ class Dropout(torch.nn.Dropout, ScriptsAsTorch):
 class Dropout1d(torch.nn.Dropout1d, ScriptsAsTorch):
     """:class:`torch.nn.Dropout1d` (channel-wise) on fastopt's kernels."""
 
+    @fx_leaf
     def forward(self, input: Tensor) -> Tensor:
         return F.dropout1d(input, self.p, self.training, self.inplace)
 
@@ -50,6 +53,7 @@ class Dropout1d(torch.nn.Dropout1d, ScriptsAsTorch):
 class Dropout2d(torch.nn.Dropout2d, ScriptsAsTorch):
     """:class:`torch.nn.Dropout2d` (channel-wise) on fastopt's kernels."""
 
+    @fx_leaf
     def forward(self, input: Tensor) -> Tensor:
         return F.dropout2d(input, self.p, self.training, self.inplace)
 
@@ -57,5 +61,6 @@ class Dropout2d(torch.nn.Dropout2d, ScriptsAsTorch):
 class Dropout3d(torch.nn.Dropout3d, ScriptsAsTorch):
     """:class:`torch.nn.Dropout3d` (channel-wise) on fastopt's kernels."""
 
+    @fx_leaf
     def forward(self, input: Tensor) -> Tensor:
         return F.dropout3d(input, self.p, self.training, self.inplace)

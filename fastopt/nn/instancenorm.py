@@ -12,12 +12,13 @@ from torch import Tensor
 
 from . import functional as F
 from ._scripting import ScriptsAsTorch
-from ._torch_function import fx_tracing
+from ._torch_function import fx_leaf, fx_tracing
 
 
 class _FusedInstanceNorm(ScriptsAsTorch):
     """Mixin that replaces ``_InstanceNorm._apply_instance_norm``."""
 
+    @fx_leaf
     def forward(self, input: Tensor) -> Tensor:
         if fx_tracing(input):
             # torch's forward checks the input's dimensions and handles an

@@ -10,6 +10,7 @@ from torch import Tensor
 from . import functional as F
 from ._norm_functional import check_activation
 from ._scripting import ScriptsAsTorch
+from ._torch_function import fx_leaf
 
 
 class GroupNorm(torch.nn.GroupNorm, ScriptsAsTorch):
@@ -41,6 +42,7 @@ class GroupNorm(torch.nn.GroupNorm, ScriptsAsTorch):
         super().__init__(num_groups, num_channels, eps, affine, device, dtype, **kwargs)
         self.activation = check_activation(activation)
 
+    @fx_leaf
     def forward(self, input: Tensor) -> Tensor:
         return F.group_norm(input, self.num_groups, self.weight, self.bias, self.eps, self.activation)
 
@@ -61,5 +63,6 @@ class GroupNorm(torch.nn.GroupNorm, ScriptsAsTorch):
 class LayerNorm(torch.nn.LayerNorm, ScriptsAsTorch):
     """:class:`torch.nn.LayerNorm` on fastopt's fused kernels; same arguments and ``state_dict``."""
 
+    @fx_leaf
     def forward(self, input: Tensor) -> Tensor:
         return F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)

@@ -1,6 +1,7 @@
 """torch.fx.symbolic_trace of models on fastopt modules: torch's norm and dropout
 modules trace (fx keeps them as leaves); a model converted to fastopt's must too,
-and its traced graph must compute, and update buffers, as the model does."""
+and its traced graph must compute, and update buffers, as the model does, in
+either mode."""
 
 from __future__ import annotations
 
@@ -30,19 +31,55 @@ def _model(device: str) -> torch.nn.Module:
     return fastopt.nn.convert(model).to(device)
 
 
-@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
-def test_traced_model_matches_eager(device, train):
-    eager = _model(device).train(train)
-    traced = torch.fx.symbolic_trace(copy.deepcopy(eager))
-    called = {n.target.__name__ for n in traced.graph.nodes if n.op == "call_function"}
-    # One node per fastopt functional, not their Python bodies run on proxies.
-    assert {"_batch_norm_module", "dropout", "group_norm", "instance_norm", "dropout2d", "layer_norm"} <= called
+def _assert_same_runs(traced: torch.nn.Module, eager: torch.nn.Module, device: str) -> None:
     x = torch.randn(4, 3, 8, 8, device=device)
     for _ in range(3):  # buffers (running stats, num_batches_tracked) evolve alike
         torch.manual_seed(7)  # the same dropout masks
         expected = eager(x)
         torch.manual_seed(7)
         torch.testing.assert_close(traced(x), expected)
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_modules_stay_leaves_as_torch_modules_do(device, train):
+    """fx's default rule keeps torch.nn's modules as leaves: the traced graph
+    calls them, so their train/eval mode is read when it runs. fastopt's too."""
+    eager = _model(device).train(train)
+    traced = torch.fx.symbolic_trace(copy.deepcopy(eager))
+    calls = {n.target: n for n in traced.graph.nodes if n.op == "call_module"}
+    for name, module in eager.named_children():
+        if type(module).__module__.startswith("fastopt."):
+            assert name in calls, name
+            assert type(traced.get_submodule(name)) is type(module)
+    assert not [n for n in traced.graph.nodes if n.op == "call_function"]
+    _assert_same_runs(traced, eager, device)
+    assert traced.state_dict().keys() == eager.state_dict().keys()
+    for name, value in traced.state_dict().items():
+        torch.testing.assert_close(value, eager.state_dict()[name], msg=name)
+    # The mode switches after tracing, as with torch's modules.
+    traced.train(not train)
+    eager.train(not train)
+    _assert_same_runs(traced, eager, device)
+
+
+class _ThroughEverything(torch.fx.Tracer):
+    """A tracer with its own rule: it traces through every module."""
+
+    def is_leaf_module(self, m: torch.nn.Module, qualname: str) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_traced_through_model_matches_eager(device, train):
+    """A tracer that traces through modules records one node per fastopt
+    functional (they dispatch __torch_function__), not their Python bodies run
+    on proxies; the graph computes, and updates buffers, as the model does."""
+    eager = _model(device).train(train)
+    root = copy.deepcopy(eager)
+    traced = torch.fx.GraphModule(root, _ThroughEverything().trace(root))
+    called = {n.target.__name__ for n in traced.graph.nodes if n.op == "call_function"}
+    assert {"_batch_norm_module", "dropout", "group_norm", "instance_norm", "dropout2d", "layer_norm"} <= called
+    _assert_same_runs(traced, eager, device)
     # The traced module holds the attributes its graph reads: all but
     # InstanceNorm's num_batches_tracked, which InstanceNorm never counts.
     ours, ref = traced.state_dict(), eager.state_dict()
@@ -51,6 +88,16 @@ def test_traced_model_matches_eager(device, train):
         torch.testing.assert_close(ours[name], ref[name], msg=name)
     if train:
         assert int(traced.get_submodule("7").num_batches_tracked) == 3
+
+
+def test_a_traced_root_module_is_traced_through(device):
+    """symbolic_trace(module) of one fastopt module traces its forward, as it
+    does torch's (a root calling itself as a leaf would recurse)."""
+    m = fastopt.nn.BatchNorm2d(3).to(device).eval()
+    traced = torch.fx.symbolic_trace(m)
+    assert not [n for n in traced.graph.nodes if n.op == "call_module"]
+    x = torch.randn(2, 3, 4, 4, device=device)
+    torch.testing.assert_close(traced(x), m(x))
 
 
 def test_functionals_offer_torch_function(device):

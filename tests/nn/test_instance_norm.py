@@ -162,3 +162,19 @@ def test_vmap_over_tracked_training_leaves_running_stats(device):
         torch.func.vmap(m)(torch.randn(5, 2, 4, 3, device=device))
     assert torch.equal(m.running_mean, torch.ones(4, device=device))
     assert torch.equal(m.running_var, torch.ones(4, device=device))
+
+
+@pytest.mark.parametrize("stat", ["running_mean", "running_var"])
+def test_running_stats_requiring_grad_are_refused(device, stat):
+    """torch runs BatchNorm on the repeated estimates, whose autograd refuses
+    them requiring grad: the same error here, and none without autograd."""
+    x = torch.randn(2, 3, 4, 4, device=device)
+
+    def call(ns):
+        m = ns.InstanceNorm2d(3, track_running_stats=True).to(device)
+        getattr(m, stat).requires_grad_()
+        return m(x)
+
+    assert_same_error(lambda: call(torch.nn), lambda: call(fastopt.nn))
+    with torch.no_grad():
+        torch.testing.assert_close(call(fastopt.nn), call(torch.nn))
