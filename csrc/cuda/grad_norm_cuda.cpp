@@ -44,7 +44,9 @@ std::tuple<at::Tensor, at::Tensor> grad_norm_cuda(at::TensorList grads, double n
     ptrs.push_back(flat.back().data_ptr());
     numels.push_back(g.numel());
   }
-  launch_grad_norm_init(kind, acc.mutable_data_ptr<double>(), stream);
+  bool empty = true;
+  for (const at::Tensor& g : grads) empty = empty && g.numel() == 0;
+  launch_grad_norm_init(kind, empty, acc.mutable_data_ptr<double>(), stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   for (const auto& [dtype, lists] : by_dtype) {
     GradNormLaunch launch{};

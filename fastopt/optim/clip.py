@@ -11,6 +11,8 @@ asynchronous on CUDA and can be captured in a CUDA graph.
 from __future__ import annotations
 
 import math
+import types
+import warnings
 from collections.abc import Iterable
 
 import torch
@@ -95,10 +97,23 @@ def clip_grad_norm_(
     ``found_inf``, when given (a one-element float tensor, e.g. the flag that
     is then handed to an optimizer), is raised to 1 on the device if any
     gradient element is inf or NaN. ``foreach`` is accepted for compatibility.
+
+    One difference, on purpose: with bfloat16 or float16 gradients the norm
+    is computed in float32 or wider and returned in float32, where torch sums and
+    returns it in the gradients' dtype. torch's is then off by up to a few
+    tenths of a percent (bfloat16), and a float16 norm above 65504 is inf
+    for torch, which then zeroes every gradient (or raises, with
+    ``error_if_nonfinite``) though none is inf; here it is the finite norm.
     """
     del foreach  # the scaling always uses torch's multi-tensor path
     if isinstance(parameters, Tensor):
         parameters = [parameters]
+    else:
+        is_generator = isinstance(parameters, types.GeneratorType)
+        parameters = list(parameters)
+        if is_generator and not parameters:
+            # torch's warning: an exhausted model.parameters() is a common slip.
+            warnings.warn("`parameters` is an empty generator, no gradient clipping will occur.", stacklevel=2)
     grads = [p.grad for p in parameters if p.grad is not None]
     max_norm = float(max_norm)
     total_norm, nonfinite = grad_norm(grads, norm_type)

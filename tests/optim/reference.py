@@ -32,6 +32,9 @@ PARAM_SET: list[tuple[str, ParamFactory]] = [
     # non-aligned: 1000003 is prime, so the SIMD/vector loop leaves a tail,
     # and it spans several 64K-element chunks of the multi-tensor driver
     ("non_aligned", lambda d, dt: _param(torch.randn(1000003, device=d, dtype=dt))),
+    # offset: a view one element into its storage (not 16-byte aligned, while
+    # its grad and state are), spanning two 64K-element driver chunks
+    ("offset", lambda d, dt: _param(torch.randn(70002, device=d, dtype=dt)[1:])),
     # non-contiguous: a transposed parameter whose grad arrives contiguous
     ("transposed", lambda d, dt: _param(torch.randn(37, 19, device=d, dtype=dt).t())),
     # non-dense: every other column of a matrix; the kernel must not touch the gaps

@@ -128,8 +128,9 @@ struct GradNormFunctor {
   }
 };
 
-__global__ void init_kernel(NormKind kind, double* acc) {
-  acc[0] = kind == NormKind::NegInf ? INFINITY : 0.0;
+__global__ void init_kernel(NormKind kind, bool empty, double* acc) {
+  // min |x| starts from +inf; over no elements at all the norm is 0, as on the CPU.
+  acc[0] = kind == NormKind::NegInf && !empty ? INFINITY : 0.0;
   acc[1] = 0.0;
 }
 
@@ -169,8 +170,8 @@ void launch_dtype(const GradNormLaunch& l, cudaStream_t stream) {
 
 }  // namespace
 
-void launch_grad_norm_init(NormKind kind, double* acc, cudaStream_t stream) {
-  init_kernel<<<1, 1, 0, stream>>>(kind, acc);
+void launch_grad_norm_init(NormKind kind, bool empty, double* acc, cudaStream_t stream) {
+  init_kernel<<<1, 1, 0, stream>>>(kind, empty, acc);
 }
 
 void launch_grad_norm(const GradNormLaunch& l, cudaStream_t stream) {

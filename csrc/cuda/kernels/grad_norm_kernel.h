@@ -27,8 +27,9 @@ struct GradNormLaunch {
   double* acc;
 };
 
-// Sets acc to the reduction's identity and the flag to 0.
-void launch_grad_norm_init(NormKind kind, double* acc, cudaStream_t stream);
+// Sets acc to the reduction's identity and the flag to 0. `empty`: the
+// tensors hold no element at all (then the norm is 0 for every kind).
+void launch_grad_norm_init(NormKind kind, bool empty, double* acc, cudaStream_t stream);
 
 // Folds the elements of `launch`'s tensors into acc; call once per dtype.
 void launch_grad_norm(const GradNormLaunch& launch, cudaStream_t stream);
