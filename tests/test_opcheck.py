@@ -275,6 +275,16 @@ def test_batch_norm_update_stats(device, buffer_dtype, which):
     )
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="mixes CPU and CUDA tensors")
+def test_batch_norm_update_stats_refuses_mixed_devices():
+    """A CPU running buffer beside a CPU statistic, next to CUDA ones: the
+    dispatcher picks the CUDA kernel, which must refuse the pair rather than
+    dereference host memory on the device."""
+    cuda, cpu = torch.randn(5, device="cuda"), torch.randn(5)
+    with pytest.raises(RuntimeError, match="expected running statistics on cuda"):
+        torch.ops.fastopt.batch_norm_update_stats_(cuda.clone(), cpu.clone(), cuda.clone(), cpu.clone().abs(), 0.1, 8)
+
+
 @pytest.mark.parametrize("buffer_dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("which", ["both", "var only"])
 def test_batch_norm_fwd_updates_running_stats(device, buffer_dtype, which):

@@ -282,9 +282,15 @@ void update_running_stats(const char* kOp, const c10::optional<at::Tensor>& runn
                           const c10::optional<at::Tensor>& running_var, const at::Tensor& mean,
                           const at::Tensor& var, double momentum, int64_t count) {
   const c10::cuda::CUDAGuard guard(mean.device());
+  // Every tensor on mean's device, which the guard and the launches use,
+  // before either buffer is written (checking a buffer against its own
+  // statistic would pass a CPU pair, whose host pointers would then reach a kernel).
+  for (const auto* running : {&running_mean, &running_var}) {
+    if (running->has_value()) check_device(kOp, "running statistics", **running, mean);
+  }
+  check_device(kOp, "batch statistics", var, mean);
   for_each_running_stat(kOp, running_mean, running_var, mean, var, count,
                         [&](const at::Tensor& running, const at::Tensor& stat, double scale) {
-    check_device(kOp, "running statistics", running, stat);
     const DType dtype = kernel_dtype(kOp, running.scalar_type());
     // The kernel reads the statistic as float64 or float32 (exact for the 16-bit types).
     const bool is_double = stat.scalar_type() == at::kDouble;

@@ -114,7 +114,9 @@ __device__ __forceinline__ Moments<M> from_shifted(M shift, M s1, M s2, M n) {
   if (n == M(0)) return {M(0), M(0), M(0)};
   const M d = s1 / n;
   const M m2 = s2 - s1 * d;
-  return {n, shift + d, m2 > M(0) ? m2 : M(0)};
+  // Rounding can leave m2 a hair below 0; a NaN (from a NaN or inf value)
+  // must stay NaN, as the CPU's two-pass variance and torch's do.
+  return {n, shift + d, (m2 > M(0) || m2 != m2) ? m2 : M(0)};
 }
 
 // The warp's merged moments, in lane 0.
