@@ -213,6 +213,26 @@ def test_compiled_conv_batch_norm_relu_fullgraph(device):
     torch.testing.assert_close(compiled(x), eager(x))
 
 
+@pytest.mark.parametrize("capture_scalars", [False, True], ids=["default", "capture_scalar_outputs"])
+def test_cumulative_batch_norm_compiles(device, capture_scalars):
+    """BatchNorm(momentum=None) reads 1 / num_batches_tracked on the host: a
+    graph break, as in torch's module, and with dynamo's capture_scalar_outputs
+    (which would make it a symbolic float the op cannot take) too."""
+    from fastopt.nn import BatchNorm1d
+
+    torch.manual_seed(0)
+    eager = BatchNorm1d(4, momentum=None).to(device)
+    compiled_model = BatchNorm1d(4, momentum=None).to(device)
+    torch._dynamo.reset()
+    compiled = torch.compile(compiled_model)
+    with torch._dynamo.config.patch(capture_scalar_outputs=capture_scalars):
+        for _ in range(3):
+            x = torch.randn(5, 4, 3, device=device)
+            torch.testing.assert_close(compiled(x), eager(x))
+    for a, b in zip(eager.buffers(), compiled_model.buffers()):
+        torch.testing.assert_close(a, b)
+
+
 @pytest.mark.parametrize(
     "module,shapes",
     [

@@ -17,6 +17,18 @@ from ._scripting import ScriptsAsTorch
 from ._torch_function import dispatches_torch_function, fx_leaf, fx_tracing
 
 
+@torch.compiler.disable
+def _cumulative_factor(num_batches_tracked: Tensor) -> float:
+    """1 / num_batches_tracked, read on the host, where torch.compile breaks the graph.
+
+    Traced, ``float(tensor)`` is a graph break too, or with dynamo's
+    ``capture_scalar_outputs`` a symbolic float, which the op's ``float
+    momentum`` cannot take; torch's own BatchNorm, whose op can, then runs.
+    Outside the graph the factor is a plain float in either case.
+    """
+    return 1.0 / float(num_batches_tracked)
+
+
 def _batch_norm_mode(
     training: bool,
     track_running_stats: bool,
@@ -35,7 +47,7 @@ def _batch_norm_mode(
     if training and track_running_stats and num_batches_tracked is not None:
         num_batches_tracked.add_(1)
         if momentum is None:
-            factor = 1.0 / float(num_batches_tracked)
+            factor = _cumulative_factor(num_batches_tracked)
     use_batch_stats = training or (running_mean is None and running_var is None)
     # Buffers are passed only where they are read or updated.
     tracked = not training or track_running_stats
