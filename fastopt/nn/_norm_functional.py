@@ -282,6 +282,13 @@ def instance_norm(
     )
     # torch's BatchNorm on the repeated estimates refuses them if they require grad.
     check_stats_not_differentiable(running_mean, running_var)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (input, weight, bias)):
+        # torch's BatchNorm on the sample-repeated weight and bias saves those
+        # copies for backward, so an in-place change of the parameters in
+        # between (an optimizer step before a second backward through a
+        # retained graph) is no error there. Backward saves copies here too: C values each.
+        weight = None if weight is None else weight.clone()
+        bias = None if bias is None else bias.clone()
     y, mean, rstd = _instance_norm(input, weight, bias, eps)
     if running_mean is not None and running_var is not None:
         _update_running_stats(input, mean, rstd, running_mean, running_var, momentum, eps)

@@ -178,3 +178,22 @@ def test_running_stats_requiring_grad_are_refused(device, stat):
     assert_same_error(lambda: call(torch.nn), lambda: call(fastopt.nn))
     with torch.no_grad():
         torch.testing.assert_close(call(fastopt.nn), call(torch.nn))
+
+
+def test_weight_changed_in_place_before_a_second_backward(device):
+    """An optimizer step between two backwards through one retained graph: torch
+    saved a copy of the weight, and so does fastopt, so both use the old one."""
+    grads = []
+    for ns in (fastopt.nn, torch.nn):
+        torch.manual_seed(0)
+        m = ns.InstanceNorm2d(4, affine=True).to(device)
+        x = torch.randn(2, 4, 5, 5, device=device, requires_grad=True)
+        y = m(x)
+        y.square().sum().backward(retain_graph=True)
+        with torch.no_grad():
+            m.weight.mul_(2)
+            m.bias.add_(1)
+        x.grad = None
+        (y * 3).sum().backward()
+        grads.append((x.grad, m.weight.grad, m.bias.grad))
+    torch.testing.assert_close(grads[0], grads[1])
