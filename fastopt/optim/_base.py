@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from ..nn._dropout_functional import _draw_seed as draw_seed
+from ._dtensor import is_dtensor_type, local_grad, local_state, refuse
 from .clip import check_max_grad_norm, clip_coefficient, grad_norm
 
 # Parameter dtypes that get a float32 master copy with master_weights=True.
@@ -56,6 +57,9 @@ class Bucket:
     # holds tensors of several param groups; None for one group's tensors,
     # whose hyperparameters are the op's scalar arguments.
     hparams: Tensor | None = None
+    # Whether `sources` are DTensors, of which the other lists hold this
+    # process's local shards (see _dtensor.py).
+    sharded: bool = False
 
     def extra_args(self) -> dict[str, Any]:
         """The op arguments every optimizer op shares beyond its own."""
@@ -422,7 +426,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             in_op_keys = keys if new_state_in_op else ()
             row: list[float] | None = None
             layout: tuple[Any, ...] | None = None
-            # (dtype, device, new state in op, bucket, on the CPU)
+            # (dtype, device, new state in op, bucket, on the CPU, parameter class, DTensors)
             last: tuple[Any, ...] | None = None
             state: dict[str, Any] = {}
             new_state = False
@@ -450,11 +454,18 @@ class FusedOptimizer(torch.optim.Optimizer):
                                 break
                 dtype = p.dtype
                 device = p.device
+                cls = type(p)
                 master = masters_on and dtype in LOW_PRECISION
                 if master:
                     self._ensure_master_state(group, p, state)
                 fresh = new_state and new_state_in_op
-                if last is None or dtype is not last[0] or fresh is not last[2] or device != last[1]:
+                if (
+                    last is None
+                    or dtype is not last[0]
+                    or fresh is not last[2]
+                    or cls is not last[5]
+                    or device != last[1]
+                ):
                     if layout is None:
                         readable = _hparams_readable(group, device.type == "cpu")
                         row = self._hparam_row(group) if readable else None
@@ -464,18 +475,26 @@ class FusedOptimizer(torch.optim.Optimizer):
                     real_dtype = torch.view_as_real(p).dtype if dtype.is_complex else dtype
                     # A group that is not merged keys by its index: torch.compile
                     # cannot trace id() of a dict.
-                    key = (device, real_dtype, master, fresh, layout if merge else group_index)
+                    sharded = is_dtensor_type(cls)
+                    key = (device, real_dtype, master, fresh, sharded, layout if merge else group_index)
                     entry = buckets.get(key)
                     if entry is None:
-                        entry = buckets[key] = (group, Bucket(state={k: [] for k in keys}, new_state=fresh))
+                        bucket = Bucket(state={k: [] for k in keys}, new_state=fresh, sharded=sharded)
+                        entry = buckets[key] = (group, bucket)
                         if merge:
                             rows[key] = []
                     if merge:
                         rows[key].append((row, len(entry[1].sources)))
                     on_cpu = device.type == "cpu"  # (a slow attribute: once per bucket switch)
-                    last = (dtype, device, fresh, entry[1], on_cpu)
-                bucket, on_cpu = last[3], last[4]
+                    last = (dtype, device, fresh, entry[1], on_cpu, cls, sharded)
+                bucket, on_cpu, sharded = last[3], last[4], last[6]
                 bucket.sources.append(p)
+                # The state tensors the op updates: local shards for DTensors.
+                tensors = state
+                if sharded:
+                    grad = local_grad(p, grad)
+                    p = p.to_local()
+                    tensors = local_state(state)
                 if dtype.is_complex:
                     # torch.optim updates complex parameters as pairs of reals;
                     # so do we. (Never with master weights: those are 16-bit.)
@@ -488,12 +507,12 @@ class FusedOptimizer(torch.optim.Optimizer):
                     bucket.params.append(torch.view_as_real(p))
                     bucket.grads.append(torch.view_as_real(grad))
                     for k in keys:
-                        bucket.state[k].append(torch.view_as_real(state[k]))
+                        bucket.state[k].append(torch.view_as_real(tensors[k]))
                 else:
-                    bucket.params.append(state["master_param"] if master else p)
+                    bucket.params.append(tensors["master_param"] if master else p)
                     bucket.grads.append(grad)
                     for k in keys:
-                        bucket.state[k].append(state[k])
+                        bucket.state[k].append(tensors[k])
                 if master:
                     bucket.copies.append(p)
                 if has_step:
@@ -575,6 +594,8 @@ class FusedOptimizer(torch.optim.Optimizer):
             device = bucket.params[0].device
             norms = None
             if track:
+                if bucket.sharded:
+                    refuse("track_update_ratios()", "compute the ratios from full tensors")
                 norms = torch.empty(len(bucket.params), 2, dtype=torch.float64, device=device)
                 self._last_norms.append((bucket.sources, norms))
             if stochastic and bucket.sources[0].dtype == torch.bfloat16:
@@ -678,6 +699,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         """
         max_norm = getattr(self, "max_grad_norm", None)
         skip = getattr(self, "skip_nonfinite", False)
+        if (max_norm is not None or skip) and any(b.sharded for _, b in work):
+            refuse("max_grad_norm or skip_nonfinite", "clip with torch.nn.utils.clip_grad_norm_ before the step")
         if max_norm is not None or skip:
             # A sparse gradient's norm is that of its coalesced values.
             grads = [g for _, b in work for g in b.grads]

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from .._ops import ops
+from ._dtensor import is_dtensor
 
 # torch.nn.utils.clip_grad_norm_ divides by (total_norm + 1e-6); so do we, so
 # that clipping here and there scales gradients by the same factor.
@@ -115,6 +116,15 @@ def clip_grad_norm_(
             # torch's warning: an exhausted model.parameters() is a common slip.
             warnings.warn("`parameters` is an empty generator, no gradient clipping will occur.", stacklevel=2)
     grads = [p.grad for p in parameters if p.grad is not None]
+    if grads and is_dtensor(grads[0]):
+        # Sharded gradients (FSDP2): the norm needs every shard, which torch's
+        # DTensor ops reduce over the device mesh. (A model's gradients are
+        # all DTensors or none; a mix fails in the op, with DTensor's error.)
+        total_norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm, norm_type, error_if_nonfinite)
+        if found_inf is not None:
+            bad = total_norm.full_tensor() if is_dtensor(total_norm) else total_norm
+            found_inf.copy_(torch.maximum(found_inf, (~bad.isfinite()).to(found_inf.device, found_inf.dtype)))
+        return total_norm
     max_norm = float(max_norm)
     total_norm, nonfinite = grad_norm(grads, norm_type)
     if not grads:

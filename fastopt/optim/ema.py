@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from .._ops import ops
+from ._dtensor import is_dtensor, local
 
 Tensors = Union[torch.nn.Module, Iterable[Tensor]]
 
@@ -104,8 +105,9 @@ class _Groups:
             if _averaged(s):
                 key = (s.device, s.dtype)
                 dst, src = self.averaged.setdefault(key, ([], []))
-                dst.append(s)
-                src.append(c.detach())
+                # DTensors (FSDP2): the shards, averaged elementwise here (_dtensor.py).
+                dst.append(local(s))
+                src.append(local(c.detach()))
                 if (c.device, c.dtype) != key:
                     self.converted.add(key)
             else:
@@ -200,6 +202,8 @@ class EMA:
         with torch.no_grad():
             # clone keeps each tensor's strides (channels_last stays channels_last).
             self.shadow: list[Tensor] = [t.detach().clone() for t in self._tracked.current()]
+        # DTensor parameters (FSDP2), whose storage is their local shard's.
+        self._sharded = any(is_dtensor(t) for t in self.shadow)
         # The grouping, and the tracked list and data pointers it was built from.
         self._grouping: tuple[list[Tensor], list[int], _Groups] | None = None
 
@@ -228,7 +232,8 @@ class EMA:
         ``p.data = p.data.view(...)``).
         """
         current = self._targets(None)
-        pointers = [t.data_ptr() for t in current]
+        sharded = getattr(self, "_sharded", False)  # (absent from an EMA pickled before it existed)
+        pointers = [(local(t) if sharded else t).data_ptr() for t in current]
         cache = self._grouping
         if cache is None or cache[0] is not current or cache[1] != pointers:
             cache = self._grouping = (current, pointers, _Groups(self.shadow, current))

@@ -1,4 +1,4 @@
-"""fastopt optimizers under torch.distributed: DDP and ZeroRedundancyOptimizer.
+"""fastopt optimizers under torch.distributed: DDP, ZeroRedundancyOptimizer and FSDP2.
 
 Two CPU processes on the gloo backend over loopback train a small model on
 halves of each batch. DDP averages their gradients, so the result must equal
@@ -53,15 +53,28 @@ def _train(model: torch.nn.Module, opt: torch.optim.Optimizer, shard: slice) -> 
 
 def _train_shard(rank: int, mode: str, index: int, out_dir: str) -> None:
     fastopt_cls, _, hyper = OPTIMIZERS[index]
-    model = DistributedDataParallel(_model())
-    if mode == "ddp":
+    if mode == "fsdp2":
+        # Parameters become DTensors sharded over the processes; the optimizer
+        # updates each process's shards (fastopt/optim/_dtensor.py).
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        model = fully_shard(_model(), mesh=init_device_mesh("cpu", (WORLD_SIZE,)))
         opt: Any = fastopt_cls(model.parameters(), **hyper)
     else:
-        opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=fastopt_cls, **hyper)
+        model = DistributedDataParallel(_model())
+        if mode == "ddp":
+            opt = fastopt_cls(model.parameters(), **hyper)
+        else:
+            opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=fastopt_cls, **hyper)
     half = 8 // WORLD_SIZE
     _train(model, opt, slice(rank * half, (rank + 1) * half))
+    if mode == "fsdp2":
+        params = [p.full_tensor().detach() for p in model.parameters()]
+    else:
+        params = [p.detach() for p in model.module.parameters()]
     if rank == 0:
-        torch.save([p.detach() for p in model.module.parameters()], os.path.join(out_dir, "params.pt"))
+        torch.save(params, os.path.join(out_dir, "params.pt"))
 
 
 def _worker(rank: int, port: int, mode: str, index: int, out_dir: str) -> None:
@@ -81,7 +94,7 @@ def _worker(rank: int, port: int, mode: str, index: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("mode", ["ddp", "zero"])
+@pytest.mark.parametrize("mode", ["ddp", "zero", "fsdp2"])
 @pytest.mark.parametrize("index", range(len(OPTIMIZERS)), ids=[o[0].__name__ for o in OPTIMIZERS])
 def test_two_process_training_matches_single_process_torch(mode, index):
     _, torch_cls, hyper = OPTIMIZERS[index]
