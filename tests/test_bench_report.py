@@ -121,16 +121,18 @@ def test_readme_section_is_generated(smoke_run: tuple[dict, str, Path], tmp_path
 
 
 def test_readme_shows_the_newest_full_run_of_each_device(tmp_path: Path) -> None:
-    """One section per device, CUDA first; smoke runs and older runs are left out."""
+    """One section per device, CUDA first; smoke runs, runs of some suites and older runs are left out."""
 
-    def write(name: str, device: str, date: str, smoke: bool = False) -> Path:
+    def write(name: str, device: str, date: str, smoke: bool = False, suites: list | None = None) -> Path:
         path = tmp_path / f"bench-{name}.json"
-        path.write_text(json.dumps({"environment": {"device": device, "date_utc": date}, "settings": {"smoke": smoke}}))
+        settings = {"smoke": smoke, "suites": suites if suites is not None else list(REGISTRY)}
+        path.write_text(json.dumps({"environment": {"device": device, "date_utc": date}, "settings": settings}))
         return path
 
     write("cpu-old", "cpu", "2026-11-01T00:00:00+00:00")
     cpu = write("cpu-new", "cpu", "2026-11-02T00:00:00+00:00")
     write("cpu-smoke", "cpu", "2026-11-03T00:00:00+00:00", smoke=True)
+    write("cpu-norm-only", "cpu", "2026-11-04T00:00:00+00:00", suites=["norm"])  # a --suite run
     cuda = write("cuda", "cuda:0", "2026-10-01T00:00:00+00:00")
     assert readme.latest_results(tmp_path) == [cuda, cpu]
     with pytest.raises(FileNotFoundError):
@@ -303,3 +305,15 @@ def test_cuda_graph_replay_repeats_a_forward_and_backward() -> None:
     replay()
     torch.cuda.synchronize()
     torch.testing.assert_close(module.bias.grad, 3 * expected)
+
+
+def test_readme_flags_a_report_of_older_code_only() -> None:
+    """A report is committed after its run: the same code is no reason to flag
+    it; unknown commits and missing git give no flag either."""
+    assert readme._code_changes_since(None) is None
+    assert readme._code_changes_since("HEAD") is None
+    assert readme._code_changes_since("0" * 40) is None
+    first = readme._git("rev-list", "--max-parents=0", "HEAD")
+    if first is None or first.returncode != 0:
+        pytest.skip("not a git checkout")
+    assert readme._code_changes_since(first.stdout.split()[0]) > 0  # the code has grown since the first commit

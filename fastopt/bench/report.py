@@ -51,10 +51,12 @@ def summary_table(payload: Payload) -> str:
     """One row per case: fastopt against the fastest torch path, and the bandwidth figures.
 
     GB/s and % of triad are fastopt's; the triad is the one timed in the
-    case's own round-robin. Peers, when any ran, get a column each.
+    case's own round-robin, whose GB/s has a column too (it drifts with the
+    machine's load between cases). Peers, when any ran, get a column each.
     """
     peers = _peer_names(payload)
-    headers = ["suite", "case", "fastopt ms", "best torch ms", "best torch path", "speed-up", "GB/s", "% of triad"]
+    headers = ["suite", "case", "fastopt ms", "best torch ms", "best torch path", "speed-up", "GB/s", "% of triad",
+               "triad GB/s"]  # fmt: skip
     headers += [f"{p} ms" for p in peers]
     rows = []
     for case in payload["cases"]:
@@ -65,6 +67,7 @@ def summary_table(payload: Payload) -> str:
         row = [
             case["suite"], case["case"], _ms(s["fastopt_ms"]), _ms(s["best_torch_ms"]), s["best_torch"] or "",
             f"{s['speedup']:.2f}x" if s["speedup"] else "", f"{s['gbps']:.1f}", f"{100 * s['fraction_of_triad']:.0f}%",
+            f"{s['gbps'] / s['fraction_of_triad']:.1f}" if s["fraction_of_triad"] else "",
         ]  # fmt: skip
         row += [_ms(case["contenders"][p]["median_ms"]) if p in case["contenders"] else "" for p in peers]
         rows.append(row)

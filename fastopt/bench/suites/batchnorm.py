@@ -18,6 +18,10 @@ from ..suite import FASTOPT, TORCH, Case, Context, Suite, with_graph_replays
 # Tensors of x's size moved per call, by mode.
 TENSORS_MOVED = {"train fwd+bwd": 5, "eval fwd": 2}
 
+# On CUDA torch's BatchNorm runs cuDNN by default; its native kernels are the
+# other torch path (the target is against the faster of the two).
+NATIVE = "torch native (cuDNN off)"
+
 
 def _train_step(module: torch.nn.Module, x: torch.Tensor, dy: torch.Tensor) -> Call:
     x = x.clone().requires_grad_()
@@ -48,7 +52,16 @@ def _case(shape: tuple[int, ...], fmt: torch.memory_format, mode: str, ctx: Cont
         make = _train_step if mode == "train fwd+bwd" else _eval_step
         ours = fastopt.nn.BatchNorm2d(shape[1]).to(ctx.device)
         ref = torch.nn.BatchNorm2d(shape[1]).to(ctx.device)
-        return {"fastopt": make(ours, x, dy), "torch": make(ref, x, dy)}
+        calls = {"fastopt": make(ours, x, dy), "torch": make(ref, x, dy)}
+        if ctx.device.type == "cuda":
+            native = make(torch.nn.BatchNorm2d(shape[1]).to(ctx.device), x, dy)
+
+            def without_cudnn() -> None:
+                with torch.backends.cudnn.flags(enabled=False):
+                    native()
+
+            calls[NATIVE] = without_cudnn
+        return calls
 
     numel = shape[0] * shape[1] * shape[2] * shape[3]
     layout = "NHWC" if fmt == torch.channels_last else "NCHW"
@@ -56,7 +69,7 @@ def _case(shape: tuple[int, ...], fmt: torch.memory_format, mode: str, ctx: Cont
         name=f"BatchNorm2d {mode} {tuple(shape)} {layout}",
         nbytes=TENSORS_MOVED[mode] * numel * 4,
         setup=setup,
-        roles={"fastopt": FASTOPT, "torch": TORCH},
+        roles={"fastopt": FASTOPT, "torch": TORCH, **({NATIVE: TORCH} if ctx.device.type == "cuda" else {})},
         params={"shape": list(shape), "memory_format": layout, "dtype": "float32", "work": mode},
     )
 
@@ -64,6 +77,7 @@ def _case(shape: tuple[int, ...], fmt: torch.memory_format, mode: str, ctx: Cont
 def cases(ctx: Context) -> list[Case]:
     # (N, C, H, W): a ResNet early stage and a late one.
     shapes = [(4, 16, 8, 8)] if ctx.smoke else [(32, 64, 56, 56), (64, 256, 14, 14)]
+    shapes = [(n * ctx.batch_scale, c, h, w) for n, c, h, w in shapes]
     plain = [
         _case(shape, fmt, mode, ctx)
         for shape in shapes

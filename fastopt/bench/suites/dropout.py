@@ -139,6 +139,10 @@ def notes(ctx: Context) -> dict[str, object]:
         # The GPU target's memory comparison: what a small MLP's training step
         # peaks at with each dropout (the masks torch saves are part of it).
         batch, width = (256, 256) if ctx.smoke else (8192, 4096)
+        # Untimed first: cuBLAS allocates its workspaces on the first matmuls of
+        # each thread (forward, and autograd's), and they would count in the
+        # peak of whichever contender ran first.
+        mlp_step_peak_mib(lambda t: t, ctx.device, batch, width)
         result[f"mlp_step_peak_mib (3 layers, batch {batch}, width {width})"] = {
             name: round(mlp_step_peak_mib(f, ctx.device, batch, width), 1) for name, f in fns.items()
         }

@@ -65,6 +65,7 @@ def _case(
 def cases(ctx: Context) -> list[Case]:
     # (N, C, H, W): a ResNet early stage and a late one.
     shapes = [(2, 64, 8, 8)] if ctx.smoke else [(32, 64, 56, 56), (64, 256, 14, 14)]
+    shapes = [(n * ctx.batch_scale, c, h, w) for n, c, h, w in shapes]
     result = []
     for shape in shapes:
         c = shape[1]
@@ -79,7 +80,7 @@ def cases(ctx: Context) -> list[Case]:
     first = shapes[0]
     pair = (lambda: fastopt.nn.InstanceNorm2d(first[1], affine=True), lambda: torch.nn.InstanceNorm2d(first[1], affine=True))
     result.append(_case("InstanceNorm2d(affine)", first, torch.contiguous_format, pair, ctx))
-    rows, hidden = (16, 64) if ctx.smoke else (4096, 768)
+    rows, hidden = (16, 64) if ctx.smoke else (4096 * ctx.batch_scale, 768)
     pair = (lambda: fastopt.nn.LayerNorm(hidden), lambda: torch.nn.LayerNorm(hidden))
     result.append(_case(f"LayerNorm({hidden})", (rows, hidden), torch.contiguous_format, pair, ctx))
     return with_graph_replays(result, ctx)
