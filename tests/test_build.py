@@ -85,3 +85,18 @@ def test_op_rejects_sparse_tensors():
     lists[1][0] = torch.zeros(3).to_sparse()
     with pytest.raises(NotImplementedError, match="SparseCPU"):
         torch.ops.fastopt.adam_(*lists, **ADAM_KW)
+
+
+def test_import_pulls_in_no_heavy_torch_subsystems():
+    """import fastopt stays light (30 ms after torch): torch.compiler.disable
+    would import dynamo (1 s) and torch.distributed.tensor costs 0.6 s, which
+    every DataLoader or DDP worker process would pay. Both load on first use."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import sys, torch, fastopt; print([m for m in ('torch._dynamo', 'torch.distributed.tensor') if m in sys.modules])"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fastopt.__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.strip() == "[]"

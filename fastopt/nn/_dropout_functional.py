@@ -133,8 +133,9 @@ def _dropout_impl(
 # functionals, whose masks come from torch's own RNG. They take no generator.
 
 
-def _refuse_generator(name: str, generator: torch.Generator | None) -> None:
-    if generator is not None:
+def _refuse_generator(name: str, generator: torch.Generator | None, p: float, training: bool) -> None:
+    """Refuse a generator where a mask would be drawn from it (eager ignores it elsewhere)."""
+    if generator is not None and training and 0.0 < p < 1.0:
         raise NotImplementedError(
             f"fastopt.nn.functional.{name}: under torch.func transforms the result is torch's {name}, "
             "which draws from the default generator; a generator argument is not supported there"
@@ -151,7 +152,7 @@ def _torch_dropout(
     mask: str = "recompute",
 ) -> Tensor:
     check_mask_mode(mask)
-    _refuse_generator("dropout", generator)
+    _refuse_generator("dropout", generator, p, training)
     return torch.nn.functional.dropout(input, p, training, inplace)
 
 
@@ -165,7 +166,7 @@ def _torch_feature_dropout(name: str) -> Callable[..., Tensor]:
         inplace: bool = False,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        _refuse_generator(name, generator)
+        _refuse_generator(name, generator, p, training)
         return torch_fn(input, p, training, inplace)
 
     return twin
@@ -179,8 +180,9 @@ def _torch_dropout_add(
     bias: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
+    _refuse_generator("dropout_add", generator, p, training)
     pre = x if bias is None else x + bias
-    return _torch_dropout(pre, p, training, False, generator) + residual
+    return torch.nn.functional.dropout(pre, p, training) + residual
 
 
 @dispatches_torch_function(twin=_torch_dropout)

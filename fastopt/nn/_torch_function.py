@@ -28,11 +28,9 @@ def _under_func_transforms() -> bool:
     """Whether a ``torch.func`` transform (grad, vmap, jvp, jacrev, functionalize,
     ...) or a forward-mode AD level (``torch.autograd.forward_ad.dual_level``) is active.
 
-    torch.compile cannot trace the check, and traces transforms its own way:
-    while compiling, the answer is no.
+    Under torch.compile the check is traced too (dynamo makes it a constant
+    of the graph): a transform inside a compiled function gets the twins.
     """
-    if torch.compiler.is_compiling():
-        return False
     return torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0
 
 
@@ -78,22 +76,37 @@ def fx_leaf(forward: Forward) -> Forward:
     runs their forward, in the train or eval mode they have then. fastopt's
     modules live outside torch.nn, and that rule traces through them: their
     mode would become a constant of the graph, which ``gm.eval()`` could no
-    longer change (batch statistics and dropout in evaluation). Under the
-    default rule they are leaves too. A tracer with its own rule (FX
-    quantization's) has decided what to trace through, and so is the module
-    traced from (the root), as torch's would be.
+    longer change (batch statistics and dropout in evaluation). So fastopt's
+    own classes are leaves too, where torch's would be: not a user's
+    subclass (torch's rule goes by the class's module; its forward may call
+    this one, which would then run twice), not the module traced from (the
+    root), and not under a tracer with its own rule (FX quantization's). The
+    leaf is decided here, inside the module's call, where fx decides it
+    before: a module with forward hooks, which fx has traced by now and
+    would run again, is traced through.
     """
 
     @functools.wraps(forward)
     def leaf_forward(self: torch.nn.Module, input: Any, *args: Any, **kwargs: Any) -> Any:
-        if isinstance(input, torch.fx.Proxy):
+        if isinstance(input, torch.fx.Proxy) and _traced_as_leaf(self, input.tracer):
             tracer = input.tracer
-            default_rule = type(tracer).is_leaf_module is torch.fx.Tracer.is_leaf_module
-            if default_rule and self is not getattr(tracer, "root", None):
-                return tracer.create_proxy("call_module", tracer.path_of_module(self), (input, *args), kwargs)
+            return tracer.create_proxy("call_module", tracer.path_of_module(self), (input, *args), kwargs)
         return forward(self, input, *args, **kwargs)
 
     return leaf_forward  # type: ignore[return-value]
+
+
+def _traced_as_leaf(module: torch.nn.Module, tracer: torch.fx.Tracer) -> bool:
+    """Whether fx, under its default rules, would keep ``module`` as a leaf (see fx_leaf)."""
+    hooks = torch.nn.modules.module
+    return (
+        type(module).__module__.startswith("fastopt.")
+        and type(tracer).is_leaf_module is torch.fx.Tracer.is_leaf_module
+        and type(tracer).call_module is torch.fx.Tracer.call_module
+        and module is not getattr(tracer, "root", None)
+        and not (module._forward_hooks or module._forward_pre_hooks)
+        and not (hooks._global_forward_hooks or hooks._global_forward_pre_hooks)
+    )
 
 
 def fx_tracing(input: Any) -> bool:

@@ -7,7 +7,7 @@ input-dimension checks and ``repr`` are torch's own; only ``forward`` changes.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
@@ -17,7 +17,15 @@ from ._scripting import ScriptsAsTorch
 from ._torch_function import dispatches_torch_function, fx_leaf, fx_tracing
 
 
-@torch.compiler.disable
+def _read_cumulative_factor(num_batches_tracked: Tensor) -> float:
+    return 1.0 / float(num_batches_tracked)
+
+
+# _read_cumulative_factor behind torch.compiler.disable, made on first use:
+# the decorator imports torch._dynamo, a second at import for every process.
+_outside_graph: list[Callable[[Tensor], float]] = []
+
+
 def _cumulative_factor(num_batches_tracked: Tensor) -> float:
     """1 / num_batches_tracked, read on the host, where torch.compile breaks the graph.
 
@@ -26,7 +34,9 @@ def _cumulative_factor(num_batches_tracked: Tensor) -> float:
     momentum`` cannot take; torch's own BatchNorm, whose op can, then runs.
     Outside the graph the factor is a plain float in either case.
     """
-    return 1.0 / float(num_batches_tracked)
+    if not _outside_graph:
+        _outside_graph.append(torch.compiler.disable(_read_cumulative_factor))
+    return _outside_graph[0](num_batches_tracked)
 
 
 def _batch_norm_mode(

@@ -573,6 +573,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         # clipping and skipping) must be known before any update.
         sparse: SparseParams = []
         work = self._buckets(sparse)
+        if any(b.sharded for _, b in work):
+            self._check_sharded()
         if work or sparse:
             grad_scale, found_inf = self._clip_and_skip(work, sparse, grad_scale, found_inf)
         on_device: dict[tuple[int, torch.device], Tensor] = {}
@@ -594,8 +596,6 @@ class FusedOptimizer(torch.optim.Optimizer):
             device = bucket.params[0].device
             norms = None
             if track:
-                if bucket.sharded:
-                    refuse("track_update_ratios()", "compute the ratios from full tensors")
                 norms = torch.empty(len(bucket.params), 2, dtype=torch.float64, device=device)
                 self._last_norms.append((bucket.sources, norms))
             if stochastic and bucket.sources[0].dtype == torch.bfloat16:
@@ -609,6 +609,21 @@ class FusedOptimizer(torch.optim.Optimizer):
         if sparse:
             self._sparse_steps(sparse, grad_scale, found_inf)
         return loss
+
+    def _check_sharded(self) -> None:
+        """Refuse, before anything is updated, the options that DTensor parameters cannot have.
+
+        Each process updates its own shards (_dtensor.py): a global gradient
+        norm or a per-parameter ratio would need every shard, and stochastic
+        rounding would draw each process's own random words, so that the
+        replicas of a replicated parameter would drift apart.
+        """
+        if getattr(self, "max_grad_norm", None) is not None or getattr(self, "skip_nonfinite", False):
+            refuse("max_grad_norm or skip_nonfinite", "clip with torch.nn.utils.clip_grad_norm_ before the step")
+        if getattr(self, "_track_ratios", False):
+            refuse("track_update_ratios()", "compute the ratios from full tensors")
+        if getattr(self, "stochastic_rounding", False):
+            refuse("stochastic_rounding", "use master_weights=True")
 
     @staticmethod
     def _write_back_grads(bucket: Bucket) -> None:
@@ -699,8 +714,6 @@ class FusedOptimizer(torch.optim.Optimizer):
         """
         max_norm = getattr(self, "max_grad_norm", None)
         skip = getattr(self, "skip_nonfinite", False)
-        if (max_norm is not None or skip) and any(b.sharded for _, b in work):
-            refuse("max_grad_norm or skip_nonfinite", "clip with torch.nn.utils.clip_grad_norm_ before the step")
         if max_norm is not None or skip:
             # A sparse gradient's norm is that of its coalesced values.
             grads = [g for _, b in work for g in b.grads]

@@ -6,28 +6,37 @@ of a parameter, its gradient and its state, as torch's foreach ops on
 DTensors do, with no communication. State stays DTensors, as torch's does, so
 checkpoints (``torch.distributed.checkpoint``, ``get_optimizer_state_dict``)
 see what they see with torch. What is not elementwise (a global gradient
-norm, per-parameter update ratios) is refused for DTensor parameters.
+norm, per-parameter update ratios) is refused for DTensor parameters, and so
+is stochastic rounding, whose random words each process would draw alone.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from torch import Tensor
 
-try:
-    from torch.distributed.tensor import DTensor
-except ImportError:  # a torch built without distributed
-    DTensor = None
+
+def _dtensor_class() -> type | None:
+    """DTensor, if torch.distributed.tensor has been imported: no DTensor exists before.
+
+    Not imported here: it costs 0.6 s, which every process importing fastopt
+    (DataLoader workers included) would pay.
+    """
+    module = sys.modules.get("torch.distributed.tensor")
+    return None if module is None else module.DTensor
 
 
 def is_dtensor_type(cls: type) -> bool:
     """Whether tensors of class ``cls`` (a parameter's ``type()``) are DTensors."""
-    return DTensor is not None and issubclass(cls, DTensor)
+    dtensor = _dtensor_class()
+    return dtensor is not None and issubclass(cls, dtensor)
 
 
 def is_dtensor(t: Any) -> bool:
-    return DTensor is not None and isinstance(t, DTensor)
+    dtensor = _dtensor_class()
+    return dtensor is not None and isinstance(t, dtensor)
 
 
 def local(t: Tensor) -> Tensor:
@@ -57,8 +66,7 @@ def local_grad(param: Tensor, grad: Tensor) -> Tensor:
 
 
 def refuse(what: str, instead: str) -> None:
-    """Refuse an option that reduces over every shard, naming what to do ``instead``."""
+    """Refuse an option that shard-by-shard updates cannot give, naming what to do ``instead``."""
     raise NotImplementedError(
-        f"{what} is not supported with DTensor parameters: it reduces over every shard of "
-        f"every parameter, which fastopt's shard-by-shard update does not do; {instead}"
+        f"{what} is not supported with DTensor parameters, which fastopt updates shard by shard; {instead}"
     )

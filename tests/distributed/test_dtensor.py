@@ -87,16 +87,28 @@ def test_master_weights_of_bfloat16_dtensors(mesh):
         assert torch.equal(p.full_tensor(), master.full_tensor().to(torch.bfloat16))
 
 
-def test_reductions_over_shards_are_refused(mesh):
-    for kwargs in ({"max_grad_norm": 1.0}, {"skip_nonfinite": True}):
-        with pytest.raises(NotImplementedError, match="DTensor parameters"):
-            _step(fastopt.optim.Adam, kwargs, _params(mesh), steps=1)
-    opt = fastopt.optim.SGD(_params(mesh), lr=0.1)
-    opt.track_update_ratios()
-    for p in opt.param_groups[0]["params"]:
-        p.grad = distribute_tensor(torch.ones(p.shape), p.device_mesh, p.placements)
-    with pytest.raises(NotImplementedError, match="track_update_ratios"):
+@pytest.mark.parametrize(
+    "option",
+    ["max_grad_norm", "skip_nonfinite", "track_update_ratios", "stochastic_rounding"],
+)
+def test_options_that_need_every_shard_are_refused_before_any_update(mesh, option):
+    """A global norm or per-parameter ratios need every shard; stochastic
+    rounding would draw each process's words alone, so that the replicas of
+    a Replicate parameter drift apart. Refused before anything is written,
+    plain parameters of the same step included."""
+    plain = torch.nn.Parameter(torch.ones(6, dtype=torch.bfloat16))
+    params = [plain, *_params(mesh, torch.bfloat16)]
+    kwargs = {"max_grad_norm": 1.0} if option == "max_grad_norm" else {}
+    kwargs.update({option: True} if option in ("skip_nonfinite", "stochastic_rounding") else {})
+    opt = fastopt.optim.SGD(params, lr=0.1, **kwargs)
+    if option == "track_update_ratios":
+        opt.track_update_ratios()
+    plain.grad = torch.ones(6, dtype=torch.bfloat16)
+    for p in params[1:]:
+        p.grad = distribute_tensor(torch.ones(p.shape, dtype=p.dtype), p.device_mesh, p.placements)
+    with pytest.raises(NotImplementedError, match=f"{option}.* DTensor parameters"):
         opt.step()
+    assert torch.equal(plain, torch.ones(6, dtype=torch.bfloat16))
 
 
 def test_plain_gradient_of_a_dtensor_parameter_is_refused(mesh):

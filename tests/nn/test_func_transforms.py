@@ -143,6 +143,21 @@ def test_outside_transforms_the_fused_kernels_run(device):
     assert torch.equal(_same_seed(grad(lambda x: FF.dropout(x, 0.5).sum()), x) != 0, torch_mask)
 
 
+@pytest.mark.parametrize("transform", ["grad", "vmap"])
+def test_transforms_inside_torch_compile(device, transform):
+    """A transform inside a compiled function traces the twins too."""
+    x = torch.randn(3, 4, 5, device=device)
+    results = []
+    for ln, bn in ((FF.layer_norm, FF.batch_norm), (F.layer_norm, F.batch_norm)):
+        if transform == "grad":
+            fn = grad(lambda x, ln=ln: ln(x, [5]).sin().sum())
+        else:
+            fn = vmap(lambda x, bn=bn: bn(x, None, None, training=True))
+        torch._dynamo.reset()
+        results.append(torch.compile(fn)(x))
+    torch.testing.assert_close(results[0], results[1])
+
+
 def test_generator_under_transforms_is_refused(device):
     x = torch.randn(8, 4, device=device)
     g = torch.Generator(device=device)
@@ -153,6 +168,14 @@ def test_generator_under_transforms_is_refused(device):
     ):
         with pytest.raises(NotImplementedError, match="generator argument is not supported"):
             vmap(call, randomness="different")(x[:, None])
+    # Where no mask is drawn, the generator is ignored, as in eager.
+    for call in (
+        lambda x: FF.dropout(x, 0.5, training=False, generator=g),
+        lambda x: FF.dropout(x, 0.0, generator=g),
+        lambda x: FF.dropout2d(x, 0.5, False, generator=g),
+        lambda x: FF.dropout_add(x, x, 0.5, training=False, generator=g),
+    ):
+        torch.testing.assert_close(vmap(call)(x[:, None, :, None]), call(x[:, None, :, None]))
 
 
 def test_bad_arguments_raise_torch_errors_under_transforms(device):

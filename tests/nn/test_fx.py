@@ -62,6 +62,35 @@ def test_modules_stay_leaves_as_torch_modules_do(device, train):
     _assert_same_runs(traced, eager, device)
 
 
+def test_subclasses_and_hooked_modules_are_traced_through(device):
+    """Where fx would trace through a torch module, it traces through fastopt's:
+    a user's subclass (whose forward calls fastopt's), a module with forward
+    hooks (which fx has traced before the module's call), and under a tracer
+    that overrides call_module. Each traced graph computes as the model does."""
+
+    class Scaled(fastopt.nn.LayerNorm):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(x) * 2
+
+    class CallsThrough(torch.fx.Tracer):
+        def call_module(self, m, forward, args, kwargs):
+            return forward(*args, **kwargs)
+
+    hooked = fastopt.nn.LayerNorm(5).to(device)
+    hooked.register_forward_pre_hook(lambda m, args: (args[0] + 1,))
+    hooked.register_forward_hook(lambda m, args, out: out * 3)
+    x = torch.randn(2, 5, device=device)
+    for model, tracer in (
+        (torch.nn.Sequential(torch.nn.Linear(5, 5), Scaled(5)), torch.fx.Tracer()),
+        (torch.nn.Sequential(torch.nn.Linear(5, 5), hooked), torch.fx.Tracer()),
+        (torch.nn.Sequential(torch.nn.Linear(5, 5), fastopt.nn.BatchNorm1d(5).eval()), CallsThrough()),
+    ):
+        model = model.to(device)
+        traced = torch.fx.GraphModule(model, tracer.trace(model))
+        assert not [n for n in traced.graph.nodes if n.op == "call_module" and n.target == "1"]
+        torch.testing.assert_close(traced(x), model(x))
+
+
 class _ThroughEverything(torch.fx.Tracer):
     """A tracer with its own rule: it traces through every module."""
 
