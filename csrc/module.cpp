@@ -52,6 +52,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "Select the CPU kernel variant ('default', 'avx2' or 'avx512'); for tests and benchmarks.");
   m.def("_set_cpu_cache_limit", [](size_t bytes) { fastopt::cpu::set_output_cache_limit(bytes); });
   m.def("_empty_cpu_cache", [] { fastopt::cpu::empty_output_cache(); });
+  // The cache size that decides streamed stores (stream_output); tests size
+  // their inputs past it.
+  m.def("_last_level_cache_bytes", [] { return fastopt::cpu::last_level_cache_bytes(); });
   m.def("_cpu_cache_stats", [] {
     const fastopt::cpu::OutputCacheStats s = fastopt::cpu::output_cache_stats();
     py::dict d;

@@ -12,7 +12,7 @@ import fastopt.nn.functional as F
 from fastopt import nn
 
 from ..cpu_isa import cpu_capability, supported_isas
-from .tensors import dropout_scaled
+from .tensors import dropout_scaled, streamed_numel
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 
@@ -313,8 +313,8 @@ def test_bad_input(device):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_large_outputs_written_with_streaming_stores_match_in_place(device, dtype):
-    """Outputs of 8 MB and more take the non-temporal store path; in place does not."""
-    n = (9 << 20) // torch.finfo(dtype).bits * 8 + 3  # over 8 MB, with a scalar tail
+    """Outputs this large take the CPU's non-temporal store path (tensors.streamed_numel); in place does not."""
+    n = streamed_numel(4, dtype) // 16 * 16 + 3  # with a scalar tail
     x = torch.randn(n, device=device).to(dtype)
     gen = torch.Generator(device=device)
     y = F.dropout(x, 0.3, generator=gen.manual_seed(7))

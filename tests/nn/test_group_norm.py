@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,7 +12,7 @@ import fastopt.nn
 from fastopt.nn import functional as FF
 
 from ..optim.reference import assert_same_error, assert_same_functional_error
-from .tensors import unaligned
+from .tensors import streamed_numel, unaligned
 
 # Every test under each compiled CPU kernel variant (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("each_cpu_isa")
@@ -185,9 +187,9 @@ def test_gradcheck_no_affine(device):
 
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
 def test_large_output_written_with_streaming_stores_matches_torch(device, fmt):
-    """Outputs of 8 MB and more take the non-temporal store path (cpu/output_cache.h)."""
-    x = torch.randn(4, 64, 96, 96, device=device).to(memory_format=fmt).requires_grad_()
-    assert x.numel() * 4 >= 8 << 20
+    """Outputs this large take the CPU's non-temporal store path (tensors.streamed_numel)."""
+    side = math.isqrt(streamed_numel(4, torch.float32) // 128) + 1
+    x = torch.randn(2, 64, side, side, device=device).to(memory_format=fmt).requires_grad_()
     ours, ref = fastopt.nn.GroupNorm(8, 64).to(device), torch.nn.GroupNorm(8, 64).to(device)
     grad = torch.randn_like(x)
     y = ours(x)
@@ -196,7 +198,7 @@ def test_large_output_written_with_streaming_stores_matches_torch(device, fmt):
     (dx_ref,) = torch.autograd.grad(y_ref, x, grad)
     torch.testing.assert_close(y, y_ref)
     torch.testing.assert_close(dx, dx_ref)
-    rows = torch.randn(3000, 768, device=device, requires_grad=True)  # LayerNorm's row path
+    rows = torch.randn(streamed_numel(4, torch.float32) // 768 + 1, 768, device=device, requires_grad=True)
     ln, ln_ref = fastopt.nn.LayerNorm(768).to(device), torch.nn.LayerNorm(768).to(device)
     out, out_ref = ln(rows), ln_ref(rows)
     torch.testing.assert_close(out, out_ref)

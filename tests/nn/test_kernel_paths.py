@@ -19,6 +19,9 @@ variant. The cases:
   channel-wise dropout with 2 and 3 elements per channel (the group kernel's
   tiles, whose channels straddle tile boundaries when 3 does not divide them).
 * InstanceNorm2d with many channels, channels last, small spatial size.
+
+A last group is the CPU's own: outputs large enough for the CPU kernels'
+non-temporal stores.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import torch.nn.functional as F
 import fastopt.nn
 import fastopt.nn.functional as FF
 
-from .tensors import dropout_scaled, unaligned
+from .tensors import dropout_scaled, streamed_numel, unaligned
 
 # Every test under each compiled CPU kernel variant (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("each_cpu_isa")
@@ -382,3 +385,36 @@ def test_channel_wise_small_channels(device, case):
     _assert_backward_applies(leaf.grad, grad, kept, p)
     # The same generator state gives the same channels again.
     assert torch.equal(fn(x, p, generator=_gen(device, 3)), y.detach())
+
+
+# ---------------------------------------------------------------- streamed stores (CPU)
+# Inputs just past the CPU's threshold for non-temporal stores (tensors.
+# streamed_numel), with runs (planes, rows) of odd length so that the
+# streaming loop's scalar head and tail are both reached. (GroupNorm's and
+# dropout's streamed outputs are tested in their own files.)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("fmt", ["channels_first", "channels_last"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_batch_norm_streamed(device, dtype, fmt, training):
+    N, C = 2, 37
+    L = -(-streamed_numel(4 if training else 2, dtype) // (N * C)) | 1
+    ours, ref = _bn_pair(fastopt.nn.BatchNorm1d, torch.nn.BatchNorm1d, C, device, dtype)
+    ours.train(training)
+    ref.train(training)
+
+    def shaped(t: torch.Tensor) -> torch.Tensor:  # channels last: (N, L, C) memory viewed as (N, C, L)
+        return t if fmt == "channels_first" else t.transpose(1, 2).contiguous().transpose(1, 2)
+
+    x = shaped(torch.randn(N, C, L, dtype=dtype, device=device) * 2 + 3)
+    grad = shaped(torch.randn(N, C, L, dtype=dtype, device=device))
+    got = _bn_results(ours, _leaf(x, False), grad)
+    want = _bn_results(ref, _leaf(x, False), grad)
+    if dtype == torch.float64:  # float64's sums stay within assert_close's defaults
+        _assert_all_close(got, want)
+        return
+    exact_model = torch.nn.BatchNorm1d(C).double().train(training)
+    exact_model.load_state_dict(ref.state_dict())
+    exact = _bn_results(exact_model, _leaf(x.double(), False), grad.double())
+    _assert_matches_torch(got, want, exact)
