@@ -419,7 +419,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             keys = self._state_keys(group)
             has_state = bool(keys) or has_step or masters_on
             # An op that initialises new state also starts the keys that a
-            # parameter's existing state lacks: SGD's momentum buffer after a
+            # parameter's existing state lacks (or holds as None): SGD's momentum buffer after a
             # user's own entry, or after steps without momentum that kept only
             # master_param. torch's SGD starts it from the gradient then, as on
             # a first step (torch's other optimizers raise KeyError, as ours do).
@@ -447,10 +447,13 @@ class FusedOptimizer(torch.optim.Optimizer):
                         self._init_state(group, p, state)
                     elif in_op_keys:
                         # (A plain loop: the cheapest check of a key or two.)
+                        # A key set to None counts as missing: torch's SGD
+                        # reads the buffer with state.get, so None (a user's
+                        # momentum reset, an old checkpoint) starts it anew.
                         for key in in_op_keys:
-                            if key not in state:
+                            if state.get(key) is None:
                                 new_state = True
-                                self._zero_state(p, state, tuple(k for k in keys if k not in state))
+                                self._zero_state(p, state, tuple(k for k in keys if state.get(k) is None))
                                 break
                 dtype = p.dtype
                 device = p.device

@@ -290,9 +290,12 @@ def test_conjugate_gradients_unscaled_and_clipped_in_place(opt, device):
 # --------------------------------------------------------------------------- state lacking a key
 
 
-def test_sgd_starts_a_missing_momentum_buffer(device):
-    """State that exists without momentum_buffer (a user's own entry): torch's
-    SGD starts the buffer from the gradient, as on a first step; so does ours."""
+@pytest.mark.parametrize("dropped", ["popped", "set_to_none"])
+def test_sgd_starts_a_missing_momentum_buffer(dropped, device):
+    """State that exists without momentum_buffer (a user's own entry), or with
+    it set to None (a momentum reset; checkpoints of old torch releases, which
+    kept None buffers): torch's SGD starts the buffer from the gradient, as on
+    a first step; so does ours."""
     ref_params = make_params(device, torch.float32, ["non_aligned", "transposed", "bias", "scalar"])
     ours_params = clone_params(ref_params)
     config = {"lr": 0.01, "momentum": 0.9, "dampening": 0.5, "weight_decay": 0.1}
@@ -304,7 +307,10 @@ def test_sgd_starts_a_missing_momentum_buffer(device):
             # Before the first step, and mid-run with the buffer dropped.
             for opt, params in ((ref, ref_params), (ours, ours_params)):
                 for p in params[::2]:
-                    opt.state[p].pop("momentum_buffer", None)
+                    if dropped == "popped":
+                        opt.state[p].pop("momentum_buffer", None)
+                    else:
+                        opt.state[p]["momentum_buffer"] = None
                     opt.state[p]["note"] = step
         for opt, params in ((ref, ref_params), (ours, ours_params)):
             set_grads(params, step_grads)
