@@ -18,7 +18,7 @@ from torch.autograd.function import once_differentiable
 
 from .._ops.batch_norm import param_grads
 from .._ops.norm import _opmath_dtype
-from ._torch_function import dispatches_torch_function
+from ._torch_function import check_tensor_input, dispatches_torch_function
 
 ops = torch.ops.fastopt
 
@@ -164,6 +164,7 @@ def batch_norm(
     """
     if training:
         torch.nn.functional._verify_batch_size(input.size())  # torch's ValueError, checked first as in torch
+    check_tensor_input("batch_norm", input)
     _check_eps(eps, training)
     _check_input(input, running_mean, running_var, weight, bias, training)
     # ATen's order: the argument checks above, then autograd's refusal of

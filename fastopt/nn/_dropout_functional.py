@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .. import _ops
-from ._torch_function import dispatches_torch_function, warn_shape_constant
+from ._torch_function import check_tensor_input, dispatches_torch_function, warn_shape_constant
 
 __all__ = ["dropout", "dropout1d", "dropout2d", "dropout3d", "dropout_add"]
 
@@ -212,6 +212,7 @@ def dropout(
     check_mask_mode(mask)
     _check_training(training, "dropout", inplace)
     _check_p_like_aten(p)
+    check_tensor_input("dropout", input)
     if not training:
         return input
     return _dropout_impl(input, p, inplace, 1, generator, mask)

@@ -24,7 +24,7 @@ from ._batch_norm_functional import (
     check_stats_not_differentiable,
     check_stats_pair,
 )
-from ._torch_function import dispatches_torch_function, warn_shape_constant
+from ._torch_function import check_tensor_input, dispatches_torch_function, warn_shape_constant
 
 # Codes of the op's `activation` argument.
 _ACTIVATIONS = {None: 0, "relu": 1, "silu": 2}
@@ -178,6 +178,7 @@ def layer_norm(
     eps: float = 1e-5,
 ) -> Tensor:
     """``torch.nn.functional.layer_norm`` on fastopt's group-norm kernels."""
+    check_tensor_input("layer_norm", input)
     shape = _normalized_shape(normalized_shape)
     _check_layer_norm_args(input, shape, weight, bias)
     if not has_kernel(input):

@@ -34,6 +34,15 @@ def _under_func_transforms() -> bool:
     return torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0
 
 
+def check_tensor_input(op: str, input: Any) -> None:
+    """torch's TypeError for an ``input`` that is not a tensor, where torch's
+    functional hands it to ATen's argument parser before using it (dropout,
+    layer_norm, evaluation batch_norm; the others fail on an attribute, as
+    fastopt's do)."""
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"{op}(): argument 'input' (position 1) must be Tensor, not {type(input).__name__}")
+
+
 def dispatches_torch_function(*, twin: Optional[Callable[..., Any]]) -> Callable[[Fn], Fn]:
     """Decorate a functional: first offered to any argument with a
     ``__torch_function__`` override, then, under ``torch.func`` transforms or

@@ -8,6 +8,7 @@ one ``torch.nn`` module, and that base is what it replaces. A module added to
 
 from __future__ import annotations
 
+import weakref
 from typing import Dict, Tuple, Type
 
 import torch
@@ -59,6 +60,13 @@ def _swap(module: nn.Module, cls: Type[nn.Module]) -> nn.Module:
     for key in _CONTAINERS:
         value = module.__dict__[key]
         new.__dict__[key] = type(value)(value)
+    # torch wraps load_state_dict pre-hooks with a weak reference to the module
+    # they were registered on, which they pass to the hook; the old module dies
+    # with the conversion ("the hook of a dead Module"), so they now refer to
+    # the new one. The other hooks are handed the module when they run.
+    for hook in new._load_state_dict_pre_hooks.values():
+        if getattr(hook, "with_module", False) and hook.module() is module:
+            hook.module = weakref.ref(new)
     return new
 
 

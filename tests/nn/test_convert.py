@@ -1,5 +1,6 @@
 """fastopt.nn.convert: swaps torch modules for fastopt's and keeps the model's function."""
 
+import gc
 import inspect
 
 import pytest
@@ -158,6 +159,19 @@ def test_hook_handles_taken_before_convert_still_work():
     kept.remove()
     model(torch.randn(4, 3))
     assert calls == ["kept"]
+
+
+def test_load_state_dict_pre_hooks_get_the_converted_module():
+    """torch keeps a weak reference to the module in a load_state_dict pre-hook;
+    after convert (the old module gone) the hook is called with the new one."""
+    model = nn.Sequential(nn.BatchNorm2d(3))
+    seen = []
+    model[0].register_load_state_dict_pre_hook(lambda module, *args: seen.append(module))
+    state = model.state_dict()
+    fnn.convert(model)
+    gc.collect()
+    model.load_state_dict(state)
+    assert seen == [model[0]] and type(seen[0]) is fnn.BatchNorm2d
 
 
 def test_module_used_twice_is_converted_once():

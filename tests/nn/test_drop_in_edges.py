@@ -158,6 +158,18 @@ def test_batch_norm_evaluation_needs_both_estimates(device, running_mean, runnin
         )
 
 
+def test_backward_through_eval_output_after_training_forward_raises():
+    """The running statistics' update counts in their version (README): torch's
+    eager BatchNorm does not count it, and differentiates an evaluation output
+    with the statistics a later training forward changed; fastopt refuses."""
+    bn = fastopt.nn.BatchNorm2d(3)
+    x = torch.randn(4, 3, 2, 2, requires_grad=True)
+    y = bn.eval()(x)
+    bn.train()(torch.randn(4, 3, 2, 2))
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+
+
 # --- GroupNorm and LayerNorm arguments ------------------------------------------------
 
 
@@ -380,3 +392,22 @@ def test_sync_batch_norm_without_a_batch_count_asserts_like_torch():
         m(torch.randn(4, 3, 5, 5))
 
     assert_same_error(lambda: run(torch.nn), lambda: run(fastopt.nn))
+
+
+# --- An input that is not a tensor ---------------------------------------------------------
+
+NOT_A_TENSOR = {
+    "dropout": lambda F, x: F.dropout(x, 0.5),
+    "dropout_eval": lambda F, x: F.dropout(x, 0.5, training=False),  # torch refuses it even here
+    "dropout2d": lambda F, x: F.dropout2d(x, 0.5),
+    "layer_norm": lambda F, x: F.layer_norm(x, (2,)),
+    "group_norm": lambda F, x: F.group_norm(x, 1),
+    "batch_norm_eval": lambda F, x: F.batch_norm(x, torch.zeros(2), torch.ones(2)),
+    "batch_norm_train": lambda F, x: F.batch_norm(x, None, None, training=True),
+}
+
+
+@pytest.mark.parametrize("case", NOT_A_TENSOR)
+def test_input_that_is_not_a_tensor(case):
+    """torch's TypeError where its functional parses the argument first, its AttributeError elsewhere."""
+    assert_same_functional_error(NOT_A_TENSOR[case], [1.0, 2.0])
