@@ -207,12 +207,19 @@ def _check_instance_norm_args(input: Tensor, tensors: dict[str, Optional[Tensor]
     check_stats_pair(tensors["running_mean"], tensors["running_var"])
     for name, t in tensors.items():
         check_per_channel(t, name, input.size(1), repeats=input.size(0))
-    # torch 2.13's instance_norm takes running estimates of any dtype, so only
-    # weight and bias are checked; but given running estimates and a bias
-    # without a weight, it refuses a float32 bias for a 16-bit input too.
+    # torch 2.13's instance_norm leaves running estimates out of its dtype
+    # check unless running_mean has the parameters' dtype (weight's, else
+    # bias's, else the input's); then both are checked, first, as in
+    # batch_norm's training, so a running_var of another dtype is refused.
+    # Given running estimates and a bias without a weight, it refuses a
+    # float32 bias for a 16-bit input too. (Found by trying every dtype
+    # combination; tests/nn/test_drop_in_edges.py compares them all.)
     weight, bias = tensors["weight"], tensors["bias"]
-    bias_alone = weight is None and bias is not None and tensors["running_mean"] is not None
-    check_param_dtypes(input, weight, bias, allow_mixed=not bias_alone)
+    mean, var = tensors["running_mean"], tensors["running_var"]
+    bias_alone = weight is None and bias is not None and mean is not None
+    param_dtype = weight.dtype if weight is not None else bias.dtype if bias is not None else input.dtype
+    stats = (mean, var) if mean is not None and mean.dtype == param_dtype else ()
+    check_param_dtypes(input, weight, bias, *stats, checked_first=stats, allow_mixed=not bias_alone)
 
 
 @torch.no_grad()

@@ -4,6 +4,7 @@ pass, and where warnings point."""
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -67,6 +68,30 @@ def test_norm_param_dtypes_match_torch_on_cpu(call):
                         continue
                     got = fn(FF, x, w, b, None if r is None else r.clone())
                     assert got.dtype == expected.dtype, (xd, wd, bd, rd)
+
+
+def test_instance_norm_running_stat_dtypes_match_torch_on_cpu():
+    """instance_norm with running_mean and running_var of separate dtypes: torch
+    checks them only when running_mean has the parameters' dtype, and then
+    refuses a running_var of another. Every combination (1700): torch's result
+    dtype or its error, word for word."""
+    x0 = torch.randn(2, 4, 3)
+    optional = [None, *_NORM_DTYPES]
+    for xd, wd, bd, md, vd in itertools.product(_NORM_DTYPES, optional, optional, optional, optional):
+        if (md is None) != (vd is None):
+            continue  # refused by torch's pair check, tested elsewhere
+
+        def call(F, x, wd=wd, bd=bd, md=md, vd=vd):
+            per_channel = [None if d is None else torch.ones(4, dtype=d) for d in (md, vd, wd, bd)]
+            return F.instance_norm(x, *per_channel)
+
+        x = x0.to(xd)
+        try:
+            expected = call(torch.nn.functional, x)
+        except RuntimeError:
+            assert_same_functional_error(call, x)
+            continue
+        assert call(FF, x).dtype == expected.dtype, (xd, wd, bd, md, vd)
 
 
 @pytest.mark.parametrize("training", [None, 0, 1, 1.0, "yes", torch.tensor(True)], ids=repr)
