@@ -130,11 +130,11 @@ void channel_sums(const Input& in, BatchNormSums sums, const void* dy, const voi
 // (n, c) planes (channels first) cut into blocks. Each thread walks its
 // blocks last to first: right after a reduction, which read the tensor in
 // order, the pass starts on what the reduction read last and the shared
-// cache may still hold. `live` decides streamed stores (stream_output).
-void affine_all(const Input& in, BatchNormAffineArgs args, LiveSet live) {
+// cache may still hold.
+void affine_all(const Input& in, BatchNormAffineArgs args) {
   const BatchNormConfig& cfg = in.cfg;
   if (in.x.numel() == 0) return;
-  args.stream = stream_output(in.x, live);
+  args.stream = stream_output(in.x);
   const BatchNormAffineFn kernel = batch_norm_affine_kernel();
   const int64_t items = cfg.channels_last ? in.count() : cfg.N * cfg.C;
   const int64_t item_size = cfg.channels_last ? cfg.C : cfg.S;
@@ -162,7 +162,7 @@ void reduce_then_affine(const Input& in, const BatchNormReduceArgs& reduce,
                         const BatchNormAffineArgs& affine, const Coefficients& coefficients) {
   channel_sums(in, reduce.sums, reduce.dy, reduce.center, reduce.sum1);
   for (int64_t c = 0; c < in.cfg.C; ++c) coefficients(c);
-  affine_all(in, affine, LiveSet::kTraining);
+  affine_all(in, affine);
 }
 
 // The shift of every channel's moment sums (N * S > 0), NOTE: [moment shift]
@@ -322,11 +322,8 @@ at::Tensor batch_norm_apply_cpu(const at::Tensor& input, const at::Tensor& mean,
       p[c] = g != nullptr ? ip[c] * g[c] : ip[c];
       r[c] = b != nullptr ? b[c] : M(0);
     }
-    // Evaluation's op: x in, y out. (SyncBatchNorm's training forward ends
-    // here too, where streaming might pay; it is rare on the CPU.)
-    const BatchNormAffineArgs affine{in.x.const_data_ptr(), nullptr, y.mutable_data_ptr(),
-                                     m.const_data_ptr(), p.data(), nullptr, r.data()};
-    affine_all(in, affine, LiveSet::kInference);
+    affine_all(in, BatchNormAffineArgs{in.x.const_data_ptr(), nullptr, y.mutable_data_ptr(),
+                                       m.const_data_ptr(), p.data(), nullptr, r.data()});
   });
   return y;
 }
@@ -393,10 +390,9 @@ at::Tensor batch_norm_bwd_elemt_cpu(const at::Tensor& grad_out, const at::Tensor
       grad_coefficients(data_of<M>(a)[c], data_of<M>(b)[c], data_of<M>(is)[c],
                         g != nullptr ? static_cast<double>(g[c]) : 1.0, count, p[c], q[c], r[c]);
     }
-    const BatchNormAffineArgs affine{in.x.const_data_ptr(), dy.const_data_ptr(),
-                                     dx.mutable_data_ptr(), m.const_data_ptr(), p.data(),
-                                     q.data(), r.data()};
-    affine_all(in, affine, LiveSet::kTraining);
+    affine_all(in, BatchNormAffineArgs{in.x.const_data_ptr(), dy.const_data_ptr(),
+                                       dx.mutable_data_ptr(), m.const_data_ptr(), p.data(),
+                                       q.data(), r.data()});
   });
   return dx;
 }

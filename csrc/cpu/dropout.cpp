@@ -30,7 +30,7 @@ void run_dropout(const DropoutInputs& in, const at::Tensor& seed, double p, cons
                                 in.group,
                                 in.bias.defined() ? in.bias.numel() : 0,
                                 // In place, the lines written were just read: no streaming.
-                                !out.is_same(in.x) && stream_output(out, LiveSet::kTraining)};
+                                !out.is_same(in.x) && stream_output(out)};
   auto ptr = [](const at::Tensor& t) -> const void* { return t.defined() ? t.const_data_ptr() : nullptr; };
   const DropoutChunk whole{ptr(in.x),
                            ptr(in.bias),

@@ -77,8 +77,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_fwd_cpu(
   const at::Tensor gamma = channel_param(kOp, "weight", weight, shape.C, opmath);
   const at::Tensor beta = channel_param(kOp, "bias", bias, shape.C, opmath);
   const GroupNormConfig cfg{x.scalar_type(), shape.C, shape.S, shape.G, shape.channels_last,
-                            norm_activation(kOp, activation), eps,
-                            stream_output(x, LiveSet::kTraining)};
+                            norm_activation(kOp, activation), eps, stream_output(x)};
 
   at::Tensor y = empty_output_like(x);  // keeps x's (dense) strides
   at::Tensor mean = at::empty({shape.N, shape.G}, x.options().dtype(opmath));
@@ -124,8 +123,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_bwd_cpu(
   const at::Tensor gamma = channel_param(kOp, "weight", weight, shape.C, opmath);
   const at::Tensor beta = channel_param(kOp, "bias", bias, shape.C, opmath);
   const GroupNormConfig cfg{x.scalar_type(), shape.C, shape.S, shape.G, shape.channels_last,
-                            norm_activation(kOp, activation), 0.0,
-                            stream_output(x, LiveSet::kTraining)};
+                            norm_activation(kOp, activation), 0.0, stream_output(x)};
 
   at::Tensor dx = empty_output_like(x);
   const int64_t blocks = std::max<int64_t>(1, std::min(shape.N, kBlocks));

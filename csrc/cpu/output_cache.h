@@ -46,34 +46,29 @@ at::Tensor empty_output_like(const at::Tensor& x);
 // An uninitialised contiguous output.
 at::Tensor empty_output(at::IntArrayRef sizes, c10::ScalarType dtype);
 
-// The tensors of an output's size that stay in use around a pass: what
-// decides whether its output can still be in cache when the next op reads it.
-enum class LiveSet : int64_t {
-  // Evaluation: x and y only.
-  kInference = 2,
-  // Training: x is saved for the backward, which reads dy and writes dx.
-  kTraining = 4,
-};
-
 // Bytes of the L3 cache one core shares (32 MB where the system does not
 // say), read once.
 int64_t last_level_cache_bytes();
 
 // Whether an elementwise pass should write `out` with non-temporal stores:
-// when the live set does not fit in the last-level cache, so that `out`
-// would be evicted before the next layer reads it, and ordinary stores
-// would first read every line of it from memory. Measured on the 2-core
-// development VM (32 MB L3), each pairing A/B in alternating processes:
-// - BatchNorm evaluation at (32, 64, 56, 56) float32 (live set 51 MB):
-//   parity with torch streamed, 0.8x not streamed, on one thread;
-// - at (64, 256, 14, 14) (live set 26 MB): 0.26 ms not streamed against
-//   0.45 ms streamed, 2 threads;
-// - the training passes there (live set 51 MB): BatchNorm, GroupNorm and
-//   LayerNorm forward+backward 10-15% faster streamed, and dropout's forward
-//   17% faster.
-inline bool stream_output(const at::Tensor& out, LiveSet live) {
+// when four tensors of its size, what a training step keeps in use around
+// a norm or dropout pass (x, y, dy, dx), do not fit in the L3 cache. Such
+// an output would be evicted before its reader comes, and ordinary stores
+// would first read each of its lines from memory. (8 MB on the development
+// VM's 32 MB L3.) Measured there, A/B in alternating processes:
+// - BatchNorm evaluation at (32, 64, 56, 56) float32: parity with torch
+//   streamed, 0.8x not streamed, on one thread;
+// - the training passes at (64, 256, 14, 14) (12.8 MB outputs): BatchNorm,
+//   GroupNorm and LayerNorm forward+backward 10-15% faster streamed, and
+//   dropout's forward 17% faster;
+// - evaluation there depends on the cache: with x and the output block
+//   still cached from the previous call, not streaming took 0.26-0.33 ms
+//   against 0.45; with the caches scrubbed before each call (the benchmark's
+//   rule, under which the targets are measured) it was about 20% slower
+//   than streaming. So evaluation follows the same rule.
+inline bool stream_output(const at::Tensor& out) {
   const int64_t bytes = out.numel() * static_cast<int64_t>(out.element_size());
-  return bytes * static_cast<int64_t>(live) > last_level_cache_bytes();
+  return 4 * bytes > last_level_cache_bytes();
 }
 
 }  // namespace fastopt::cpu

@@ -33,16 +33,15 @@ def dropout_scaled(t: torch.Tensor, keep_prob: float) -> torch.Tensor:
     return (wide / torch.full_like(wide, keep_prob)).to(t.dtype)
 
 
-def streamed_numel(live: int, dtype: torch.dtype) -> int:
+def streamed_numel(dtype: torch.dtype) -> int:
     """Elements that put an output of `dtype` past the CPU kernels' threshold for non-temporal stores.
 
-    The kernels stream an output once the tensors of its size live around the
-    pass (`live`: 2 for an evaluation pass, x and y; 4 for a training pass)
-    exceed the L3 cache (stream_output in csrc/cpu/output_cache.h). Skips
-    where the cache is too large to test this cheaply.
+    The kernels stream an output once four tensors of its size exceed the L3
+    cache (stream_output in csrc/cpu/output_cache.h). Skips where the cache is
+    too large to test this cheaply.
     """
     cache = fastopt._C._last_level_cache_bytes()
-    numel = cache // (live * torch.empty((), dtype=dtype).element_size()) + 1
+    numel = cache // (4 * torch.empty((), dtype=dtype).element_size()) + 1
     if numel > 1 << 25:
         pytest.skip(f"an L3 cache of {cache} bytes needs too large an input for the streamed path")
     return numel

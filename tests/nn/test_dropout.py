@@ -314,7 +314,7 @@ def test_bad_input(device):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_large_outputs_written_with_streaming_stores_match_in_place(device, dtype):
     """Outputs this large take the CPU's non-temporal store path (tensors.streamed_numel); in place does not."""
-    n = streamed_numel(4, dtype) // 16 * 16 + 3  # with a scalar tail
+    n = streamed_numel(dtype) // 16 * 16 + 3  # with a scalar tail
     x = torch.randn(n, device=device).to(dtype)
     gen = torch.Generator(device=device)
     y = F.dropout(x, 0.3, generator=gen.manual_seed(7))

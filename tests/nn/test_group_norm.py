@@ -188,7 +188,7 @@ def test_gradcheck_no_affine(device):
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
 def test_large_output_written_with_streaming_stores_matches_torch(device, fmt):
     """Outputs this large take the CPU's non-temporal store path (tensors.streamed_numel)."""
-    side = math.isqrt(streamed_numel(4, torch.float32) // 128) + 1
+    side = math.isqrt(streamed_numel(torch.float32) // 128) + 1
     x = torch.randn(2, 64, side, side, device=device).to(memory_format=fmt).requires_grad_()
     ours, ref = fastopt.nn.GroupNorm(8, 64).to(device), torch.nn.GroupNorm(8, 64).to(device)
     grad = torch.randn_like(x)
@@ -198,7 +198,7 @@ def test_large_output_written_with_streaming_stores_matches_torch(device, fmt):
     (dx_ref,) = torch.autograd.grad(y_ref, x, grad)
     torch.testing.assert_close(y, y_ref)
     torch.testing.assert_close(dx, dx_ref)
-    rows = torch.randn(streamed_numel(4, torch.float32) // 768 + 1, 768, device=device, requires_grad=True)
+    rows = torch.randn(streamed_numel(torch.float32) // 768 + 1, 768, device=device, requires_grad=True)
     ln, ln_ref = fastopt.nn.LayerNorm(768).to(device), torch.nn.LayerNorm(768).to(device)
     out, out_ref = ln(rows), ln_ref(rows)
     torch.testing.assert_close(out, out_ref)
