@@ -274,9 +274,13 @@ def instance_norm(
     """
     if not use_input_stats and (running_mean is None or running_var is None):
         raise RuntimeError("Expected running_mean and running_var to be defined when use_input_stats is false")
-    if not use_input_stats or not has_kernel(input):
+    if not use_input_stats or eps == 0.0 or not has_kernel(input):
         # Normalizing with the running estimates is a per-channel affine map;
-        # and where fastopt has no kernel for the device, torch runs.
+        # where fastopt has no kernel for the device, torch runs; and so it
+        # does for eps = 0, where ATen's InstanceNorm takes 1/sqrt(var + eps)
+        # as 0 on a constant instance (giving the bias, not NaN), a case the
+        # group-norm kernels shared with GroupNorm and LayerNorm (NaN there,
+        # in torch too) do not single out.
         return torch.nn.functional.instance_norm(
             input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps
         )

@@ -143,6 +143,27 @@ def test_empty_input_matches_torch(device, shape, momentum):
         assert math.isnan(ours.running_mean[0].item())
 
 
+def test_eps_zero_on_constant_instances_matches_torch(device):
+    """eps = 0 and instances of one value: ATen's inverse std is 0 there, so the
+    output is the bias (not NaN); fastopt gives torch's output, gradients and
+    running statistics."""
+    results = []
+    for cls in (fastopt.nn.InstanceNorm2d, torch.nn.InstanceNorm2d):
+        torch.manual_seed(0)
+        module = cls(3, eps=0.0, affine=True, track_running_stats=True).to(device)
+        with torch.no_grad():
+            module.bias.normal_()
+        x = torch.randn(2, 3, 4, 4, device=device)
+        x[0, 1] = 2.5  # one constant instance among ordinary ones
+        x.requires_grad_()
+        y = module(x)
+        y.backward(torch.randn_like(y))
+        results.append([y, x.grad, module.weight.grad, module.bias.grad, module.running_mean, module.running_var])
+    assert torch.isfinite(results[0][0]).all()
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, equal_nan=True)
+
+
 def test_momentum_none_keeps_running_stats(device):
     """torch's momentum=None is a momentum of 0 here: the running statistics stay as they are."""
     ours = fastopt.nn.InstanceNorm1d(3, track_running_stats=True, momentum=None).to(device)
