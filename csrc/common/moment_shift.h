@@ -1,7 +1,9 @@
 // Which values shift a channel's moment sums. Torch-free: shared by the
 // BatchNorm ops (a CPU loop, a CUDA kernel: cuda/kernels/batch_norm_kernel.cu) and the
-// GroupNorm CPU kernels.
+// GroupNorm kernels (CPU and CUDA).
 #pragma once
+
+#include "macros.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -19,6 +21,16 @@ namespace fastopt::norm {
 // was 3.7e-7, AVX2 build at (3, 20, 5, 6); the mean of 16 values is about a
 // quarter of one away, under a tenth of a bit).
 constexpr int64_t kShiftValues = 16;
+
+// A shift must be finite: an inf among the values it averages would make it
+// inf, and every shifted value inf - inf = NaN, so that the channel's mean
+// came out NaN where torch's is the inf (and its variance NaN in both). A
+// non-finite shift is replaced by 0, which leaves the sums, and so the
+// mean, to the values themselves. (k - k is 0 exactly for finite k.)
+template <typename T>
+FASTOPT_HOST_DEVICE inline T finite_shift(T k) {
+  return k - k == T(0) ? k : T(0);
+}
 
 // The samples and positions per sample whose values make up the shift, for
 // N samples of S positions.

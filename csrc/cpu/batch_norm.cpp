@@ -166,7 +166,8 @@ void reduce_then_affine(const Input& in, const BatchNormReduceArgs& reduce,
 }
 
 // The shift of every channel's moment sums (N * S > 0), NOTE: [moment shift]
-// in common/moment_shift.h: the mean, in double, of the channel's first values.
+// in common/moment_shift.h: the mean, in double, of the channel's first
+// values (0 if that is not finite).
 template <typename M>
 void channel_shifts(const Input& in, M* shift) {
   const BatchNormConfig& cfg = in.cfg;
@@ -188,7 +189,7 @@ void channel_shifts(const Input& in, M* shift) {
     }
   });
   const double count = static_cast<double>(n0 * s0);
-  for (int64_t c = 0; c < C; ++c) shift[c] = static_cast<M>(sum[c] / count);
+  for (int64_t c = 0; c < C; ++c) shift[c] = static_cast<M>(finite_shift(sum[c] / count));
 }
 
 // mean and M2 (sum of squared deviations) from shifted sums.

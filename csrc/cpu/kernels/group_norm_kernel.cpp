@@ -184,7 +184,12 @@ void channels_last_stats(const GroupNormConfig& cfg, const scalar_t* x, M* mean,
   for (int64_t s = 0; s < shift_rows; ++s) {
     for (int64_t c = 0; c < C; ++c) shift[c] += static_cast<M>(x[s * C + c]);
   }
-  for (int64_t c = 0; c < C; ++c) shift[c] /= static_cast<M>(shift_rows);
+  for (int64_t c = 0; c < C; ++c) {
+    // The shared header's finite_shift, written out (see above): an inf among
+    // the first rows must not make every shifted value NaN.
+    const M k = shift[c] / static_cast<M>(shift_rows);
+    shift[c] = k - k == M(0) ? k : M(0);
+  }
   channels_last_sums<false>(x, static_cast<const scalar_t*>(nullptr), shift, C, S, scratch, s1, s2);
   const M inv_s = M(1) / static_cast<M>(S);
   for (int64_t g = 0; g < cfg.G; ++g) {

@@ -17,6 +17,7 @@
 #include "cuda/kernels/batch_norm_kernel.h"
 
 #include "common/math_ops.h"
+#include "common/moment_shift.h"
 #include "cuda/kernels/fast_divmod.cuh"
 #include "cuda/kernels/vec_memory.cuh"
 
@@ -84,7 +85,8 @@ __global__ void __launch_bounds__(kThreads) shift_kernel(const T* x, opmath_t<T>
       sum += static_cast<double>(to_opmath(x[i]));
     }
   }
-  shift[c] = static_cast<opmath_t<T>>(sum / static_cast<double>(samples * positions));
+  const double mean = sum / static_cast<double>(samples * positions);
+  shift[c] = static_cast<opmath_t<T>>(::fastopt::norm::finite_shift(mean));
 }
 
 // ---------------------------------------------------------------- reduction

@@ -26,6 +26,7 @@
 
 #include <type_traits>
 
+#include "common/moment_shift.h"
 #include "cuda/kernels/vec_memory.cuh"
 
 namespace fastopt::cuda {
@@ -265,7 +266,7 @@ __global__ void __launch_bounds__(kThreads) run_reduce_kernel(RunArgs<T> a) {
   M s1 = 0, s2 = 0;
   if constexpr (RED == Reduce::Moments) {
     const int64_t first = begin + lane * VEC;
-    const M shift = first < end ? to_opmath(x[first]) : M(0);
+    const M shift = first < end ? ::fastopt::norm::finite_shift(to_opmath(x[first])) : M(0);
     int64_t count = 0;
     warp_range<VEC, false, T>(x, nullptr, begin, end, lane, [&](int64_t, const T(&xv)[VEC], const auto&) {
 #pragma unroll
