@@ -180,20 +180,43 @@ at::Tensor empty_output(at::IntArrayRef sizes, c10::ScalarType dtype) {
   return empty_with_strides(sizes, c10::contiguous_strides(sizes), dtype);
 }
 
-// sysfs's cache of CPU 0 at level 3, as "32768K". Not sysconf: glibc's
-// _SC_LEVEL3_CACHE_SIZE adds up every L3 of the package (320 MB on the
-// development VM's EPYC), while one core reaches only its own CCD's 32 MB.
+namespace {
+
+// A number with an optional K, M or G suffix, as sysfs writes cache sizes
+// ("32768K"); 0 if the file cannot be read.
+int64_t read_sysfs_size(const std::string& path) {
+  int64_t size = 0;
+  if (FILE* f = std::fopen(path.c_str(), "r")) {
+    long long value = 0;
+    char unit = 'B';
+    if (std::fscanf(f, "%lld%c", &value, &unit) >= 1 && value > 0) {
+      const int shift = unit == 'K' ? 10 : unit == 'M' ? 20 : unit == 'G' ? 30 : 0;
+      size = static_cast<int64_t>(value) << shift;
+    }
+    std::fclose(f);
+  }
+  return size;
+}
+
+}  // namespace
+
+// The highest-level cache of CPU 0 in sysfs (its L3 where there is one).
+// Not sysconf: glibc's _SC_LEVEL3_CACHE_SIZE adds up every L3 of the package
+// (320 MB on the development VM's EPYC), while one core reaches only its own
+// CCD's 32 MB.
 int64_t last_level_cache_bytes() {
   static const int64_t bytes = [] {
-    int64_t size = 0;
-    char unit = 'B';
-    if (FILE* f = std::fopen("/sys/devices/system/cpu/cpu0/cache/index3/size", "r")) {
-      long long value = 0;
-      if (std::fscanf(f, "%lld%c", &value, &unit) >= 1 && value > 0) size = value;
-      std::fclose(f);
+    int64_t level = 0, size = 0;
+    for (int i = 0; i < 16; ++i) {
+      const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(i) + "/";
+      const int64_t l = read_sysfs_size(dir + "level");
+      if (l == 0) break;
+      const int64_t s = read_sysfs_size(dir + "size");
+      if (l >= level && s > 0) {
+        level = l;
+        size = s;
+      }
     }
-    if (unit == 'K') size <<= 10;
-    if (unit == 'M') size <<= 20;
     return size > 0 ? size : int64_t{32} << 20;
   }();
   return bytes;

@@ -46,8 +46,8 @@ at::Tensor empty_output_like(const at::Tensor& x);
 // An uninitialised contiguous output.
 at::Tensor empty_output(at::IntArrayRef sizes, c10::ScalarType dtype);
 
-// Bytes of the L3 cache one core shares (32 MB where the system does not
-// say), read once.
+// Bytes of the last-level cache CPU 0 reports in sysfs (its L3 where there
+// is one; 32 MB where the system does not say), read once.
 int64_t last_level_cache_bytes();
 
 // Whether an elementwise pass should write `out` with non-temporal stores:

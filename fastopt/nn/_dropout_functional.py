@@ -210,9 +210,10 @@ def dropout(
     """
     _check_p(p)
     check_mask_mode(mask)
+    # Then torch's argument parser, in argument order: input, then training.
+    check_tensor_input("dropout_" if inplace else "dropout", input)
     _check_training(training, "dropout", inplace)
     _check_p_like_aten(p)
-    check_tensor_input("dropout", input)
     if not training:
         return input
     return _dropout_impl(input, p, inplace, 1, generator, mask)

@@ -63,7 +63,9 @@ def _swap(module: nn.Module, cls: Type[nn.Module]) -> nn.Module:
     # torch wraps load_state_dict pre-hooks with a weak reference to the module
     # they were registered on, which they pass to the hook; the old module dies
     # with the conversion ("the hook of a dead Module"), so they now refer to
-    # the new one. The other hooks are handed the module when they run.
+    # the new one. The other hooks are handed the module when they run. (The
+    # hook objects are shared, so the old module's own pre-hooks, should a
+    # caller still hold it, are handed the new module too.)
     for hook in new._load_state_dict_pre_hooks.values():
         if getattr(hook, "with_module", False) and hook.module() is module:
             hook.module = weakref.ref(new)

@@ -446,7 +446,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                     if new_state:
                         self._init_state(group, p, state)
                     elif in_op_keys:
-                        # (A plain loop: the cheapest check of a key or two.)
+                        # (A plain loop over a key or two.)
                         # A key set to None counts as missing: torch's SGD
                         # reads the buffer with state.get, so None (a user's
                         # momentum reset, an old checkpoint) starts it anew.

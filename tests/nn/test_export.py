@@ -33,8 +33,15 @@ def test_exported_program_matches_eager(device, training):
     x = torch.randn(5, 3, 8, 8, device=device)
     batch = torch.export.Dim("batch", min=2)
     program = torch.export.export(model, (x,), dynamic_shapes=({0: batch},))
-    ops = {str(node.target).split(".")[0] for node in program.graph.nodes if node.op == "call_function"}
-    assert "fastopt" in ops, ops
+    ops = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    fastopt_ops = {op.split(".")[1] for op in ops if op.startswith("fastopt.")}
+    # BatchNorm, then GroupNorm for GroupNorm, InstanceNorm and LayerNorm; dropout in training.
+    expected = {"batch_norm_fwd", "group_norm_fwd", "dropout"} if training else {"batch_norm_eval", "group_norm_fwd"}
+    assert fastopt_ops == expected, ops
+    # In evaluation InstanceNorm with running statistics is torch's own (a
+    # per-channel affine map, which fastopt leaves to torch); no other torch norm.
+    torch_ok = set() if training else {"aten.instance_norm.default"}
+    assert {op for op in ops if "norm" in op and not op.startswith("fastopt.")} == torch_ok, ops
     exported = program.module()
     for n in (5, 7):  # the traced size and another
         x = torch.randn(n, 3, 8, 8, device=device)

@@ -404,7 +404,7 @@ __device__ __forceinline__ void thread_column_moments(const ColumnTiling& t, con
   if (any) load<VEC>(first, x + (t.r0 + t.rl) * C + col * VEC);
 #pragma unroll
   for (int j = 0; j < VEC; ++j) {
-    shift[j] = any ? to_opmath(first[j]) : M(0);
+    shift[j] = any ? ::fastopt::norm::finite_shift(to_opmath(first[j])) : M(0);
     s1[j] = s2[j] = M(0);
   }
   column_rows<VEC, false, T>(t, x, nullptr, C, col, [&](int64_t, const T(&xv)[VEC], const auto&) {
