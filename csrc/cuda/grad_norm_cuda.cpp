@@ -38,14 +38,14 @@ std::tuple<at::Tensor, at::Tensor> grad_norm_cuda(at::TensorList grads, double n
   std::vector<at::Tensor> flat;
   flat.reserve(grads.size());
   std::map<int, std::pair<std::vector<void*>, std::vector<int64_t>>> by_dtype;
+  bool empty = true;  // no element in any tensor
   for (const at::Tensor& g : grads) {
     flat.push_back(flat_for_norm(g));
     auto& [ptrs, numels] = by_dtype[static_cast<int>(kernel_dtype(kOp, g.scalar_type()))];
     ptrs.push_back(flat.back().data_ptr());
     numels.push_back(g.numel());
+    empty = empty && g.numel() == 0;
   }
-  bool empty = true;
-  for (const at::Tensor& g : grads) empty = empty && g.numel() == 0;
   launch_grad_norm_init(kind, empty, acc.mutable_data_ptr<double>(), stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   for (const auto& [dtype, lists] : by_dtype) {

@@ -419,10 +419,12 @@ class FusedOptimizer(torch.optim.Optimizer):
             keys = self._state_keys(group)
             has_state = bool(keys) or has_step or masters_on
             # An op that initialises new state also starts the keys that a
-            # parameter's existing state lacks (or holds as None): SGD's momentum buffer after a
-            # user's own entry, or after steps without momentum that kept only
-            # master_param. torch's SGD starts it from the gradient then, as on
-            # a first step (torch's other optimizers raise KeyError, as ours do).
+            # parameter's existing state lacks or holds as None: SGD's momentum
+            # buffer after a user's own entry, a momentum reset, an old
+            # checkpoint, or steps without momentum that kept only master_param.
+            # torch's SGD, which reads the buffer with state.get, starts it from
+            # the gradient then, as on a first step (torch's other optimizers
+            # raise KeyError, as ours do).
             in_op_keys = keys if new_state_in_op else ()
             row: list[float] | None = None
             layout: tuple[Any, ...] | None = None
@@ -447,9 +449,6 @@ class FusedOptimizer(torch.optim.Optimizer):
                         self._init_state(group, p, state)
                     elif in_op_keys:
                         # (A plain loop over a key or two.)
-                        # A key set to None counts as missing: torch's SGD
-                        # reads the buffer with state.get, so None (a user's
-                        # momentum reset, an old checkpoint) starts it anew.
                         for key in in_op_keys:
                             if state.get(key) is None:
                                 new_state = True
