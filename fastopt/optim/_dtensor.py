@@ -18,7 +18,7 @@ from typing import Any
 from torch import Tensor
 
 
-def _dtensor_class() -> type | None:
+def dtensor_class() -> type | None:
     """DTensor, if torch.distributed.tensor has been imported: no DTensor exists before.
 
     Not imported here: it costs 0.6 s, which every process importing fastopt
@@ -28,14 +28,8 @@ def _dtensor_class() -> type | None:
     return None if module is None else module.DTensor
 
 
-def is_dtensor_type(cls: type) -> bool:
-    """Whether tensors of class ``cls`` (a parameter's ``type()``) are DTensors."""
-    dtensor = _dtensor_class()
-    return dtensor is not None and issubclass(cls, dtensor)
-
-
 def is_dtensor(t: Any) -> bool:
-    dtensor = _dtensor_class()
+    dtensor = dtensor_class()
     return dtensor is not None and isinstance(t, dtensor)
 
 

@@ -126,11 +126,11 @@ def test_copy_keeps_master_weights(make_copy, device):
 
 
 def test_copy_leaves_device_caches_out():
-    """Derived caches (per-stream CUDA hparams tables) are rebuilt by the copy, never carried."""
+    """Derived caches (hyperparameter tables) are rebuilt by the copy, never carried."""
     opt = SGD([torch.nn.Parameter(torch.ones(2))], lr=0.1)
-    opt.__dict__["_device_hparams"] = {"stale": None}
-    assert "_device_hparams" not in copy.deepcopy(opt).__dict__
-    assert "_device_hparams" not in _pickled(opt).__dict__
+    opt.__dict__["_hparams_tables"] = {"stale": None}
+    assert "_hparams_tables" not in copy.deepcopy(opt).__dict__
+    assert "_hparams_tables" not in _pickled(opt).__dict__
 
 
 def test_unpickle_without_fastopt_options(monkeypatch):

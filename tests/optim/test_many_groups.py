@@ -126,6 +126,42 @@ def test_merged_groups_equal_one_optimizer_per_group(device):
         assert torch.equal(merged.state[p]["exp_avg_sq"], opt.state[q]["exp_avg_sq"])
 
 
+def test_table_follows_changing_hyperparameters(device):
+    """The table is kept between steps only while its rows and their tensors stay the same.
+
+    A per-group scheduler changes every lr each step, a direct edit changes one
+    group's betas, and a parameter without a gradient shifts which rows go to
+    which tensors: each must reach the kernel, as torch sees it.
+    """
+    ref_params = [torch.nn.Parameter(torch.randn(s, device=device)) for s in SHAPES]
+    ours_params = clone_params(ref_params)
+    config = [{"lr": 1e-2 * (1 + i), "weight_decay": 0.01 * i} for i in range(len(SHAPES))]
+    ref = torch.optim.Adam([{"params": [p], **c} for p, c in zip(ref_params, config)], foreach=False)
+    ours = Adam([{"params": [p], **c} for p, c in zip(ours_params, config)])
+    decay = [lambda step, i=i: 0.9 ** (step * (i + 1)) for i in range(len(SHAPES))]
+    schedulers = [torch.optim.lr_scheduler.LambdaLR(o, decay) for o in (ref, ours)]
+    tables = []
+    for step, step_grads in enumerate(random_grads(ref_params, 8)):
+        if step == 5:  # the schedule stops: the next steps keep one table
+            schedulers = []
+        if step == 3:
+            for o in (ref, ours):
+                o.param_groups[2]["betas"] = (0.5, 0.9)
+        if step == 4:  # one step without a gradient for the second tensor
+            step_grads = [None if i == 1 else g for i, g in enumerate(step_grads)]
+        set_grads(ref_params, step_grads)
+        set_grads(ours_params, step_grads)
+        ref.step()
+        ours.step()
+        for s in schedulers:
+            s.step()
+        assert_same_state(ours, ref, ours_params, ref_params)
+        (table,) = (t for *_, t in ours.__dict__["_hparams_tables"].values())
+        tables.append(table)
+    assert len({id(t) for t in tables[:6]}) == 6  # rebuilt while the lrs moved
+    assert tables[5] is tables[6] is tables[7]  # and kept once they stopped
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA tensor hyperparameters")
 def test_groups_with_cuda_tensor_lr_keep_their_own_calls():
     """Reading a CUDA lr into a table would synchronise: such groups are not merged."""
