@@ -29,6 +29,7 @@
 
 #include "cpu/kernels/batch_norm_kernel.h"
 #include "cpu/output_cache.h"
+#include "cpu/parallel_blocks.h"
 #include "cpu/stream_fence.h"
 #include "common/math_ops.h"
 #include "common/norm_layout.h"
@@ -37,10 +38,6 @@ namespace fastopt::cpu {
 namespace {
 
 using namespace ::fastopt::norm;
-
-constexpr int64_t kBlocks = 64;
-// Elements per parallel task of the elementwise pass.
-constexpr int64_t kGrainElements = 32768;
 
 // x and its view as the kernels see it.
 struct Input {
@@ -100,11 +97,12 @@ void channel_sums(const Input& in, BatchNormSums sums, const void* dy, const voi
   const BatchNormReduceFn kernel = batch_norm_reduce_kernel();
   const BatchNormReduceArgs args{sums, in.x.const_data_ptr(), dy, center, sum, sum + cfg.C, nullptr};
   if (!cfg.channels_last) {
-    at::parallel_for(0, cfg.C, 1, [&](int64_t begin, int64_t end) { kernel(cfg, args, begin, end); });
+    at::parallel_for(0, cfg.C, unit_grain(in.count()),
+                     [&](int64_t begin, int64_t end) { kernel(cfg, args, begin, end); });
     return;
   }
   const int64_t rows = in.count();
-  const int64_t blocks = std::min(rows, kBlocks);
+  const int64_t blocks = work_blocks(rows, in.x.numel());
   // Per block: [sum1 | sum2] partials in double, and the kernel's scratch
   // (2C arithmetic-type values, at most doubles). Uninitialised here: each
   // block zeroes its own partials inside the parallel region (at C = 256
@@ -138,9 +136,7 @@ void affine_all(const Input& in, BatchNormAffineArgs args) {
   const BatchNormAffineFn kernel = batch_norm_affine_kernel();
   const int64_t items = cfg.channels_last ? in.count() : cfg.N * cfg.C;
   const int64_t item_size = cfg.channels_last ? cfg.C : cfg.S;
-  // Blocks of at least kGrainElements values, at most kBlocks of them.
-  const int64_t blocks = std::max<int64_t>(
-      1, std::min(kBlocks, items * item_size / std::max<int64_t>(1, kGrainElements)));
+  const int64_t blocks = work_blocks(items, items * item_size);
   at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
     for (int64_t blk = last - 1; blk >= first; --blk) {
       kernel(cfg, args, blk * items / blocks, (blk + 1) * items / blocks);

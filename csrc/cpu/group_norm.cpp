@@ -2,9 +2,9 @@
 // checks, per-channel parameters widened to the arithmetic type, then the
 // per-ISA kernel once per sample under at::parallel_for.
 //
-// Samples are cut into at most kBlocks fixed blocks. Each block owns its
-// scratch and its partial dgamma/dbeta row, and the rows are summed at the
-// end, so the weight gradients do not depend on the thread count.
+// Samples are cut into fixed blocks (cpu/parallel_blocks.h). Each block owns
+// its scratch and its partial dgamma/dbeta row, and the rows are summed at
+// the end, so the weight gradients do not depend on the thread count.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/OpMathType.h>
@@ -21,14 +21,13 @@
 #include "common/group_norm_shape.h"
 #include "common/norm_layout.h"
 #include "cpu/output_cache.h"
+#include "cpu/parallel_blocks.h"
 #include "cpu/stream_fence.h"
 
 namespace fastopt::cpu {
 namespace {
 
 using namespace ::fastopt::norm;
-
-constexpr int64_t kBlocks = 64;
 
 // Calls fn(block, n) for every sample n, blocks spread over the threads;
 // a thread that streamed its output fences after its last sample.
@@ -84,7 +83,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_fwd_cpu(
   at::Tensor rstd = at::empty({shape.N, shape.G}, x.options().dtype(opmath));
   if (x.numel() == 0) return {y, mean.zero_(), rstd.zero_()};
 
-  const int64_t blocks = std::min(shape.N, kBlocks);
+  const int64_t blocks = work_blocks(shape.N, x.numel());
   const int64_t scratch_vectors = group_norm_scratch_vectors(shape.channels_last, shape.S, shape.G);
   at::Tensor scratch = at::empty({blocks, scratch_vectors * shape.C}, mean.options());
   const int64_t sample = shape.C * shape.S, item = x.element_size();
@@ -126,7 +125,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_bwd_cpu(
                             norm_activation(kOp, activation), 0.0, stream_output(x)};
 
   at::Tensor dx = empty_output_like(x);
-  const int64_t blocks = std::max<int64_t>(1, std::min(shape.N, kBlocks));
+  const int64_t blocks = work_blocks(shape.N, x.numel());
   // Per block: [dgamma | dbeta] partial sums, then the kernel's scratch. Each
   // block zeroes its own partials on its first sample, inside the parallel
   // region: a separate at::zeros would be one more fork-join per call.
