@@ -15,6 +15,7 @@ import concurrent.futures
 import glob
 import os
 import shutil
+import subprocess
 import sys
 
 from setuptools import find_packages, setup
@@ -89,6 +90,47 @@ class BuildExtension(cpp_extension.BuildExtension):
         super().build_extension(ext)
 
 
+def _has_shared_libstdcxx(cxx: str) -> bool:
+    """Whether the GCC driver `cxx` links libstdc++ as a shared library.
+
+    -print-file-name answers a path where the driver has the file and the bare
+    name where it does not. A driver that cannot answer (not GCC's) is trusted.
+    """
+    try:
+        found = subprocess.run([cxx, "-print-file-name=libstdc++.so"], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return True
+    return os.path.isabs(found.stdout.strip())
+
+
+def _use_shared_libstdcxx() -> None:
+    """Build with a C++ compiler that links libstdc++ as a shared library.
+
+    A compiler with only libstdc++.a (the GPU image's CXX=/opt/gcc/bin/g++)
+    puts a private copy of libstdc++ into the extension. torch's process has
+    the system's libstdc++.so.6 loaded already, whose global locale the copy's
+    iostream code reads with its own facet ids: the first integer that an
+    error message formats (c10::str) crashes the process. With such a CXX,
+    build with a g++ on PATH that has the shared library (CC to match, as nvcc's
+    host compiler), and refuse to build if there is none.
+    """
+    cxx = os.environ.get("CXX", "c++")
+    if _has_shared_libstdcxx(cxx):
+        return
+    for candidate in (shutil.which("g++"), "/usr/bin/g++"):
+        if candidate and os.path.exists(candidate) and _has_shared_libstdcxx(candidate):
+            gcc = os.path.join(os.path.dirname(candidate), "gcc")
+            print(f"fastopt: {cxx} has no shared libstdc++; building with {candidate}", file=sys.stderr)
+            os.environ["CXX"] = candidate
+            if os.path.exists(gcc):
+                os.environ["CC"] = gcc
+            return
+    sys.exit(
+        f"fastopt: the C++ compiler {cxx} links libstdc++ statically, and an extension with its own "
+        "libstdc++ crashes inside torch's process; set CXX (and CC) to a compiler with libstdc++.so"
+    )
+
+
 def _write_build_config(with_cuda: bool) -> None:
     # Read by fastopt/__init__.py before it loads _C, so that a torch the
     # extension was not built for gets a clear error instead of a symbol error.
@@ -100,6 +142,7 @@ def _write_build_config(with_cuda: bool) -> None:
 
 
 def _extension():
+    _use_shared_libstdcxx()
     with_cuda = _want_cuda()
     _write_build_config(with_cuda)
     sources = _sources("csrc/*.cpp") + _sources("csrc/common/*.cpp") + _sources("csrc/autograd/*.cpp")

@@ -106,13 +106,34 @@ def _check_input(
     return channels
 
 
+def _torch_evaluates_with_zero_eps() -> bool:
+    """Whether the installed torch's batch_norm accepts eps = 0 in evaluation.
+
+    torch 2.13 does (training still refuses it); torch 2.11 refuses eps <= 0 in
+    both modes, with another message. fastopt follows the torch it runs with,
+    so this asks torch once, at import, instead of guessing from its version.
+    """
+    try:
+        torch.nn.functional.batch_norm(torch.zeros(1, 1), torch.zeros(1), torch.ones(1), training=False, eps=0.0)
+    except ValueError:
+        return False
+    return True
+
+
+_EVAL_ZERO_EPS = _torch_evaluates_with_zero_eps()
+
+
 def _check_eps(eps: float, training: bool) -> None:
     """torch.nn.functional.batch_norm's eps check: a ValueError, as torch raises it.
 
     Training divides by sqrt(var + eps), and a batch's variance can be 0; in
-    evaluation the running variance is assumed positive, so eps = 0 passes.
-    A NaN passes both comparisons, as in torch.
+    evaluation the running variance is assumed positive, so eps = 0 passes
+    where the installed torch lets it. A NaN passes every comparison, as in torch.
     """
+    if not _EVAL_ZERO_EPS:
+        if eps <= 0.0:
+            raise ValueError(f"batch_norm eps must be positive, but got {eps}")
+        return
     if training and eps <= 0.0:
         raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
     if eps < 0.0:

@@ -81,12 +81,16 @@ def test_gradient_penalty_matches_torch(device, name, factory, shape, channels_l
 
 def test_instance_norm_bias_without_weight_differentiates_twice(device):
     # Only the functional form passes a bias alone; torch's group norm, which
-    # the double backward recomputes with, cannot take one.
+    # the double backward recomputes with, cannot take one. torch's reference
+    # gets a constant weight of ones (the same function): torch 2.11's CUDA
+    # double backward of a bias alone fails ("tensor does not have a device").
     x = torch.randn(3, 4, 5, dtype=torch.float64, device=device, requires_grad=True)
     bias = torch.randn(4, dtype=torch.float64, device=device, requires_grad=True)
+    ones = torch.ones(4, dtype=torch.float64, device=device)
     results = []
-    for F in (fastopt.nn.functional, torch.nn.functional):
-        first = torch.autograd.grad(F.instance_norm(x, bias=bias).sin().sum(), [x, bias], create_graph=True)
+    for F, weight in ((fastopt.nn.functional, None), (torch.nn.functional, ones)):
+        y = F.instance_norm(x, weight=weight, bias=bias)
+        first = torch.autograd.grad(y.sin().sum(), [x, bias], create_graph=True)
         results.append([*first, *torch.autograd.grad(first[0].square().sum(), [x, bias])])
     for a, b in zip(*results):
         torch.testing.assert_close(a, b)

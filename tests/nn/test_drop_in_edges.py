@@ -130,7 +130,8 @@ def test_batch_norm_eps_raises_like_torch(device, training, eps):
 
 def test_batch_norm_eps_zero_in_modules(device):
     """A module with eps=0 fails in training as torch's does, leaving its buffers as they
-    were, and evaluates with the running estimates as torch's does."""
+    were, and evaluates with the running estimates as torch's does (torch 2.13; torch
+    2.11 refuses eps = 0 in evaluation too, and so does fastopt with it)."""
     ref = torch.nn.BatchNorm1d(3, eps=0.0).to(device)
     ours = fastopt.nn.BatchNorm1d(3, eps=0.0).to(device)
     x = torch.randn(4, 3, device=device)
@@ -141,7 +142,12 @@ def test_batch_norm_eps_zero_in_modules(device):
     ours.load_state_dict(ref.state_dict())
     ref.eval()
     ours.eval()
-    torch.testing.assert_close(ours(x), ref(x))
+    try:
+        want = ref(x)
+    except ValueError:
+        assert_same_error(lambda: ref(x), lambda: ours(x))
+        return
+    torch.testing.assert_close(ours(x), want)
 
 
 @pytest.mark.parametrize("given", ["running_mean", "running_var"])
@@ -271,8 +277,12 @@ def test_dropout_add_under_autocast(device):
     assert y.dtype == ref.dtype == torch.float32
     expected = FF.dropout(out, 0.1, generator=_gen(device, 3)) + h
     assert torch.equal(y, expected)
-    fused = FF.dropout_add(out, h.to(torch.bfloat16), 0.1, generator=_gen(device, 3))
-    assert torch.equal((y - h) == 0, (fused - h.to(torch.bfloat16)) == 0)
+    # The all-bfloat16 fused pass draws the same mask. A zero residual keeps the
+    # survivors exact: next to a real one, bfloat16 rounding can swallow a small
+    # survivor, which would read as dropped.
+    zero = torch.zeros_like(h, dtype=torch.bfloat16)
+    fused = FF.dropout_add(out, zero, 0.1, generator=_gen(device, 3))
+    assert torch.equal(fused, FF.dropout(out, 0.1, generator=_gen(device, 3)))
     y.sum().backward()
     assert h.grad is not None and linear.weight.grad is not None
 

@@ -144,9 +144,10 @@ def test_empty_input_matches_torch(device, shape, momentum):
 
 
 def test_eps_zero_on_constant_instances_matches_torch(device):
-    """eps = 0 and instances of one value: ATen's inverse std is 0 there, so the
-    output is the bias (not NaN); fastopt gives torch's output, gradients and
-    running statistics."""
+    """eps = 0 and instances of one value: ATen's CPU kernel makes the inverse std
+    0 there, so the output is the bias (not NaN); its CUDA kernel divides by 0 and
+    gives NaN. On each device fastopt gives torch's output, gradients and running
+    statistics."""
     results = []
     for cls in (fastopt.nn.InstanceNorm2d, torch.nn.InstanceNorm2d):
         torch.manual_seed(0)
@@ -159,7 +160,8 @@ def test_eps_zero_on_constant_instances_matches_torch(device):
         y = module(x)
         y.backward(torch.randn_like(y))
         results.append([y, x.grad, module.weight.grad, module.bias.grad, module.running_mean, module.running_var])
-    assert torch.isfinite(results[0][0]).all()
+    if device == "cpu":
+        assert torch.isfinite(results[0][0]).all()
     for got, want in zip(*results):
         torch.testing.assert_close(got, want, equal_nan=True)
 

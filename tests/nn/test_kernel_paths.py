@@ -414,7 +414,7 @@ def test_batch_norm_streamed(device, dtype, fmt, training):
     if dtype == torch.float64:  # float64's sums stay within assert_close's defaults
         _assert_all_close(got, want)
         return
-    exact_model = torch.nn.BatchNorm1d(C).double().train(training)
+    exact_model = torch.nn.BatchNorm1d(C).to(device, torch.float64).train(training)
     exact_model.load_state_dict(ref.state_dict())
     exact = _bn_results(exact_model, _leaf(x.double(), False), grad.double())
     _assert_matches_torch(got, want, exact)

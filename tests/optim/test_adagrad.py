@@ -43,6 +43,12 @@ def test_matches_torch(config, dtype, device):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("config", [{}, {"weight_decay": 0.1, "lr_decay": 0.1, "initial_accumulator_value": 0.1}], ids=repr)
 def test_low_precision_error_within_twice_torch(dtype, config, device):
+    if device != "cpu" and dtype == torch.float16 and not config:
+        # torch's only CUDA Adagrad (the for-loop) sums squares in float16: a gradient
+        # below 2.4e-4 squares to 0, eps=1e-10 underflows to 0, and its first update
+        # divides by 0. There is no finite torch error to compare with; the other
+        # config (initial_accumulator_value=0.1) covers float16 on CUDA.
+        pytest.skip("torch's float16 CUDA Adagrad divides by 0 from the first step with these defaults")
     check_low_precision(Adagrad, torch.optim.Adagrad, dtype, device, {"lr": 0.05, **config})
 
 
