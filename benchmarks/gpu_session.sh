@@ -12,7 +12,10 @@
 #             leaves a stripped copy in $OUT/_C.tgz for later calls
 #   test      the test suite's CUDA cases (pytest -k cuda), in parallel
 #   test-all  the whole test suite
-#   memcheck  compute-sanitizer memcheck over the kernels' CUDA tests
+#   memcheck  compute-sanitizer memcheck over the kernels' CUDA tests (one
+#             process: under the sanitizer, pytest-xdist's workers never came
+#             up in 7 minutes; the whole set takes longer than one 300 s step,
+#             the dropout and norm files alone about 80 s)
 #   racecheck compute-sanitizer racecheck over the shared-memory (norm) kernels
 #   bench     the benchmark report on cuda, into $OUT/results
 #   overhead  benchmarks/host_overhead.py on cuda: the modules' per-call host cost
