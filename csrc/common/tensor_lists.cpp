@@ -25,8 +25,11 @@ void check_tensor_lists(const char* op, const std::vector<NamedList>& lists) {
       TORCH_CHECK(t.device() == ref.device(),
                   op, ": all tensors must be on one device, but ", list.name, "[", i, "] is on ",
                   t.device(), " and ", lists[0].name, "[0] is on ", ref.device());
+      // A RuntimeError, as torch's multi-tensor ops raise for it: the common
+      // way here is state of one dtype and params of another (model.half()
+      // after some steps), where torch's Adam fails with a RuntimeError too.
       const at::Tensor& dtype_ref = list.own_dtype ? list.tensors[0] : ref;
-      TORCH_CHECK_TYPE(t.scalar_type() == dtype_ref.scalar_type(), op,
+      TORCH_CHECK(t.scalar_type() == dtype_ref.scalar_type(), op,
                        ": all tensors must have one dtype, but ", list.name, "[", i, "] is ",
                        t.scalar_type(), " and ", list.own_dtype ? list.name : lists[0].name,
                        "[0] is ", dtype_ref.scalar_type());

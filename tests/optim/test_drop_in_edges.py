@@ -379,6 +379,46 @@ def test_missing_state_key_errors_as_torch(case, master_weights):
     assert_same_error(lambda: run(ref_cls), lambda: run(ours_cls, master_weights=master_weights))
 
 
+def _state_tensors(opt: torch.optim.Optimizer) -> list[Tensor]:
+    return [v.clone() for state in opt.state.values() for v in state.values() if isinstance(v, Tensor)]
+
+
+@pytest.mark.parametrize("opt", OPTIMIZERS, ids=OPT_IDS)
+def test_state_of_another_dtype_after_model_half(opt, device):
+    """model.half() after some steps leaves float32 state behind. torch's Adam,
+    AdamW and centered RMSprop then raise a RuntimeError; its SGD, Adagrad and
+    plain RMSprop step on in mixed precision, which fastopt's kernels (one dtype
+    for a parameter and its state) do not do. fastopt raises torch's
+    RuntimeError for every optimizer, naming the state and both dtypes, and
+    changes nothing. With master_weights=True (the README's advice) the float32
+    state carries on."""
+    ours_cls, ref_cls, config = opt
+    for cls, extra in ((ours_cls, {}), (ref_cls, {}), (ours_cls, {"master_weights": True})):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 3).to(device)
+        optimizer = cls(model.parameters(), **config, **extra)
+        model(torch.randn(2, 4, device=device)).sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        model.half()
+        model(torch.randn(2, 4, device=device, dtype=torch.float16)).sum().backward()
+        params, state = [p.detach().clone() for p in model.parameters()], _state_tensors(optimizer)
+        if extra:
+            optimizer.step()
+            assert not torch.equal(model.weight, params[0])
+            assert all(t.dtype == torch.float32 for t in _state_tensors(optimizer))
+        elif cls is ours_cls:
+            with pytest.raises(RuntimeError, match=r"must have one dtype, but \w+\[0\] is Float and params\[0\] is Half"):
+                optimizer.step()
+            for before, after in zip(params + state, list(model.parameters()) + _state_tensors(optimizer)):
+                assert torch.equal(before, after)
+        elif config.get("centered", False) or cls in (torch.optim.Adam, torch.optim.AdamW):
+            with pytest.raises(RuntimeError):
+                optimizer.step()
+        else:  # torch's mixed-precision step, which fastopt refuses
+            optimizer.step()
+
+
 @pytest.mark.parametrize("opt", OPTIMIZERS, ids=OPT_IDS)
 def test_load_state_dict_keeps_options(opt):
     """torch's load_state_dict goes through __setstate__ with torch's keys only: fastopt's options stay."""
