@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -29,6 +33,25 @@ def test_incompatible_torch_is_refused_with_a_clear_message():
     check_torch_version("2.13.0", "2.13.1+cu130")  # same minor release: fine
     with pytest.raises(ImportError, match=r"compiled against torch 2\.11\.0, but torch 2\.13\.0 is installed"):
         check_torch_version("2.11.0", "2.13.0")
+
+
+def test_error_messages_format_integers_in_a_fresh_process():
+    """An extension linked with its own copy of libstdc++ (a compiler with only
+    libstdc++.a; setup.py refuses one) segfaults the first time a C++ error
+    message formats an integer. In a child process, that shows as a signal
+    here instead of taking the test run down."""
+    code = (
+        "import torch, fastopt\n"
+        "try:\n"
+        "    torch.ops.fastopt.grad_norm([torch.zeros(1), torch.zeros(3, dtype=torch.int64)], 2.0)\n"
+        "except TypeError as e:\n"
+        "    print(e)\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fastopt.__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert "grads[1]" in child.stdout, child.stdout
 
 
 def test_unknown_cpu_capability_is_rejected():
