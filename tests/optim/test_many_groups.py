@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from fastopt.optim import SGD, Adagrad, Adam, AdamW, RMSprop
+from fastopt.optim._base import _hparams_readable
 
 from .reference import assert_same_state, clone_params, random_grads, set_grads
 
@@ -205,3 +206,18 @@ def test_zero_weight_decay_adds_nothing_to_an_inf_parameter(opt, device):
     ours.step()
     assert not ours_params[1].isnan().any()
     torch.testing.assert_close(ours_params[1], ref_params[1])
+
+
+def test_hparams_readable_looks_at_every_tensor():
+    """The check that keeps a group with GPU-tensor hyperparameters out of the table
+    (meta tensors stand in for GPU ones: any device but the CPU)."""
+    meta = lambda v: torch.tensor(v, device="meta")  # noqa: E731
+    group = {"params": [meta(0.0)], "lr": 0.1, "betas": (0.9, 0.99), "amsgrad": False, "foreach": None, "name": "x"}
+    assert _hparams_readable(group, on_cpu=False, compiling=False)  # the params are not hyperparameters
+    assert not _hparams_readable(dict(group, lr=meta(0.1)), on_cpu=False, compiling=False)
+    assert not _hparams_readable(dict(group, betas=(meta(0.9), 0.99)), on_cpu=False, compiling=False)
+    assert not _hparams_readable(dict(group, betas=[0.9, meta(0.99)]), on_cpu=False, compiling=False)
+    assert _hparams_readable(dict(group, lr=torch.tensor(0.1)), on_cpu=False, compiling=False)  # no sync to read
+    # Under torch.compile no tensor is read, on any device; plain values still are.
+    assert not _hparams_readable(dict(group, lr=torch.tensor(0.1)), on_cpu=True, compiling=True)
+    assert _hparams_readable(group, on_cpu=True, compiling=True)
