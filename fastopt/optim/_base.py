@@ -427,7 +427,11 @@ class FusedOptimizer(torch.optim.Optimizer):
         # for 161 tensors before it was trimmed). So it reads each attribute
         # once, and a parameter with the dtype, device and state novelty of
         # the one before it (almost always) reuses that one's bucket rather
-        # than hashing a new bucket key.
+        # than hashing a new bucket key; so does a group's first parameter when
+        # the group merges into the bucket of the group before it.
+        # (dtype, device, new state in op, bucket, on the CPU, parameter class,
+        # DTensors, bucket key)
+        last: tuple[Any, ...] | None = None
         for group_index, group in enumerate(self.param_groups):
             keys = self._state_keys(group)
             has_state = bool(keys) or has_step or masters_on
@@ -441,8 +445,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             in_op_keys = keys if new_state_in_op else ()
             row: list[float] | None = None
             layout: tuple[Any, ...] | None = None
-            # (dtype, device, new state in op, bucket, on the CPU, parameter class, DTensors)
-            last: tuple[Any, ...] | None = None
+            group_start = True
             state: dict[str, Any] = {}
             new_state = False
             for p in group["params"]:
@@ -474,34 +477,41 @@ class FusedOptimizer(torch.optim.Optimizer):
                 if master:
                     self._ensure_master_state(group, p, state)
                 fresh = new_state and new_state_in_op
-                if (
-                    last is None
-                    or dtype is not last[0]
-                    or fresh is not last[2]
-                    or cls is not last[5]
-                    or device != last[1]
-                ):
-                    on_cpu = device.type == "cpu"  # (a slow attribute: once per bucket switch)
+                same = (
+                    last is not None
+                    and dtype is last[0]
+                    and fresh is last[2]
+                    and cls is last[5]
+                    and device == last[1]
+                )
+                if group_start or not same:
+                    on_cpu = last[4] if same else device.type == "cpu"  # (a slow attribute)
                     if layout is None:
                         readable = _hparams_readable(group, on_cpu, compiling)
                         row = self._hparam_row(group) if readable else None
                         layout = self._layout_keys(group)
                     merge = row is not None
-                    # (Not dtype.to_real(): torch.compile cannot trace it.)
-                    real_dtype = torch.view_as_real(p).dtype if dtype.is_complex else dtype
-                    # A group that is not merged keys by its index: torch.compile
-                    # cannot trace id() of a dict.
-                    sharded = dtensor is not None and issubclass(cls, dtensor)
-                    key = (device, real_dtype, master, fresh, sharded, layout if merge else group_index)
-                    entry = buckets.get(key)
-                    if entry is None:
-                        bucket = Bucket(state={k: [] for k in keys}, new_state=fresh, sharded=sharded)
-                        entry = buckets[key] = (group, bucket)
+                    if group_start and same and merge and last[7][5] == layout:
+                        # The bucket the previous group's tensor went to has this
+                        # group's key too: only the row is new.
+                        rows[last[7]].append((row, len(last[3].sources)))
+                    else:
+                        # (Not dtype.to_real(): torch.compile cannot trace it.)
+                        real_dtype = torch.view_as_real(p).dtype if dtype.is_complex else dtype
+                        # A group that is not merged keys by its index: torch.compile
+                        # cannot trace id() of a dict.
+                        sharded = dtensor is not None and issubclass(cls, dtensor)
+                        key = (device, real_dtype, master, fresh, sharded, layout if merge else group_index)
+                        entry = buckets.get(key)
+                        if entry is None:
+                            bucket = Bucket(state={k: [] for k in keys}, new_state=fresh, sharded=sharded)
+                            entry = buckets[key] = (group, bucket)
+                            if merge:
+                                rows[key] = []
                         if merge:
-                            rows[key] = []
-                    if merge:
-                        rows[key].append((row, len(entry[1].sources)))
-                    last = (dtype, device, fresh, entry[1], on_cpu, cls, sharded)
+                            rows[key].append((row, len(entry[1].sources)))
+                        last = (dtype, device, fresh, entry[1], on_cpu, cls, sharded, key)
+                    group_start = False
                 bucket, on_cpu, sharded = last[3], last[4], last[6]
                 bucket.sources.append(p)
                 # The state tensors the op updates: local shards for DTensors.

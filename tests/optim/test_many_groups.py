@@ -70,6 +70,35 @@ def test_groups_with_different_layouts_get_one_call_each(device):
     assert _op_calls(opt, "adam_") == 2
 
 
+def test_interleaved_layouts_and_dtypes_match_torch(device):
+    """Groups whose first tensor continues the previous group's bucket, and
+    groups that go back to an earlier one (amsgrad alternating, a float64
+    tensor inside a group and a float64 group between float32 ones), each
+    tensor with its own group's hyperparameters."""
+    spec = [
+        (False, [torch.float32]),
+        (True, [torch.float32, torch.float64]),
+        (True, [torch.float32]),
+        (False, [torch.float64]),
+        (False, [torch.float32, torch.float32]),
+        (True, [torch.float64, torch.float32]),
+    ]
+    ref_params = [[torch.nn.Parameter(torch.randn(9, device=device, dtype=dt)) for dt in dts] for _, dts in spec]
+    ours_params = [clone_params(ps) for ps in ref_params]
+
+    def groups(params: list[list[torch.nn.Parameter]]) -> list[dict]:
+        return [{"params": ps, "amsgrad": ams, "lr": 0.01 * (i + 1)} for i, (ps, (ams, _)) in enumerate(zip(params, spec))]
+
+    ref, ours = torch.optim.Adam(groups(ref_params), foreach=False), Adam(groups(ours_params))
+    flat_ref, flat_ours = sum(ref_params, []), sum(ours_params, [])
+    for step_grads in random_grads(flat_ref, 4):
+        set_grads(flat_ref, step_grads)
+        set_grads(flat_ours, step_grads)
+        ref.step()
+        ours.step()
+    assert_same_state(ours, ref, flat_ours, flat_ref)
+
+
 def _four_hundred_groups(device: str) -> tuple[AdamW, list[torch.nn.Parameter]]:
     params = [torch.nn.Parameter(torch.randn(16, device=device)) for _ in range(400)]
     opt = AdamW([{"params": [p], "lr": 1e-3 * 0.99**i} for i, p in enumerate(params)])
