@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -52,6 +53,29 @@ def test_error_messages_format_integers_in_a_fresh_process():
     child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert child.returncode == 0, child.stderr[-2000:]
     assert "grads[1]" in child.stdout, child.stdout
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fake compiler drivers are shell scripts")
+def test_build_leaves_a_compiler_without_shared_libstdcxx(tmp_path):
+    """setup.py, run in a scratch copy (its build config lands there): a CXX
+    whose -print-file-name finds no libstdc++.so is replaced by a g++ on PATH
+    that finds one, CC by the gcc beside it."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fastopt.__file__)))
+    shutil.copy(os.path.join(root, "setup.py"), tmp_path)
+    (tmp_path / "fastopt").mkdir()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    drivers = {"static-g++": "libstdc++.so", "g++": "/opt/shared/libstdc++.so", "gcc": "/opt/shared/libstdc++.so"}
+    for name, answer in drivers.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\necho {answer}\n")
+        (bin_dir / name).chmod(0o755)
+    env = dict(os.environ, CXX=str(bin_dir / "static-g++"), PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    env["FASTOPT_CUDA"] = "0"
+    child = subprocess.run(
+        [sys.executable, "setup.py", "--name"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert f"{bin_dir / 'static-g++'} has no shared libstdc++; building with {bin_dir / 'g++'}" in child.stderr
 
 
 def test_unknown_cpu_capability_is_rejected():
