@@ -16,6 +16,9 @@
 #             process: under the sanitizer, pytest-xdist's workers never came
 #             up in 7 minutes; the whole set takes longer than one 300 s step,
 #             the dropout and norm files alone about 80 s)
+#   memcheck-optim, memcheck-bn
+#             the same over tests/optim alone, and over the BatchNorm and
+#             InstanceNorm files alone: halves that fit a step each
 #   racecheck compute-sanitizer racecheck over the shared-memory (norm) kernels
 #   bench     the benchmark report on cuda, into $OUT/results
 #   overhead  benchmarks/host_overhead.py on cuda: the modules' per-call host cost
@@ -85,6 +88,13 @@ for s in "$@"; do
     memcheck)
         step memcheck compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 \
             "$PY" -m pytest $KERNEL_TESTS -q -k "cuda and not compile" -p no:cacheprovider -W ignore
+        ;;
+    memcheck-optim | memcheck-bn)
+        if [ "$s" = memcheck-optim ]; then files="tests/optim"; else
+            files="tests/nn/test_batch_norm.py tests/nn/test_instance_norm.py"; fi
+        # shellcheck disable=SC2086  # a list of test files
+        step "$s" compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 \
+            "$PY" -m pytest $files -q -k "cuda and not compile" -p no:cacheprovider -W ignore
         ;;
     racecheck)
         step racecheck compute-sanitizer --tool racecheck --racecheck-report hazard --error-exitcode 9 \
