@@ -13,6 +13,14 @@ import torch
 import fastopt
 from fastopt._loader import check_torch_version
 
+# The checkout fastopt is imported from (child processes import it from there too).
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fastopt.__file__)))
+
+
+def _child_env() -> dict[str, str]:
+    """This environment, with ROOT first on PYTHONPATH: a child imports this fastopt."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+
 
 def test_build_info():
     info = fastopt.build_info()
@@ -48,9 +56,7 @@ def test_error_messages_format_integers_in_a_fresh_process():
         "except TypeError as e:\n"
         "    print(e)\n"
     )
-    root = os.path.dirname(os.path.dirname(os.path.abspath(fastopt.__file__)))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_child_env(), timeout=120)
     assert child.returncode == 0, child.stderr[-2000:]
     assert "grads[1]" in child.stdout, child.stdout
 
@@ -60,8 +66,7 @@ def test_build_leaves_a_compiler_without_shared_libstdcxx(tmp_path):
     """setup.py, run in a scratch copy (its build config lands there): a CXX
     whose -print-file-name finds no libstdc++.so is replaced by a g++ on PATH
     that finds one, CC by the gcc beside it."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(fastopt.__file__)))
-    shutil.copy(os.path.join(root, "setup.py"), tmp_path)
+    shutil.copy(os.path.join(ROOT, "setup.py"), tmp_path)
     (tmp_path / "fastopt").mkdir()
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -138,12 +143,6 @@ def test_import_pulls_in_no_heavy_torch_subsystems():
     """import fastopt stays light (30 ms after torch): torch.compiler.disable
     would import dynamo (1 s) and torch.distributed.tensor costs 0.6 s, which
     every DataLoader or DDP worker process would pay. Both load on first use."""
-    import os
-    import subprocess
-    import sys
-
     code = "import sys, torch, fastopt; print([m for m in ('torch._dynamo', 'torch.distributed.tensor') if m in sys.modules])"
-    root = os.path.dirname(os.path.dirname(os.path.abspath(fastopt.__file__)))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=_child_env())
     assert out.stdout.strip() == "[]"

@@ -567,7 +567,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         ``starts`` holds each group's row with the index of its first tensor;
         the table repeats the row for each of the group's tensors. Building it
         costs about 0.3 us per tensor on the host (400 groups: 0.13 ms, a
-        tenth of the whole bucketing), and on CUDA one copy to the device,
+        fifth of the whole bucketing), and on CUDA one copy to the device,
         which the kernels read. So the last table is kept while the rows and
         their starts stay the same (compared by value, as floats: a row that
         changes only between 0.0 and -0.0 keeps it): a run with fixed
