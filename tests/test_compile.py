@@ -258,3 +258,42 @@ def test_dynamic_shapes_compile_once(module, shapes, device):
         out = compiled(x)
         assert out.shape == x.shape
     assert counters["stats"]["unique_graphs"] == 1
+
+
+@pytest.mark.parametrize("given", ["module", "tensors"])
+def test_compiled_ema_update_fullgraph(given, device):
+    """EMA.update() compiles with fullgraph=True and averages as the eager update does.
+
+    The model has a BatchNorm, so an integer buffer (num_batches_tracked,
+    copied) rides along with the averaged floats. The update count is a
+    Python int on the EMA: one recompile when it first changes, after which
+    dynamo treats it as dynamic, so later updates reuse the graph.
+    """
+    from fastopt.optim import EMA
+    from torch._dynamo.utils import counters
+
+    def make() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.BatchNorm1d(8)).to(device)
+
+    def source(m: torch.nn.Module):
+        return m if given == "module" else [*m.parameters(), *m.buffers()]
+
+    eager_model, compiled_model = make(), make()
+    eager, ema = EMA(source(eager_model), decay=0.9), EMA(source(compiled_model), decay=0.9)
+    torch._dynamo.reset()
+    counters.clear()
+    update = torch.compile(ema.update, fullgraph=True)
+    for i in range(6):
+        x = torch.randn(4, 8, device=device)
+        for m in (eager_model, compiled_model):
+            m(x)  # training mode: new running statistics and count
+            with torch.no_grad():
+                for p in m.parameters():
+                    p.add_(0.1 * (i + 1))
+        eager.update()
+        update()
+    assert ema.num_updates == eager.num_updates == 6
+    for a, b in zip(eager.shadow, ema.shadow):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+    assert counters["stats"]["unique_graphs"] <= 2

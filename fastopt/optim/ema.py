@@ -113,7 +113,6 @@ class _Groups:
             else:
                 self.other.append((s, c))
 
-    @torch.no_grad()
     def update(self, decay: float, *, like_torch: bool = False) -> None:
         """shadow = lerp(shadow, current, 1 - decay): one op per (device, dtype).
 
@@ -123,20 +122,24 @@ class _Groups:
         value on another device or in another dtype than its average is read
         converted to the average's, as AveragedModel reads it.
         """
-        for s, c in self.other:
-            s.copy_(s * decay + c * (1 - decay) if like_torch else c)
-        for (device, dtype), (dst, src) in self.averaged.items():
-            if (device, dtype) in self.converted:
-                # A temporary per update, in these groups only; Tensor.to
-                # returns the tensors that already match as they are.
-                src = [c.to(device, dtype) for c in src]
-            if dtype.is_complex:
-                # The fused op averages real floating-point tensors only; complex
-                # ones take torch's own lerp, which is exactly what
-                # get_ema_multi_avg_fn computes for them.
-                torch._foreach_lerp_(dst, src, 1 - decay)
-            else:
-                ops.ema_(dst, src, decay=decay)
+        # A with block, not the @torch.no_grad() decorator: torch.compile
+        # cannot inline the decorator's wrapper of a method of an object made
+        # inside the traced call (an EMA update under torch.compile).
+        with torch.no_grad():
+            for s, c in self.other:
+                s.copy_(s * decay + c * (1 - decay) if like_torch else c)
+            for (device, dtype), (dst, src) in self.averaged.items():
+                if (device, dtype) in self.converted:
+                    # A temporary per update, in these groups only; Tensor.to
+                    # returns the tensors that already match as they are.
+                    src = [c.to(device, dtype) for c in src]
+                if dtype.is_complex:
+                    # The fused op averages real floating-point tensors only; complex
+                    # ones take torch's own lerp, which is exactly what
+                    # get_ema_multi_avg_fn computes for them.
+                    torch._foreach_lerp_(dst, src, 1 - decay)
+                else:
+                    ops.ema_(dst, src, decay=decay)
 
 
 class EMA:
@@ -165,6 +168,12 @@ class EMA:
         with ema.average_parameters():
             evaluate(model)        # runs with the averaged weights
         # the trained weights are back here
+
+    :meth:`update` also runs under ``torch.compile(ema.update, fullgraph=True)``
+    (or inside a compiled training step), as one call of the fused op. With
+    ``warmup`` each update's decay is another constant of the graph, so every
+    update compiles anew until dynamo's recompile limit stops it: compile the
+    update only without warmup.
 
     Like :class:`torch.optim.swa_utils.AveragedModel`, the EMA acts on the
     model's tensors as they are at each :meth:`update`, :meth:`copy_to` and
@@ -231,6 +240,12 @@ class EMA:
         could change without a new data pointer only by
         ``p.data = p.data.view(...)``).
         """
+        if torch.compiler.is_compiling():
+            # A traced update reads the tensors as the graph's inputs, and
+            # guards, not this cache, notice new ones.
+            tracked = self._tracked
+            current = tracked.tensors if tracked.module is None else _tensors(tracked.module)
+            return _Groups(self.shadow, self._checked_count(current, None))
         current = self._targets(None)
         if getattr(self, "_sharded", False):  # (absent from an EMA pickled before it existed)
             with torch.no_grad():  # to_local outside autograd: 0.1 us, not 6
@@ -245,6 +260,10 @@ class EMA:
     def _targets(self, parameters: Tensors | None) -> list[Tensor]:
         """``parameters``' tensors, or the tracked ones as they are now."""
         targets = self._tracked.current() if parameters is None else _tensors(parameters)
+        return self._checked_count(targets, parameters)
+
+    def _checked_count(self, targets: list[Tensor], parameters: Tensors | None) -> list[Tensor]:
+        """``targets``, once they are as many as the shadow's tensors."""
         if len(targets) != len(self.shadow):
             if parameters is None:  # only a module's tensors can come and go
                 raise ValueError(
