@@ -1,4 +1,4 @@
-"""Tensors shaped for the CUDA kernels' harder paths, shared by the norm tests."""
+"""Tensors shaped for the kernels' harder paths, and the low-precision error rule, shared by the norm tests."""
 
 from __future__ import annotations
 
@@ -45,3 +45,37 @@ def streamed_numel(dtype: torch.dtype) -> int:
     if numel > 1 << 25:
         pytest.skip(f"an L3 cache of {cache} bytes needs too large an input for the streamed path")
     return numel
+
+
+def channel_blocked_batch_norm_shape(dtype: torch.dtype) -> tuple[int, int, int]:
+    """(N, C, L) for which the CPU's channels-first BatchNorm training passes go block by block.
+
+    They do once the pass reads more than the L3 cache and a block's run of
+    planes per sample is at least 12 KB (channels_per_block in
+    csrc/cpu/batch_norm.cpp). L is odd and several blocks' worth of planes
+    fit a run, so that planes start off vector boundaries and the last block
+    of C channels is a partial one. Skips where the cache is too large to
+    test this cheaply.
+    """
+    cache = fastopt._C._last_level_cache_bytes()
+    item = torch.empty((), dtype=dtype).element_size()
+    N, L = 3, (16 << 10) // item + 1  # 16 KB planes
+    C = cache // (N * L * item) + 1  # x alone (the forward's pass) past the cache
+    C += 1 - C % 2  # odd: blocks of 2^k planes leave a partial block
+    if N * C * L > 1 << 25:
+        pytest.skip(f"an L3 cache of {cache} bytes needs too large an input for the blocked path")
+    return N, C, L
+
+
+def assert_within_twice_torch_error(
+    name: str, value: torch.Tensor, torch_value: torch.Tensor, exact: torch.Tensor, scale: float | None = None
+) -> None:
+    """fastopt's ``value`` at most twice as far from the float64 ``exact`` as torch's, plus
+    four rounding units of ``scale`` (default: the largest magnitude of ``exact``), so that
+    a torch result that happens to be exact leaves room for fastopt's own rounding."""
+    assert value.dtype == torch_value.dtype and value.shape == torch_value.shape, name
+    true = exact.double()
+    err = (value.double() - true).abs().max().item()
+    torch_err = (torch_value.double() - true).abs().max().item()
+    scale = true.abs().max().item() if scale is None else scale
+    assert err <= 2 * torch_err + 4 * torch.finfo(value.dtype).eps * scale, (name, err, torch_err)
