@@ -50,11 +50,11 @@ def streamed_numel(dtype: torch.dtype) -> int:
 def channel_blocked_batch_norm_shape(dtype: torch.dtype) -> tuple[int, int, int]:
     """(N, C, L) for which the CPU's channels-first BatchNorm training passes go block by block.
 
-    They do once the pass reads more than the L3 cache and a block's run of
-    planes per sample is at least 12 KB (channels_per_block in
-    csrc/cpu/batch_norm.cpp). L is odd and several blocks' worth of planes
-    fit a run, so that planes start off vector boundaries and the last block
-    of C channels is a partial one. Skips where the cache is too large to
+    They do once the pass reads more than the L3 cache, N is at most 64 and
+    a block's run of planes per sample is at least 12 KB (channels_per_block
+    in csrc/cpu/batch_norm.cpp). L is odd, so that planes start off vector
+    boundaries, and C is odd, so that the last block of channels is a partial
+    one. Skips where the cache is too large to
     test this cheaply.
     """
     cache = fastopt._C._last_level_cache_bytes()
