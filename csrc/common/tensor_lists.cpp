@@ -131,19 +131,28 @@ bool same_dense_layout(const at::Tensor& t, const at::Tensor& ref) {
 
 FlatTensorLists::FlatTensorLists(const std::vector<NamedList>& lists) : lists_(lists) {
   const size_t n = lists.empty() ? 0 : lists[0].tensors.size();
-  views_.resize(lists.size());
-  for (size_t l = 0; l < lists.size(); ++l) views_[l].reserve(lists[l].tensors.size());
+  data_.resize(lists.size());
+  element_size_.resize(lists.size(), 0);
+  numels_.resize(n);
+  for (size_t l = 0; l < lists.size(); ++l) {
+    if (lists[l].tensors.empty()) continue;
+    data_[l].resize(n);
+    element_size_[l] = static_cast<int64_t>(lists[l].tensors[0].element_size());
+  }
 
   for (size_t i = 0; i < n; ++i) {
     // Prefer the parameter's own layout (channels_last, transposed, ...), so
     // that the common case needs no temporary at all.
     const at::Tensor& p = lists[0].tensors[i];
+    numels_[i] = p.numel();
     const bool p_dense = p.is_non_overlapping_and_dense();
     for (size_t l = 0; l < lists.size(); ++l) {
       if (lists[l].tensors.empty()) continue;
       const at::Tensor& t = lists[l].tensors[i];
       if (p_dense ? same_dense_layout(t, p) : t.is_contiguous()) {
-        views_[l].push_back(t);
+        // (const_data_ptr for a list the op only reads: a lazily cloned
+        // tensor is then not materialised.)
+        data_[l][i] = lists[l].written ? t.mutable_data_ptr() : const_cast<void*>(t.const_data_ptr());
       } else {
         // A layout the kernels cannot walk as one flat array alongside the
         // others: compute on a copy in the reference layout instead.
@@ -151,20 +160,23 @@ FlatTensorLists::FlatTensorLists(const std::vector<NamedList>& lists) : lists_(l
         at::Tensor tmp = p_dense ? at::empty_like(p, p.options().dtype(t.scalar_type()))
                                  : at::empty_like(t, at::MemoryFormat::Contiguous);
         tmp.copy_(t);
-        views_[l].push_back(std::move(tmp));
-        temporaries_.emplace_back(l, i);
+        data_[l][i] = tmp.mutable_data_ptr();
+        temporaries_.push_back({l, i, std::move(tmp)});
       }
     }
   }
 }
 
 void FlatTensorLists::write_back() {
-  for (const auto& [l, i] : temporaries_) {
-    if (lists_[l].written) {
-      lists_[l].tensors[i].copy_(views_[l][i]);
+  // Once: the temporaries themselves live as long as this object, as the
+  // pointers handed out do.
+  if (written_back_) return;
+  written_back_ = true;
+  for (const Temporary& t : temporaries_) {
+    if (lists_[t.list].written) {
+      lists_[t.list].tensors[t.index].copy_(t.tensor);
     }
   }
-  temporaries_.clear();
 }
 
 }  // namespace fastopt

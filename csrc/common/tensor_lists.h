@@ -70,32 +70,45 @@ void check_hparams(const char* op, const c10::optional<at::Tensor>& hparams, siz
 // layout: the tensors' own when they are all non-overlapping and dense with
 // equal strides (contiguous, channels_last, transposed, ...), otherwise a
 // contiguous temporary. Temporaries of written lists go back with write_back().
+//
+// Only the temporaries are held as tensors. For the caller's own tensors it
+// keeps raw data pointers, which the op's arguments keep valid for the call:
+// a tensor handle would cost a reference-count increment and decrement per
+// tensor, and for a tensor that Python owns each of those goes through the
+// Python interpreter (a ResNet-50 step passes about 500 tensors).
 class FlatTensorLists {
  public:
+  // The lists must have passed check_tensor_lists (one dtype per list).
   explicit FlatTensorLists(const std::vector<NamedList>& lists);
 
   // Raw pointer to list `l`, tensor `i`; null for an empty (absent) list.
-  void* data(size_t l, size_t i) const { return views_[l].empty() ? nullptr : views_[l][i].data_ptr(); }
+  void* data(size_t l, size_t i) const { return data_[l].empty() ? nullptr : data_[l][i]; }
   // The same, advanced by `offset` elements.
   void* data_at(size_t l, size_t i, int64_t offset) const {
     void* base = data(l, i);
-    return base == nullptr ? nullptr
-                           : static_cast<char*>(base) + offset * views_[l][i].element_size();
+    return base == nullptr ? nullptr : static_cast<char*>(base) + offset * element_size_[l];
   }
-  const at::Tensor& view(size_t l, size_t i) const { return views_[l][i]; }
   // Whether list `l` was given (optional state lists may be empty).
-  bool has_list(size_t l) const { return !views_[l].empty(); }
-  int64_t numel(size_t i) const { return views_[0][i].numel(); }
-  size_t num_lists() const { return views_.size(); }
-  size_t size() const { return views_[0].size(); }
+  bool has_list(size_t l) const { return !data_[l].empty(); }
+  int64_t numel(size_t i) const { return numels_[i]; }
+  size_t num_lists() const { return data_.size(); }
+  size_t size() const { return numels_.size(); }
 
   // Copies every temporary of a written list back into the caller's tensor.
   void write_back();
 
  private:
+  struct Temporary {
+    size_t list;
+    size_t index;
+    at::Tensor tensor;
+  };
   std::vector<NamedList> lists_;
-  std::vector<std::vector<at::Tensor>> views_;
-  std::vector<std::pair<size_t, size_t>> temporaries_;  // (list, index)
+  std::vector<std::vector<void*>> data_;
+  std::vector<int64_t> element_size_;  // per list
+  std::vector<int64_t> numels_;
+  std::vector<Temporary> temporaries_;
+  bool written_back_ = false;
 };
 
 }  // namespace fastopt
