@@ -61,6 +61,11 @@ class _Tracked:
 
     def current(self) -> list[Tensor]:
         """The tracked tensors, in the order of the EMA's shadow."""
+        if self.module is not None and torch.compiler.is_compiling():
+            # Traced, the module's tensors are read as they are: the graph's
+            # guards, not the ids of _contents (which dynamo cannot trace),
+            # notice replaced ones.
+            return _tensors(self.module)
         if self.module is not None and self._contents() != self.contents:
             self._read()
         return self.tensors
@@ -240,13 +245,10 @@ class EMA:
         could change without a new data pointer only by
         ``p.data = p.data.view(...)``).
         """
-        if torch.compiler.is_compiling():
-            # A traced update reads the tensors as the graph's inputs, and
-            # guards, not this cache, notice new ones.
-            tracked = self._tracked
-            current = tracked.tensors if tracked.module is None else _tensors(tracked.module)
-            return _Groups(self.shadow, self._checked_count(current, None))
         current = self._targets(None)
+        if torch.compiler.is_compiling():
+            # Nor can data pointers be traced: a traced update groups afresh.
+            return _Groups(self.shadow, current)
         if getattr(self, "_sharded", False):  # (absent from an EMA pickled before it existed)
             with torch.no_grad():  # to_local outside autograd: 0.1 us, not 6
                 pointers = [local(t).data_ptr() for t in current]
@@ -260,10 +262,6 @@ class EMA:
     def _targets(self, parameters: Tensors | None) -> list[Tensor]:
         """``parameters``' tensors, or the tracked ones as they are now."""
         targets = self._tracked.current() if parameters is None else _tensors(parameters)
-        return self._checked_count(targets, parameters)
-
-    def _checked_count(self, targets: list[Tensor], parameters: Tensors | None) -> list[Tensor]:
-        """``targets``, once they are as many as the shadow's tensors."""
         if len(targets) != len(self.shadow):
             if parameters is None:  # only a module's tensors can come and go
                 raise ValueError(
