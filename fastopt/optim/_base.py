@@ -68,9 +68,67 @@ class Bucket:
             args["hparams"] = self.hparams
         return args
 
+    def take(self, index: list[int], new_state: bool) -> Bucket:
+        """The bucket of the tensors at ``index``, in that order, with ``new_state``."""
+
+        def pick(tensors: list[Tensor]) -> list[Tensor]:
+            return [tensors[i] for i in index] if tensors else tensors
+
+        return Bucket(
+            sources=pick(self.sources),
+            params=pick(self.params),
+            grads=pick(self.grads),
+            steps=pick(self.steps),
+            state={k: pick(v) for k, v in self.state.items()},
+            new_state=new_state,
+            copies=pick(self.copies),
+            resolved_grads=[(g, r) for g, r in self.resolved_grads if any(r is self.grads[i] for i in index)],
+            hparams=None if self.hparams is None else self.hparams[index],
+            sharded=self.sharded,
+        )
+
 
 # Parameters with sparse gradients, with their param group: one entry per group.
 SparseParams = list[tuple[dict[str, Any], list[Tensor]]]
+
+
+def split_duplicates(work: list[tuple[dict[str, Any], Bucket]]) -> list[tuple[dict[str, Any], Bucket, int]]:
+    """The buckets of a step whose param groups list a parameter twice, as
+    (group, bucket, round) in the order to update them.
+
+    torch accepts such a group with a warning and its for-loop updates the
+    parameter once per listing, one update after the other. One op call
+    would instead update the same memory from two work items at once (two
+    threads on the CPU, two blocks on CUDA), a race whose result changes
+    from run to run. So the k-th listing of a parameter goes to round k, and
+    round k's op calls run after round k-1's. Round 0 alone unscales the
+    gradients (grad_scale), since the op writes them back unscaled.
+
+    A parameter's first listing goes to a bucket of new state when the step
+    creates its state in the op (SGD's momentum buffer, see
+    Bucket.new_state), and its other listings to a bucket that it may share
+    with older parameters; they count on from round 1 there. Those listings
+    start the state afresh as well (the buffer again becomes the gradient),
+    as torch's for-loop and fused SGD do: both gather every listing's buffer
+    before updating any.
+    """
+    first_in_new_state = {id(p) for _, b in work if b.new_state for p in b.sources}
+    split: list[tuple[dict[str, Any], Bucket, int]] = []
+    for group, bucket in work:
+        listed: dict[int, int] = {}
+        parts: dict[tuple[int, bool], list[int]] = {}  # (round, new state) -> indices
+        for i, p in enumerate(bucket.sources):
+            key = id(p)
+            new_state = bucket.new_state or key in first_in_new_state
+            r = listed.get(key, 1 if new_state and not bucket.new_state else 0)
+            listed[key] = r + 1
+            parts.setdefault((r, new_state), []).append(i)
+        if list(parts) == [(0, bucket.new_state)]:
+            split.append((group, bucket, 0))
+        else:
+            split.extend((group, bucket.take(index, new_state), r) for (r, new_state), index in parts.items())
+    split.sort(key=lambda entry: entry[2])  # (stable: buckets keep their order within a round)
+    return split
 
 
 def new_step_counter(param: Tensor) -> Tensor:
@@ -270,6 +328,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             self._init_extensions(
                 max_grad_norm=None, skip_nonfinite=False, master_weights=False, stochastic_rounding=False
             )
+        self._note_duplicates()
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """torch's, then the constructor's checks of fastopt's options on the new parameters.
@@ -285,6 +344,15 @@ class FusedOptimizer(torch.optim.Optimizer):
         except ValueError:
             self.param_groups.pop()
             raise
+        self._note_duplicates()
+
+    def _note_duplicates(self) -> None:
+        # Whether a group lists a parameter twice (torch warns, and
+        # add_param_group refuses a parameter in two groups): such steps are
+        # split into rounds, see split_duplicates. Kept as a flag, since a set
+        # of every parameter on every step would cost microseconds per step
+        # for the sake of a deprecated use.
+        self._duplicate_params = any(len(g["params"]) != len(set(g["params"])) for g in self.param_groups)
 
     def _uses_master(self, param: Tensor) -> bool:
         return getattr(self, "master_weights", False) and param.dtype in LOW_PRECISION
@@ -635,8 +703,18 @@ class FusedOptimizer(torch.optim.Optimizer):
         if track:
             self._last_norms = []
         stochastic = getattr(self, "stochastic_rounding", False)
-        for group, bucket in work:
+        rounds = (
+            split_duplicates(work) if getattr(self, "_duplicate_params", False) else [(g, b, 0) for g, b in work]
+        )
+        for group, bucket, round_ in rounds:
             device = bucket.params[0].device
+            scale = grad_scale
+            if round_ > 0 and grad_scale is not None:
+                # Round 0 left these gradients unscaled in .grad; a resolved
+                # copy (see Bucket.resolved_grads) reads them again from there.
+                scale = None
+                for grad, resolved in bucket.resolved_grads:
+                    resolved.copy_(grad)
             norms = None
             if track:
                 norms = torch.empty(len(bucket.params), 2, dtype=torch.float64, device=device)
@@ -644,10 +722,8 @@ class FusedOptimizer(torch.optim.Optimizer):
             if stochastic and bucket.sources[0].dtype == torch.bfloat16:
                 # Fresh Philox words per step, drawn as dropout draws them.
                 bucket.rounding_seed = draw_seed(bucket.params[0], None)
-            self._update(
-                group, bucket, to_device(grad_scale, device), to_device(found_inf, device), norms
-            )
-            if bucket.resolved_grads and grad_scale is not None:
+            self._update(group, bucket, to_device(scale, device), to_device(found_inf, device), norms)
+            if bucket.resolved_grads and scale is not None:
                 self._write_back_grads(bucket)
         if sparse:
             self._sparse_steps(sparse, grad_scale, found_inf)

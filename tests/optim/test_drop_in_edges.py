@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import io
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -24,6 +24,7 @@ from .reference import (
     clone_params,
     make_params,
     random_grads,
+    run_steps,
     set_grads,
 )
 
@@ -209,6 +210,69 @@ def test_named_params_added_with_stochastic_rounding():
     with pytest.raises(ValueError, match="stochastic_rounding supports bfloat16"):
         opt.add_param_group({"params": [("half", torch.nn.Parameter(torch.zeros(2, dtype=torch.float16)))]})
     assert len(opt.param_groups) == 2
+
+
+# --------------------------------------------------------------------------- a parameter listed twice
+
+# torch warns about a group that lists a parameter twice, and updates it once per listing.
+DUPLICATES_WARN = pytest.mark.filterwarnings("ignore:optimizer contains a parameter group with duplicate")
+
+
+@pytest.fixture
+def two_threads() -> Iterator[None]:
+    """Two intra-op threads, so that two work items of one op call run at once."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@DUPLICATES_WARN
+@pytest.mark.parametrize("make_copy", [lambda o: o, _pickled], ids=["original", "pickle"])
+@pytest.mark.parametrize("opt", OPTIMIZERS, ids=OPT_IDS)
+def test_parameter_listed_twice_steps_as_torch(opt, make_copy, device, two_threads):
+    """A parameter listed three times is updated three times a step, one update
+    after the other, as torch's for-loop does: not by one op call in which
+    two work items race on its memory. Its listings arrive while an older
+    parameter already has state, so that its first step's listings sit in a
+    bucket of new state and in the older parameter's bucket (SGD's buffer)."""
+    ours_cls, ref_cls, config = opt
+    ref_old, ref_big, ref_small = (torch.nn.Parameter(torch.randn(n, device=device)) for n in (5, 1 << 20, 3))
+    ours_old, ours_big, ours_small = clone_params([ref_old, ref_big, ref_small])
+    ref = ref_cls([ref_old], foreach=False, **config)
+    ours = ours_cls([ours_old], **config)
+    steps = random_grads([ref_old, ref_big, ref_small], 4)
+    for opt_, params in ((ref, [ref_old]), (ours, [ours_old])):
+        set_grads(params, steps[0][:1])
+        opt_.step()
+    ref.add_param_group({"params": [ref_big, ref_small, ref_big, ref_big]})
+    ours.add_param_group({"params": [ours_big, ours_small, ours_big, ours_big]})
+    ours = make_copy(ours)
+    ours_old, ours_big, ours_small = ours.param_groups[0]["params"] + ours.param_groups[1]["params"][:2]
+    run_steps(ref, [ref_old, ref_big, ref_small], steps[1:])
+    run_steps(ours, [ours_old, ours_big, ours_small], steps[1:])
+    assert_same_state(ours, ref, [ours_old, ours_big, ours_small], [ref_old, ref_big, ref_small])
+
+
+@DUPLICATES_WARN
+@pytest.mark.parametrize("opt", OPTIMIZERS, ids=OPT_IDS)
+def test_parameter_listed_twice_unscaled_once(opt, device, two_threads):
+    """With AMP's grad_scale the first update unscales .grad in place; the
+    second reads it unscaled, not divided by the scale again."""
+    ours_cls, ref_cls, config = opt
+    ref_params = [torch.nn.Parameter(torch.randn(1 << 20, device=device))]
+    ours_params = clone_params(ref_params)
+    ref = ref_cls(ref_params * 2, foreach=False, **config)
+    ours = ours_cls(ours_params * 2, **config)
+    scale = torch.tensor(1024.0, device=device)
+    for step_grads in random_grads(ref_params, 3):
+        set_grads(ref_params, step_grads)
+        ref.step()
+        set_grads(ours_params, [step_grads[0] * scale])
+        ours.grad_scale, ours.found_inf = scale, torch.tensor(0.0, device=device)
+        ours.step()
+        torch.testing.assert_close(ours_params[0].grad, step_grads[0])
+    assert_same_state(ours, ref, ours_params, ref_params)
 
 
 # --------------------------------------------------------------------------- conjugate gradients
