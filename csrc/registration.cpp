@@ -70,6 +70,10 @@ TORCH_LIBRARY(fastopt, m) {
   // shadow[i] = lerp(shadow[i], params[i], 1 - decay), rounded as
   // torch._foreach_lerp_(shadow, params, 1 - decay).
   m.def("ema_(Tensor(a!)[] shadow, Tensor[] params, *, float decay) -> ()");
+  // The same with the decay in a one-element CPU tensor, read on the host:
+  // under torch.compile a float decay is a constant of the graph, so a decay
+  // that changes every update (EMA's warmup) would compile every update anew.
+  m.def("ema_.tensor_decay(Tensor(a!)[] shadow, Tensor[] params, *, Tensor decay) -> ()");
   // Dropout (see NOTE: [dropout stream] in common/philox.h). `seed` holds two
   // int64 words drawn from torch's generator (Philox key, counter offset): on
   // the CPU for CPU tensors, on x's device for CUDA tensors. An element of mask

@@ -260,14 +260,17 @@ def test_dynamic_shapes_compile_once(module, shapes, device):
     assert counters["stats"]["unique_graphs"] == 1
 
 
+@pytest.mark.parametrize("warmup", [False, True], ids=["constant", "warmup"])
 @pytest.mark.parametrize("given", ["module", "tensors"])
-def test_compiled_ema_update_fullgraph(given, device):
+def test_compiled_ema_update_fullgraph(given, warmup, device):
     """EMA.update() compiles with fullgraph=True and averages as the eager update does.
 
     The model has a BatchNorm, so an integer buffer (num_batches_tracked,
     copied) rides along with the averaged floats. The update count is a
     Python int on the EMA: one recompile when it first changes, after which
-    dynamo treats it as dynamic, so later updates reuse the graph.
+    dynamo treats it as dynamic, so later updates reuse the graph. With
+    warmup the decay changes every update: 12 updates, past dynamo's limit of
+    8 recompiles, show that it is no constant of the graph.
     """
     from fastopt.optim import EMA
     from torch._dynamo.utils import counters
@@ -280,11 +283,13 @@ def test_compiled_ema_update_fullgraph(given, device):
         return m if given == "module" else [*m.parameters(), *m.buffers()]
 
     eager_model, compiled_model = make(), make()
-    eager, ema = EMA(source(eager_model), decay=0.9), EMA(source(compiled_model), decay=0.9)
+    eager = EMA(source(eager_model), decay=0.9, warmup=warmup)
+    ema = EMA(source(compiled_model), decay=0.9, warmup=warmup)
     torch._dynamo.reset()
     counters.clear()
     update = torch.compile(ema.update, fullgraph=True)
-    for i in range(6):
+    updates = 12
+    for i in range(updates):
         x = torch.randn(4, 8, device=device)
         for m in (eager_model, compiled_model):
             m(x)  # training mode: new running statistics and count
@@ -293,7 +298,28 @@ def test_compiled_ema_update_fullgraph(given, device):
                     p.add_(0.1 * (i + 1))
         eager.update()
         update()
-    assert ema.num_updates == eager.num_updates == 6
+    assert ema.num_updates == eager.num_updates == updates
     for a, b in zip(eager.shadow, ema.shadow):
         torch.testing.assert_close(b, a, rtol=0, atol=0)
     assert counters["stats"]["unique_graphs"] <= 2
+
+
+def test_compiled_ema_warmup_averages_complex_tensors(device):
+    """A traced warmup update averages complex tensors (torch's lerp, with the
+    decay as a tensor) exactly as the eager update does."""
+    from fastopt.optim import EMA
+
+    eager_tensors = [torch.randn(5, dtype=torch.complex64, device=device), torch.randn(3, device=device)]
+    traced_tensors = [t.clone() for t in eager_tensors]
+    eager, ema = EMA(eager_tensors, decay=0.99, warmup=True), EMA(traced_tensors, decay=0.99, warmup=True)
+    torch._dynamo.reset()
+    update = torch.compile(ema.update, fullgraph=True)
+    for _ in range(10):
+        steps = [torch.randn_like(t) for t in eager_tensors]
+        for tensors in (eager_tensors, traced_tensors):
+            for t, d in zip(tensors, steps):
+                t.add_(d)
+        eager.update()
+        update()
+    for a, b in zip(eager.shadow, ema.shadow):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)

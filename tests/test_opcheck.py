@@ -141,6 +141,12 @@ def test_ema(device, dtype):
     torch.library.opcheck(torch.ops.fastopt.ema_.default, (shadow, params), dict(decay=0.9))
 
 
+def test_ema_tensor_decay(device):
+    shadow, params = _tensors(device), _tensors(device)
+    decay = torch.tensor(0.9, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.fastopt.ema_.tensor_decay, (shadow, params), dict(decay=decay))
+
+
 # Dropout: an odd size that is not a multiple of a Philox block, dense
 # non-contiguous inputs (a transposed view, a channels-last tensor: their
 # results keep their strides, and the fake kernels must agree), one with gaps

@@ -53,7 +53,7 @@ void count_writes_then_run(const c10::OperatorHandle& op, c10::DispatchKeySet ke
 TORCH_LIBRARY_IMPL(fastopt, ADInplaceOrView, m) {
   for (const char* name :
        {"adam_", "adam_.tensor_lr", "sgd_", "sgd_.tensor_lr", "adagrad_", "adagrad_.tensor_lr", "rmsprop_",
-        "rmsprop_.tensor_lr", "ema_", "dropout_", "batch_norm_update_stats_"}) {
+        "rmsprop_.tensor_lr", "ema_", "ema_.tensor_decay", "dropout_", "batch_norm_update_stats_"}) {
     m.impl(name, torch::CppFunction::makeFromBoxedFunction<&count_writes_then_run>());
   }
 }

@@ -18,4 +18,14 @@ void check_ema_args(at::TensorList shadow, at::TensorList params, double decay,
                    ": only floating-point tensors are averaged, got ", shadow[0].scalar_type());
 }
 
+double ema_decay_value(const at::Tensor& decay) {
+  constexpr const char* op = "fastopt.ema_";
+  TORCH_CHECK(decay.device().is_cpu(), op, ": a tensor decay must be on the CPU, got ",
+              decay.device());
+  TORCH_CHECK(decay.numel() == 1, op, ": a tensor decay must hold one element, got ", decay.numel());
+  TORCH_CHECK_TYPE(decay.is_floating_point(), op, ": a tensor decay must be floating point, got ",
+                   decay.scalar_type());
+  return decay.item<double>();
+}
+
 }  // namespace fastopt

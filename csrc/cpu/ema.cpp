@@ -31,6 +31,9 @@ void ema_cpu(at::TensorList shadow, at::TensorList params, double decay) {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastopt, CPU, m) { m.impl("ema_", &ema_cpu); }
+TORCH_LIBRARY_IMPL(fastopt, CPU, m) {
+  m.impl("ema_", &ema_cpu);
+  m.impl("ema_.tensor_decay", &ema_tensor_decay<ema_cpu>);
+}
 
 }  // namespace fastopt::cpu

@@ -14,6 +14,7 @@ IN_PLACE_OPS = (
     "fastopt::rmsprop_",
     "fastopt::rmsprop_.tensor_lr",
     "fastopt::ema_",
+    "fastopt::ema_.tensor_decay",
     "fastopt::sgd_",
     "fastopt::sgd_.tensor_lr",
     "fastopt::adagrad_",

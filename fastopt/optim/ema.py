@@ -118,8 +118,11 @@ class _Groups:
             else:
                 self.other.append((s, c))
 
-    def update(self, decay: float, *, like_torch: bool = False) -> None:
+    def update(self, decay: float | Tensor, *, like_torch: bool = False) -> None:
         """shadow = lerp(shadow, current, 1 - decay): one op per (device, dtype).
+
+        ``decay`` is a float, or a one-element float64 CPU tensor (a traced
+        update with warmup, see :meth:`EMA.update`).
 
         Integer tensors are copied, or with ``like_torch`` treated as
         torch.optim.swa_utils.get_ema_multi_avg_fn treats them: ``decay * shadow +
@@ -142,7 +145,13 @@ class _Groups:
                     # The fused op averages real floating-point tensors only; complex
                     # ones take torch's own lerp, which is exactly what
                     # get_ema_multi_avg_fn computes for them.
-                    torch._foreach_lerp_(dst, src, 1 - decay)
+                    if isinstance(decay, Tensor):  # (_foreach_lerp_ takes no tensor weight)
+                        for s, c in zip(dst, src):
+                            s.lerp_(c, (1 - decay).to(s.real.dtype))
+                    else:
+                        torch._foreach_lerp_(dst, src, 1 - decay)
+                elif isinstance(decay, Tensor):
+                    ops.ema_.tensor_decay(dst, src, decay=decay)
                 else:
                     ops.ema_(dst, src, decay=decay)
 
@@ -175,10 +184,10 @@ class EMA:
         # the trained weights are back here
 
     :meth:`update` also runs under ``torch.compile(ema.update, fullgraph=True)``
-    (or inside a compiled training step), as one call of the fused op. With
-    ``warmup`` each update's decay is another constant of the graph, so every
-    update compiles anew until dynamo's recompile limit stops it: compile the
-    update only without warmup.
+    (or inside a compiled training step), as one call of the fused op, with
+    or without warmup: one recompile when the update count first changes,
+    after which dynamo treats the count as dynamic and later updates reuse
+    the graph.
 
     Like :class:`torch.optim.swa_utils.AveragedModel`, the EMA acts on the
     model's tensors as they are at each :meth:`update`, :meth:`copy_to` and
@@ -230,7 +239,18 @@ class EMA:
 
     def update(self) -> None:
         """Move the average towards the tracked tensors' current values."""
-        self._current_groups().update(self.current_decay())
+        decay: float | Tensor
+        if self.warmup and torch.compiler.is_compiling():
+            # Traced, the warmup decay is computed from the update count as a
+            # tensor (the same float64 arithmetic, so the same value): as a
+            # float it would be a constant of the graph and each update would
+            # compile anew, while the count itself becomes a dynamic integer
+            # after its first change.
+            n = torch.tensor(self.num_updates, dtype=torch.float64)
+            decay = torch.clamp((1 + n) / (10 + n), max=self.decay)
+        else:
+            decay = self.current_decay()
+        self._current_groups().update(decay)
         self.num_updates += 1
 
     def _current_groups(self) -> _Groups:

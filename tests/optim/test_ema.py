@@ -199,6 +199,34 @@ def test_op_validates_its_input():
         torch.ops.fastopt.ema_([torch.zeros(2)], [torch.zeros(2)], decay=2.0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+def test_tensor_decay_overload_equals_float_decay(device, dtype):
+    """ema_.tensor_decay reads the decay from a CPU tensor (whatever the
+    params' device) and updates exactly as ema_ with that float."""
+    decay = 17 / 26  # not a round number in any float format
+    params = [torch.randn(n, device=device, dtype=dtype) for n in (1000003, 7)]
+    by_float = [p + 1 for p in params]
+    by_tensor = [t.clone() for t in by_float]
+    torch.ops.fastopt.ema_(by_float, params, decay=decay)
+    torch.ops.fastopt.ema_.tensor_decay(by_tensor, params, decay=torch.tensor(decay, dtype=torch.float64))
+    for a, b in zip(by_tensor, by_float):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_tensor_decay_overload_validates_the_decay(device):
+    shadow, params = [torch.zeros(2, device=device)], [torch.ones(2, device=device)]
+    with pytest.raises(RuntimeError, match="one element, got 2"):
+        torch.ops.fastopt.ema_.tensor_decay(shadow, params, decay=torch.tensor([0.5, 0.5]))
+    with pytest.raises(TypeError, match="floating point, got Long"):
+        torch.ops.fastopt.ema_.tensor_decay(shadow, params, decay=torch.tensor(1))
+    with pytest.raises(RuntimeError, match=r"decay must be in \[0, 1\], got 1.5"):
+        torch.ops.fastopt.ema_.tensor_decay(shadow, params, decay=torch.tensor(1.5))
+    if device != "cpu":
+        with pytest.raises(RuntimeError, match="must be on the CPU"):
+            torch.ops.fastopt.ema_.tensor_decay(shadow, params, decay=torch.tensor(0.5, device=device))
+    assert torch.equal(shadow[0], torch.zeros(2, device=device))
+
+
 def test_exported():
     assert fastopt.EMA is EMA and fastopt.optim.ema_multi_avg_fn is ema_multi_avg_fn
 
