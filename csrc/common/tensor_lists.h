@@ -91,6 +91,11 @@ class FlatTensorLists {
   // Whether list `l` was given (optional state lists may be empty).
   bool has_list(size_t l) const { return !data_[l].empty(); }
   int64_t numel(size_t i) const { return numels_[i]; }
+  // List `l`'s pointers and every index's numel as arrays, which the CUDA
+  // launch structs point into while this object lives; null for an absent
+  // list, which is how the kernels tell that optional state is not there.
+  void* const* list_data(size_t l) const { return data_[l].empty() ? nullptr : data_[l].data(); }
+  const int64_t* numels() const { return numels_.data(); }
   size_t num_lists() const { return data_.size(); }
   size_t size() const { return numels_.size(); }
 

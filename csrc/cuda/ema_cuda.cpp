@@ -22,13 +22,12 @@ void ema_cuda(at::TensorList shadow, at::TensorList params, double decay) {
   const c10::cuda::CUDAGuard guard(shadow[0].device());
   // The shadow is list 0: a non-dense param is walked in the shadow's layout.
   FlatTensorLists flat({{"shadow", shadow, true}, {"params", params, false}});
-  const LaunchPointers ptrs(flat, 2);
 
   EmaLaunch launch{};
-  launch.num_tensors = ptrs.num_tensors();
-  launch.shadow = ptrs.list(0);
-  launch.params = ptrs.list(1);
-  launch.numels = ptrs.numels();
+  launch.num_tensors = static_cast<int64_t>(flat.size());
+  launch.shadow = flat.list_data(0);
+  launch.params = flat.list_data(1);
+  launch.numels = flat.numels();
   launch.dtype = kernel_dtype("fastopt.ema_", shadow[0].scalar_type());
   launch.decay = decay;
 
@@ -39,6 +38,9 @@ void ema_cuda(at::TensorList shadow, at::TensorList params, double decay) {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastopt, CUDA, m) { m.impl("ema_", &ema_cuda); }
+TORCH_LIBRARY_IMPL(fastopt, CUDA, m) {
+  m.impl("ema_", &ema_cuda);
+  m.impl("ema_.tensor_decay", &ema_tensor_decay<ema_cuda>);
+}
 
 }  // namespace fastopt::cuda

@@ -52,35 +52,6 @@ inline double* update_norms_rows(const c10::optional<at::Tensor>& out, c10::Devi
   return t.mutable_data_ptr<double>();
 }
 
-// The host arrays a launch struct points into: per list, one device pointer
-// per tensor, and the numels. An absent optional list (empty, e.g.
-// max_exp_avg_sqs without amsgrad) gets a null array, which is how the
-// kernels tell that the state is not there.
-class LaunchPointers {
- public:
-  LaunchPointers(const FlatTensorLists& flat, size_t num_lists)
-      : ptrs_(num_lists), numels_(flat.size()) {
-    for (size_t l = 0; l < num_lists; ++l) {
-      if (flat.has_list(l)) ptrs_[l].resize(flat.size());
-    }
-    for (size_t i = 0; i < flat.size(); ++i) {
-      for (size_t l = 0; l < num_lists; ++l) {
-        if (!ptrs_[l].empty()) ptrs_[l][i] = flat.data(l, i);
-      }
-      numels_[i] = flat.numel(i);
-    }
-  }
-
-  // List l's pointers, or null when the list is absent.
-  void* const* list(size_t l) const { return ptrs_[l].empty() ? nullptr : ptrs_[l].data(); }
-  const int64_t* numels() const { return numels_.data(); }
-  int64_t num_tensors() const { return static_cast<int64_t>(numels_.size()); }
-
- private:
-  std::vector<std::vector<void*>> ptrs_;
-  std::vector<int64_t> numels_;
-};
-
 // The scalar tensors of one optimizer call, as the kernels read them.
 class DeviceScalars {
  public:
@@ -141,8 +112,8 @@ inline at::Tensor on_device(const c10::optional<at::Tensor>& t, c10::Device devi
 
 // The part of a CUDA optimizer op that every optimizer shares, from validated
 // arguments to the launch: device guard, device scalars, flat lists (params,
-// grads, the optimizer's state lists, param copies), their pointer arrays,
-// and the OptimizerLaunch pointing into them. An op builds one, fills its own
+// grads, the optimizer's state lists, param copies) and the OptimizerLaunch
+// pointing into their arrays. An op builds one, fills its own
 // launch struct from common() and state(), launches on stream() and calls
 // finish(). Args is the op's AdamArgs, SgdArgs, ...: every one has the
 // fields read here.
@@ -158,15 +129,14 @@ class OptimizerCall {
         steps_(step_pointers(op, steps)),
         num_state_(state.size()),
         flat_(lists(a, scalars_.grad_scale() != nullptr, std::move(state))),
-        ptrs_(flat_, flat_.num_lists()),
         hparams_(on_device(a.hparams, device_, at::kDouble)),
         rounding_seed_(on_device(a.rounding_seed, device_, at::kLong)) {
-    common_.num_tensors = ptrs_.num_tensors();
-    common_.params = ptrs_.list(0);
-    common_.grads = ptrs_.list(1);
-    common_.param_copies = ptrs_.list(flat_.num_lists() - 1);  // null without master weights
+    common_.num_tensors = static_cast<int64_t>(flat_.size());
+    common_.params = flat_.list_data(0);
+    common_.grads = flat_.list_data(1);
+    common_.param_copies = flat_.list_data(flat_.num_lists() - 1);  // null without master weights
     common_.steps = steps_.empty() ? nullptr : steps_.data();
-    common_.numels = ptrs_.numels();
+    common_.numels = flat_.numels();
     common_.dtype = kernel_dtype(op, a.params[0].scalar_type());
     common_.grad_dtype = kernel_dtype(op, a.grads[0].scalar_type());
     common_.lr = scalars_.lr();
@@ -183,7 +153,7 @@ class OptimizerCall {
   // State list i's pointers (in the order given), or null when it is empty.
   void* const* state(size_t i) const {
     TORCH_INTERNAL_ASSERT(i < num_state_);
-    return ptrs_.list(2 + i);
+    return flat_.list_data(2 + i);
   }
   cudaStream_t stream() const { return c10::cuda::getCurrentCUDAStream(); }
 
@@ -213,7 +183,6 @@ class OptimizerCall {
   std::vector<float*> steps_;
   size_t num_state_;
   FlatTensorLists flat_;
-  LaunchPointers ptrs_;
   at::Tensor hparams_;
   at::Tensor rounding_seed_;
   OptimizerLaunch common_{};
