@@ -83,3 +83,18 @@ def test_fusion_for_quantization_aware_training():
     assert _types(fused_ours) == _types(fused_theirs)
     assert [type(m) for m in fused_ours[0]] == [type(m) for m in fused_theirs[0]]
     torch.testing.assert_close(fused_ours[0][1].running_var, ours[1].running_var, rtol=0, atol=0)
+
+
+def test_linear_batch_norm_fuses_as_torch():
+    """Linear + BatchNorm1d in eval mode folds into one Linear, as torch's does."""
+    torch.manual_seed(0)
+    theirs = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.BatchNorm1d(8))
+    ours = fastopt.nn.convert(copy.deepcopy(theirs))
+    ours(torch.randn(6, 5))
+    theirs.load_state_dict(ours.state_dict())
+    theirs.eval(), ours.eval()
+    fused_theirs, fused_ours = fuse_modules(theirs, [["0", "1"]]), fuse_modules(ours, [["0", "1"]])
+    assert _types(fused_ours) == _types(fused_theirs) == [torch.nn.Linear, torch.nn.Identity]
+    x = torch.randn(3, 5)
+    torch.testing.assert_close(fused_ours(x), ours(x))
+    torch.testing.assert_close(fused_ours(x), fused_theirs(x), rtol=0, atol=0)
