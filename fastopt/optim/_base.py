@@ -328,7 +328,8 @@ class FusedOptimizer(torch.optim.Optimizer):
             self._init_extensions(
                 max_grad_norm=None, skip_nonfinite=False, master_weights=False, stochastic_rounding=False
             )
-        self._note_duplicates()
+        self._duplicate_params = False
+        self._note_duplicates(self.param_groups)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """torch's, then the constructor's checks of fastopt's options on the new parameters.
@@ -344,15 +345,18 @@ class FusedOptimizer(torch.optim.Optimizer):
         except ValueError:
             self.param_groups.pop()
             raise
-        self._note_duplicates()
+        self._note_duplicates(self.param_groups[-1:])
 
-    def _note_duplicates(self) -> None:
+    def _note_duplicates(self, groups: list[dict[str, Any]]) -> None:
         # Whether a group lists a parameter twice (torch warns, and
         # add_param_group refuses a parameter in two groups): such steps are
         # split into rounds, see split_duplicates. Kept as a flag, since a set
         # of every parameter on every step would cost microseconds per step
-        # for the sake of a deprecated use.
-        self._duplicate_params = any(len(g["params"]) != len(set(g["params"])) for g in self.param_groups)
+        # for the sake of a deprecated use; set per added group (with
+        # hundreds of groups, rechecking all of them per group adds up).
+        self._duplicate_params = getattr(self, "_duplicate_params", False) or any(
+            len(g["params"]) != len(set(g["params"])) for g in groups
+        )
 
     def _uses_master(self, param: Tensor) -> bool:
         return getattr(self, "master_weights", False) and param.dtype in LOW_PRECISION
