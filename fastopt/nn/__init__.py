@@ -8,8 +8,6 @@ from .dropout import Dropout, Dropout1d, Dropout2d, Dropout3d
 from .instancenorm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
 from .normalization import GroupNorm, LayerNorm
 
-register_fuser_methods()
-
 __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
@@ -27,3 +25,6 @@ __all__ = [
     "convert",
     "functional",
 ]
+
+# After __all__: the fusion patterns come from convert()'s table, which reads it.
+register_fuser_methods()

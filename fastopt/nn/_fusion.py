@@ -21,13 +21,7 @@ from typing import Any
 import torch
 
 from ._scripting import ScriptsAsTorch
-from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
-
-_FASTOPT_TWINS: dict[type, type] = {
-    torch.nn.BatchNorm1d: BatchNorm1d,
-    torch.nn.BatchNorm2d: BatchNorm2d,
-    torch.nn.BatchNorm3d: BatchNorm3d,
-}
+from .conversion import replacement_table
 
 
 def _torch_modules(fuser: Callable[..., Any]) -> Callable[..., Any]:
@@ -42,6 +36,10 @@ def _torch_modules(fuser: Callable[..., Any]) -> Callable[..., Any]:
 def register_fuser_methods() -> None:
     """Add fastopt's BatchNorms to torch's table of eager fusion patterns.
 
+    Every pattern with a torch class that fastopt replaces (see
+    :func:`~fastopt.nn.convert`) gets fastopt's class in its place: torch's
+    patterns hold convolutions, Linear, ReLU and BatchNorms, of which fastopt
+    replaces the BatchNorms. Call it once fastopt.nn exports its modules.
     The table is private to torch (there is no public registration), so a
     torch without it leaves fusion as it was: refused for fastopt's modules.
     """
@@ -52,6 +50,7 @@ def register_fuser_methods() -> None:
     table = getattr(fuser_method_mappings, "_DEFAULT_OP_LIST_TO_FUSER_METHOD", None)
     if not isinstance(table, dict):
         return
+    fastopt_classes = replacement_table()
     for pattern, fuser in list(table.items()):
-        if any(t in _FASTOPT_TWINS for t in pattern):
-            table.setdefault(tuple(_FASTOPT_TWINS.get(t, t) for t in pattern), _torch_modules(fuser))
+        if any(t in fastopt_classes for t in pattern):
+            table.setdefault(tuple(fastopt_classes.get(t, t) for t in pattern), _torch_modules(fuser))

@@ -71,6 +71,12 @@ class _Tracked:
         return self.tensors
 
 
+def _warmup_decay(n: int | Tensor) -> float | Tensor:
+    # The warmup's bound on the decay at the n-th update (n from 0); the
+    # same float64 arithmetic for an int and a float64 tensor.
+    return (1 + n) / (10 + n)
+
+
 def _averaged(t: Tensor) -> bool:
     # Integer buffers such as BatchNorm's num_batches_tracked are counters,
     # not weights: they are copied, never averaged. Complex tensors are
@@ -234,8 +240,7 @@ class EMA:
         """The decay the next :meth:`update` uses."""
         if not self.warmup:
             return self.decay
-        n = self.num_updates
-        return min(self.decay, (1 + n) / (10 + n))
+        return min(self.decay, _warmup_decay(self.num_updates))
 
     def update(self) -> None:
         """Move the average towards the tracked tensors' current values."""
@@ -247,7 +252,7 @@ class EMA:
             # compile anew, while the count itself becomes a dynamic integer
             # after its first change.
             n = torch.tensor(self.num_updates, dtype=torch.float64)
-            decay = torch.clamp((1 + n) / (10 + n), max=self.decay)
+            decay = torch.clamp(_warmup_decay(n), max=self.decay)
         else:
             decay = self.current_decay()
         self._current_groups().update(decay)
