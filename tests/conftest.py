@@ -32,6 +32,20 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def restore_threads() -> Iterator[None]:
+    """Lets a test change torch's intra-op thread count, and restores it after."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def two_threads(restore_threads: None) -> None:
+    """Two intra-op threads, so that two work items of one op call run at once."""
+    torch.set_num_threads(2)
+
+
 @pytest.fixture(params=supported_isas())
 def each_cpu_isa(request: pytest.FixtureRequest) -> Iterator[str]:
     """Runs the test once under each CPU kernel variant this machine supports

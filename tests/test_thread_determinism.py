@@ -9,7 +9,7 @@ machine continues the same trajectory.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -18,13 +18,6 @@ import fastopt.nn
 import fastopt.optim
 
 THREADS = (1, 2, 3)
-
-
-@pytest.fixture
-def restore_threads() -> Iterator[None]:
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
 
 
 def _norm_results(make: Callable[[], torch.nn.Module], shape: tuple[int, ...], channels_last: bool) -> list[torch.Tensor]:

@@ -46,10 +46,11 @@ class Bucket:
     # With master weights, `params` are the float32 masters and `copies` the
     # 16-bit parameters the op writes the rounded result to; empty otherwise.
     copies: list[Tensor] = field(default_factory=list)
-    # (the parameter's .grad, the copy in `grads`) for complex gradients with
-    # their conjugate or negative bit set, which the op cannot take as they
-    # are: see FusedOptimizer._write_back_grads. Empty almost always.
-    resolved_grads: list[tuple[Tensor, Tensor]] = field(default_factory=list)
+    # Position in `grads` -> (the parameter's .grad, its resolved copy, whose
+    # real view `grads` holds) for complex gradients with their conjugate or
+    # negative bit set, which the op cannot take as they are: see
+    # FusedOptimizer._write_back_grads. Empty almost always.
+    resolved_grads: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
     # Philox (key, offset) of this step's stochastic rounding; None when the
     # op rounds to nearest.
     rounding_seed: Tensor | None = None
@@ -82,7 +83,7 @@ class Bucket:
             state={k: pick(v) for k, v in self.state.items()},
             new_state=new_state,
             copies=pick(self.copies),
-            resolved_grads=[(g, r) for g, r in self.resolved_grads if any(r is self.grads[i] for i in index)],
+            resolved_grads={j: self.resolved_grads[i] for j, i in enumerate(index) if i in self.resolved_grads},
             hparams=None if self.hparams is None else self.hparams[index],
             sharded=self.sharded,
         )
@@ -599,7 +600,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                     # has no real view: the op takes a resolved copy.
                     if grad.is_conj() or grad.is_neg():
                         resolved = grad.resolve_conj().resolve_neg()
-                        bucket.resolved_grads.append((grad, resolved))
+                        bucket.resolved_grads[len(bucket.grads)] = (grad, resolved)
                         grad = resolved
                     bucket.params.append(torch.view_as_real(p))
                     bucket.grads.append(torch.view_as_real(grad))
@@ -717,7 +718,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                 # Round 0 left these gradients unscaled in .grad; a resolved
                 # copy (see Bucket.resolved_grads) reads them again from there.
                 scale = None
-                for grad, resolved in bucket.resolved_grads:
+                for grad, resolved in bucket.resolved_grads.values():
                     resolved.copy_(grad)
             norms = None
             if track:
@@ -761,7 +762,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         (copy_ writes through the conjugate view). Without a grad_scale the op
         leaves gradients alone and there is nothing to copy.
         """
-        for grad, resolved in bucket.resolved_grads:
+        for grad, resolved in bucket.resolved_grads.values():
             grad.copy_(resolved)
 
     # ------------------------------------------------------------ sparse gradients

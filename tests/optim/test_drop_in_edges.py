@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import io
 import pickle
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -218,15 +218,6 @@ def test_named_params_added_with_stochastic_rounding():
 DUPLICATES_WARN = pytest.mark.filterwarnings("ignore:optimizer contains a parameter group with duplicate")
 
 
-@pytest.fixture
-def two_threads() -> Iterator[None]:
-    """Two intra-op threads, so that two work items of one op call run at once."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
 @DUPLICATES_WARN
 @pytest.mark.parametrize("make_copy", [lambda o: o, _pickled], ids=["original", "pickle"])
 @pytest.mark.parametrize("opt", OPTIMIZERS, ids=OPT_IDS)
@@ -255,12 +246,17 @@ def test_parameter_listed_twice_steps_as_torch(opt, make_copy, device, two_threa
 
 
 @DUPLICATES_WARN
+@pytest.mark.parametrize("conjugate", [False, True], ids=["real", "conjugate"])
 @pytest.mark.parametrize("opt", OPTIMIZERS, ids=OPT_IDS)
-def test_parameter_listed_twice_unscaled_once(opt, device, two_threads):
+def test_parameter_listed_twice_unscaled_once(opt, conjugate, device, two_threads):
     """With AMP's grad_scale the first update unscales .grad in place; the
-    second reads it unscaled, not divided by the scale again."""
+    second reads it unscaled, not divided by the scale again. A conjugate
+    gradient goes to the op as a resolved copy, which the first round
+    unscales and writes back to .grad: the second round reads it from there,
+    not the copy of the scaled gradient that the step started with."""
     ours_cls, ref_cls, config = opt
-    ref_params = [torch.nn.Parameter(torch.randn(1 << 20, device=device))]
+    dtype = torch.complex64 if conjugate else torch.float32
+    ref_params = [torch.nn.Parameter(torch.randn(1 << 20, dtype=dtype, device=device))]
     ours_params = clone_params(ref_params)
     ref = ref_cls(ref_params * 2, foreach=False, **config)
     ours = ours_cls(ours_params * 2, **config)
@@ -268,10 +264,13 @@ def test_parameter_listed_twice_unscaled_once(opt, device, two_threads):
     for step_grads in random_grads(ref_params, 3):
         set_grads(ref_params, step_grads)
         ref.step()
-        set_grads(ours_params, [step_grads[0] * scale])
+        (param,) = ours_params
+        scaled = step_grads[0] * scale
+        grad = param.grad = _conj_view(scaled) if conjugate else scaled
         ours.grad_scale, ours.found_inf = scale, torch.tensor(0.0, device=device)
         ours.step()
-        torch.testing.assert_close(ours_params[0].grad, step_grads[0])
+        assert param.grad is grad and grad.is_conj() == conjugate
+        torch.testing.assert_close(grad, step_grads[0])
     assert_same_state(ours, ref, ours_params, ref_params)
 
 
