@@ -225,7 +225,9 @@ class FusedOptimizer(torch.optim.Optimizer):
         ``skip_nonfinite`` reports zeros; a parameter that was zero before the
         step and changed has an infinite ratio. Parameters with sparse
         gradients, which torch's own update handles (see _sparse_update), are
-        not tracked.
+        not tracked. A parameter that a param group lists twice (which torch
+        deprecates) is updated once per listing, and reports the ratio of its
+        last update.
         """
         if not getattr(self, "_track_ratios", False):
             raise RuntimeError(
@@ -839,9 +841,18 @@ class FusedOptimizer(torch.optim.Optimizer):
         max_norm = getattr(self, "max_grad_norm", None)
         skip = getattr(self, "skip_nonfinite", False)
         if max_norm is not None or skip:
-            # A sparse gradient's norm is that of its coalesced values.
-            grads = [g for _, b in work for g in b.grads]
-            grads += [p.grad.coalesce().values() for _, params in sparse for p in params]
+            # A sparse gradient's norm is that of its coalesced values. A
+            # parameter listed twice (split_duplicates) counts once, as in
+            # clip_grad_norm_ over the model's parameters.
+            listed = [(p, g) for _, b in work for p, g in zip(b.sources, b.grads)]
+            listed += [(p, p.grad.coalesce().values()) for _, params in sparse for p in params]
+            if getattr(self, "_duplicate_params", False):
+                firsts: dict[int, Tensor] = {}
+                for p, g in listed:
+                    firsts.setdefault(id(p), g)
+                grads = list(firsts.values())
+            else:
+                grads = [g for _, g in listed]
             total_norm, nonfinite = grad_norm(grads)
             if grad_scale is not None:
                 # The gradients are still scaled by AMP: so is their norm.

@@ -274,6 +274,26 @@ def test_parameter_listed_twice_unscaled_once(opt, conjugate, device, two_thread
     assert_same_state(ours, ref, ours_params, ref_params)
 
 
+@DUPLICATES_WARN
+@pytest.mark.parametrize("opt", OPTIMIZERS, ids=OPT_IDS)
+def test_parameter_listed_twice_clipped_as_listed_once(opt, device):
+    """max_grad_norm clips by the norm of the parameters' gradients, in which
+    a parameter listed twice counts once: the step is torch's after
+    clip_grad_norm_ over the model's (distinct) parameters."""
+    ours_cls, ref_cls, config = opt
+    ref_params = [torch.nn.Parameter(torch.randn(n, device=device)) for n in (1000, 7)]
+    ours_params = clone_params(ref_params)
+    ref = ref_cls(ref_params + ref_params[:1], foreach=False, **config)
+    ours = ours_cls(ours_params + ours_params[:1], max_grad_norm=1.0, **config)
+    for step_grads in random_grads(ref_params, 3):
+        set_grads(ref_params, step_grads)
+        torch.nn.utils.clip_grad_norm_(ref_params, 1.0, foreach=False)
+        ref.step()
+        set_grads(ours_params, step_grads)
+        ours.step()
+    assert_same_state(ours, ref, ours_params, ref_params, rtol=1e-5, atol=1e-6)
+
+
 # --------------------------------------------------------------------------- conjugate gradients
 
 
