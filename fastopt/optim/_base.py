@@ -16,9 +16,9 @@ gradients (``skip_nonfinite``), float32 master weights for 16-bit parameters
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -26,6 +26,8 @@ from torch import Tensor
 from ..nn._dropout_functional import _draw_seed as draw_seed
 from ._dtensor import dtensor_class, local_grad, local_state, refuse
 from .clip import check_max_grad_norm, clip_coefficient, grad_norm
+
+T = TypeVar("T")
 
 # Parameter dtypes that get a float32 master copy with master_weights=True.
 LOW_PRECISION = (torch.bfloat16, torch.float16)
@@ -130,6 +132,14 @@ def split_duplicates(work: list[tuple[dict[str, Any], Bucket]]) -> list[tuple[di
             split.extend((group, bucket.take(index, new_state), r) for (r, new_state), index in parts.items())
     split.sort(key=lambda entry: entry[2])  # (stable: buckets keep their order within a round)
     return split
+
+
+def first_listings(listings: Iterable[tuple[Tensor, T]]) -> list[T]:
+    """The value of each parameter's first (parameter, value) listing, in order."""
+    firsts: dict[int, T] = {}
+    for param, value in listings:
+        firsts.setdefault(id(param), value)
+    return list(firsts.values())
 
 
 def new_step_counter(param: Tensor) -> Tensor:
@@ -841,18 +851,16 @@ class FusedOptimizer(torch.optim.Optimizer):
         max_norm = getattr(self, "max_grad_norm", None)
         skip = getattr(self, "skip_nonfinite", False)
         if max_norm is not None or skip:
-            # A sparse gradient's norm is that of its coalesced values. A
-            # parameter listed twice (split_duplicates) counts once, as in
-            # clip_grad_norm_ over the model's parameters.
-            listed = [(p, g) for _, b in work for p, g in zip(b.sources, b.grads)]
-            listed += [(p, p.grad.coalesce().values()) for _, params in sparse for p in params]
             if getattr(self, "_duplicate_params", False):
-                firsts: dict[int, Tensor] = {}
-                for p, g in listed:
-                    firsts.setdefault(id(p), g)
-                grads = list(firsts.values())
+                # A parameter listed twice (split_duplicates) counts once, as
+                # in clip_grad_norm_ over the model's parameters.
+                grads = first_listings((p, g) for _, b in work for p, g in zip(b.sources, b.grads))
+                sparse_params = first_listings((p, p) for _, params in sparse for p in params)
             else:
-                grads = [g for _, g in listed]
+                grads = [g for _, b in work for g in b.grads]
+                sparse_params = [p for _, params in sparse for p in params]
+            # A sparse gradient's norm is that of its coalesced values.
+            grads += [p.grad.coalesce().values() for p in sparse_params]
             total_norm, nonfinite = grad_norm(grads)
             if grad_scale is not None:
                 # The gradients are still scaled by AMP: so is their norm.
