@@ -248,10 +248,14 @@ def _update_running_stats(
     unbiased = var * (count / (count - 1))
     # (Under torch.func transforms, instance_norm is torch's: no batched
     # statistics reach these unbatched buffers.)
-    new_mean = running_mean.mul(1 - momentum).add_(mean.mean(0).to(running_mean.dtype), alpha=momentum)
-    new_var = running_var.mul(1 - momentum).add_(unbiased.mean(0).to(running_var.dtype), alpha=momentum)
-    running_mean.copy_(new_mean)
-    running_var.copy_(new_var)
+    # The blend is taken in float64 and rounded once into the buffer's dtype.
+    # Rounding the batch's variance into a float16 buffer first made it inf
+    # above 65504, and the blend NaN at momentum 0 (0 * inf), where torch,
+    # blending in float32, left the estimate as it was; torch itself rounds
+    # each instance's blend to the buffer's dtype before averaging, so an
+    # average that fits can still come out inf there.
+    for running, batch in ((running_mean, mean.double()), (running_var, unbiased)):
+        running.copy_(running.double().mul_(1 - momentum).add_(batch.mean(0), alpha=momentum))
 
 
 @dispatches_torch_function(twin=torch.nn.functional.instance_norm)

@@ -176,6 +176,25 @@ def test_momentum_none_keeps_running_stats(device):
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("momentum", [0.5, 0.0, None])
+def test_half_running_stats_blend_before_rounding(device, momentum):
+    """float16 estimates of instances whose variance (about 1e5) is past
+    float16's largest value: the blend is rounded into the buffer once, so at
+    momentum 0 (and None) the estimates stay as they were, as torch's do, and
+    at 0.5 they are the float64 blend rounded, finite where it fits."""
+    torch.manual_seed(0)
+    x = (torch.randn(8, 4, 6, 6, device=device) * 316).half()
+    ours = fastopt.nn.InstanceNorm2d(4, momentum=momentum, track_running_stats=True).to(device).half()
+    ref = torch.nn.InstanceNorm2d(4, momentum=momentum, track_running_stats=True).to(device).double()
+    ours(x)
+    ref(x.double())
+    assert torch.isfinite(ours.running_var).all()
+    for name in ("running_mean", "running_var"):
+        # One float16 step: the variance comes back from the float32 rstd
+        # (see _update_running_stats), and may round to the neighbouring value.
+        torch.testing.assert_close(getattr(ours, name), getattr(ref, name).half(), rtol=1e-3, atol=0)
+
+
 def test_vmap_over_tracked_training_leaves_running_stats(device):
     """Under vmap the running statistics, updated in place, cannot take batched
     statistics: torch's error, raised before either buffer is touched."""
