@@ -14,7 +14,8 @@ from fastopt.nn import _norm_functional
 
 @pytest.fixture
 def no_kernels(monkeypatch):
-    monkeypatch.setattr(_norm_functional, "_KERNEL_DEVICES", frozenset())
+    monkeypatch.setattr(_norm_functional, "_CPU_KERNELS", False)
+    monkeypatch.setattr(_norm_functional, "_CUDA_KERNELS", False)
 
 
 def test_every_tested_device_has_kernels(device):
