@@ -252,9 +252,10 @@ def _update_running_stats(
     # above 65504, and the blend NaN at momentum 0 (0 * inf), where torch,
     # blending in float32, left the estimate as it was; torch itself rounds
     # each instance's blend to the buffer's dtype before averaging, so an
-    # average that fits can still come out inf there.
+    # average that fits can still come out inf there. (Out of place: double()
+    # of a float64 buffer is the buffer itself.)
     for running, batch in ((running_mean, mean.double()), (running_var, unbiased)):
-        running.copy_(running.double().mul_(1 - momentum).add_(batch.mean(0), alpha=momentum))
+        running.copy_((running.double() * (1 - momentum)).add_(batch.mean(0), alpha=momentum))
 
 
 @dispatches_torch_function(twin=torch.nn.functional.instance_norm)
