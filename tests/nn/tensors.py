@@ -68,14 +68,19 @@ def channel_blocked_batch_norm_shape(dtype: torch.dtype) -> tuple[int, int, int]
 
 
 def assert_within_twice_torch_error(
-    name: str, value: torch.Tensor, torch_value: torch.Tensor, exact: torch.Tensor, scale: float | None = None
+    name: str,
+    value: torch.Tensor,
+    torch_value: torch.Tensor,
+    exact: torch.Tensor,
+    scale: float | None = None,
+    units: float = 4,
 ) -> None:
     """fastopt's ``value`` at most twice as far from the float64 ``exact`` as torch's, plus
-    four rounding units of ``scale`` (default: the largest magnitude of ``exact``), so that
+    ``units`` rounding units of ``scale`` (default: the largest magnitude of ``exact``), so that
     a torch result that happens to be exact leaves room for fastopt's own rounding."""
     assert value.dtype == torch_value.dtype and value.shape == torch_value.shape, name
     true = exact.double()
     err = (value.double() - true).abs().max().item()
     torch_err = (torch_value.double() - true).abs().max().item()
     scale = true.abs().max().item() if scale is None else scale
-    assert err <= 2 * torch_err + 4 * torch.finfo(value.dtype).eps * scale, (name, err, torch_err)
+    assert err <= 2 * torch_err + units * torch.finfo(value.dtype).eps * scale, (name, err, torch_err)
