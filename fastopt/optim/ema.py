@@ -152,8 +152,9 @@ class _Groups:
                     # ones take torch's own lerp, which is exactly what
                     # get_ema_multi_avg_fn computes for them.
                     if isinstance(decay, Tensor):  # (_foreach_lerp_ takes no tensor weight)
+                        weight = (1 - decay).to(dst[0].real.dtype)  # (dtype.to_real() stops dynamo)
                         for s, c in zip(dst, src):
-                            s.lerp_(c, (1 - decay).to(s.real.dtype))
+                            s.lerp_(c, weight)
                     else:
                         torch._foreach_lerp_(dst, src, 1 - decay)
                 elif isinstance(decay, Tensor):
