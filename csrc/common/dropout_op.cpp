@@ -37,10 +37,29 @@ void check_input(const char* op, const char* name, const at::Tensor& t, double p
 
 }  // namespace
 
+int64_t channels_last_channels(const at::Tensor& x, int64_t group) {
+  if (group <= 1 || x.dim() < 3 || x.numel() == 0 || x.is_contiguous()) return 0;
+  const int64_t channels = x.size(1);
+  if (x.size(0) * channels * group != x.numel()) return 0;  // group is not the spatial size
+  // Dims from innermost in memory: C, then the spatial dims in order, then N.
+  // Size-1 dims may have any stride, as in is_contiguous.
+  int64_t expected = 1;
+  const auto next = [&](int64_t d) {
+    const bool ok = x.size(d) == 1 || x.stride(d) == expected;
+    expected *= x.size(d);
+    return ok;
+  };
+  if (!next(1)) return 0;
+  for (int64_t d = x.dim() - 1; d >= 2; --d) {
+    if (!next(d)) return 0;
+  }
+  return next(0) ? channels : 0;
+}
+
 DropoutInputs check_dropout_args(const char* op, const at::Tensor& x, const at::Tensor& seed,
                                  double p, int64_t group, const at::Tensor* residual,
                                  const c10::optional<at::Tensor>& bias,
-                                 c10::DeviceType device_type) {
+                                 c10::DeviceType device_type, bool native_channels_last) {
   check_input(op, "x", x, p, device_type);
   TORCH_CHECK_TYPE(seed.scalar_type() == c10::kLong, op, ": seed must be int64, got ",
                    seed.scalar_type());
@@ -56,7 +75,9 @@ DropoutInputs check_dropout_args(const char* op, const at::Tensor& x, const at::
   TORCH_CHECK_VALUE(x.numel() % group == 0, op, ": group (", group,
                     ") must divide the number of elements (", x.numel(), ")");
 
-  DropoutInputs in{x.contiguous(), at::Tensor(), at::Tensor(), group};
+  const int64_t channels = native_channels_last ? channels_last_channels(x, group) : 0;
+  DropoutInputs in{channels > 0 ? x : x.contiguous(), at::Tensor(), at::Tensor(), group};
+  in.channels = channels;
   if (residual != nullptr) {
     check_like_x(op, "residual", *residual, x);
     TORCH_CHECK(residual->sizes() == x.sizes(), op, ": residual must have x's shape ", x.sizes(),

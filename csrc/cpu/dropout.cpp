@@ -28,6 +28,7 @@ void run_dropout(const DropoutInputs& in, const at::Tensor& seed, double p, cons
                                 mask.drop_all,
                                 mask.keep_prob,
                                 in.group,
+                                in.channels,
                                 in.bias.defined() ? in.bias.numel() : 0,
                                 // In place, the lines written were just read: no streaming.
                                 !out.is_same(in.x) && stream_output(out)};
@@ -67,7 +68,7 @@ void run_dropout(const DropoutInputs& in, const at::Tensor& seed, double p, cons
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastopt, CPU, m) {
-  using Ops = DropoutOps<run_dropout, &empty_output_like, c10::DeviceType::CPU>;
+  using Ops = DropoutOps<run_dropout, &empty_output_like, c10::DeviceType::CPU, /*NATIVE_CHANNELS_LAST=*/true>;
   m.impl("dropout", &Ops::dropout);
   m.impl("dropout_", &Ops::dropout_);
   m.impl("dropout_add", &Ops::dropout_add);

@@ -48,7 +48,9 @@ at::Tensor empty_like_x(const at::Tensor& x) { return at::empty_like(x); }
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastopt, CUDA, m) {
-  using Ops = DropoutOps<run_dropout, &empty_like_x, c10::DeviceType::CUDA>;
+  // The CUDA kernel works in the logical order only: a channels-last input of
+  // channel-wise dropout goes through a contiguous copy (NOTE: [dropout memory format]).
+  using Ops = DropoutOps<run_dropout, &empty_like_x, c10::DeviceType::CUDA, /*NATIVE_CHANNELS_LAST=*/false>;
   m.impl("dropout", &Ops::dropout);
   m.impl("dropout_", &Ops::dropout_);
   m.impl("dropout_add", &Ops::dropout_add);

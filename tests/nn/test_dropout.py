@@ -82,6 +82,7 @@ DENSE_LAYOUTS = {
     "channels_last_3d": ((2, 3, 2, 4, 5), lambda x: x.contiguous(memory_format=torch.channels_last_3d)),
     "batch_innermost": ((2, 3, 4, 5), lambda x: _permuted_storage(x, (1, 2, 3, 0))),
     "transposed_3d": ((4, 3, 5), lambda x: _permuted_storage(x, (2, 1, 0))),
+    "channels_innermost_1d": ((2, 3, 5), lambda x: _permuted_storage(x, (0, 2, 1))),
 }
 
 
@@ -109,6 +110,40 @@ def test_dense_input_keeps_its_strides(device, shape, relayout, call):
     y_ref.backward(torch.ones_like(y_ref))
     assert leaf.grad.stride() == leaf.stride()
     assert torch.equal(leaf.grad, leaf_ref.grad)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(3, 70, 9, 11), (2, 300, 5, 4), (4, 16, 40, 33)])
+def test_channels_last_channelwise_matches_contiguous(device, dtype, shape):
+    """dropout2d of a channels-last input draws its contiguous copy's mask, out of place and in place.
+
+    On the CPU it runs in the input's memory (NOTE: [dropout memory format]):
+    70, 300 and 16 channels per row, against Philox blocks of 128 mask indices.
+    """
+    x = _nonzero_randn(*shape, device=device, dtype=dtype)
+    x_last = x.contiguous(memory_format=torch.channels_last)
+    ref = F.dropout2d(x, 0.4, generator=_gen(device, 5))
+    y = F.dropout2d(x_last, 0.4, generator=_gen(device, 5))
+    assert y.is_contiguous(memory_format=torch.channels_last) and torch.equal(y, ref)
+    if device == "cpu":
+        # Natively: no copy to the contiguous order and back.
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            F.dropout2d(x_last, 0.4, generator=_gen(device, 5))
+        assert not {e.name for e in prof.events()} & {"aten::contiguous", "aten::clone", "aten::copy_"}
+    assert F.dropout2d(x_last, 0.4, inplace=True, generator=_gen(device, 5)) is x_last
+    assert torch.equal(x_last, ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_large_channels_last_channelwise_output_is_streamed_alike(device, dtype):
+    """A channels-last dropout2d output large enough for the CPU's non-temporal stores equals the in-place one."""
+    channels, width = 96, 37
+    height = -(-streamed_numel(dtype) // (channels * width * 2))
+    x = torch.randn(2, channels, height, width, device=device, dtype=dtype)
+    x_last = x.contiguous(memory_format=torch.channels_last)
+    y = F.dropout2d(x_last, 0.3, generator=_gen(device, 8))
+    assert torch.equal(y, F.dropout2d(x_last.clone(), 0.3, inplace=True, generator=_gen(device, 8)))
+    assert torch.equal(y, F.dropout2d(x, 0.3, generator=_gen(device, 8)))
 
 
 def _gen(device: str, seed: int) -> torch.Generator:

@@ -99,3 +99,19 @@ def test_channel_mask_is_the_documented_stream(device):
         with cpu_capability(isa):
             y = torch.ops.fastopt.dropout(x, torch.tensor(SEED, device=device), p, size)
         assert torch.equal(y.cpu() != 0, expected.unsqueeze(1).expand(channels, size)), isa
+
+
+@pytest.mark.parametrize("channels", [3, 259])
+def test_channels_last_channel_mask_is_the_documented_stream(device, channels):
+    """Channel-wise dropout of an (N, C, S) input stored as (N, S, C) reads mask index n * C + c,
+    as its contiguous copy does (the CPU takes this layout natively: NOTE: [dropout memory format])."""
+    batch, size, p = 2**17 // channels + 2, 3, 0.5
+    expected = torch.from_numpy(_reference(device, SEED, batch * channels, p)).view(batch, channels, 1)
+    # Rows of 3 or 259 channels: samples straddle Philox blocks, and the
+    # 64K-element CPU chunks begin inside rows.
+    x = torch.ones(batch, size, channels, device=device).transpose(1, 2)
+    for isa in _isas(device):
+        with cpu_capability(isa):
+            y = torch.ops.fastopt.dropout(x, torch.tensor(SEED, device=device), p, size)
+        assert y.stride() == x.stride(), isa
+        assert torch.equal(y.cpu() != 0, expected.expand(batch, channels, size)), isa

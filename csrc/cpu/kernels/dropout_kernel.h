@@ -3,7 +3,11 @@
 //
 //   out[i] = (x[i] + bias[i % bias_numel]) * keep(i / group) / (1 - p) + residual[i]
 //
-// with the bias and residual terms present only when their pointers are set.
+// with the bias and residual terms present only when their pointers are set;
+// or, for channel-wise dropout of channels-last memory (N, group, channels),
+//
+//   out[i] = x[i] * keep((i / (group * channels)) * channels + i % channels) / (1 - p)
+//
 // Backward is the same kernel applied to the incoming gradient.
 //
 // The 1-bit mask mode (element-wise dropout only) adds two optional streams:
@@ -30,6 +34,7 @@ struct DropoutKernelConfig {
   bool drop_all;       // p == 1: keep nothing
   double keep_prob;    // 1 - p, the divisor of kept elements; 1 when drop_all
   int64_t group;       // elements sharing one mask index (channel-wise), >= 1
+  int64_t channels;    // 0, or C of channels-last memory (see above; group > 1, no bias)
   int64_t bias_numel;  // 0 without bias
   bool stream;         // write out with non-temporal stores (out-of-place, large; float/double)
 };

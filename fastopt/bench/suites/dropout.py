@@ -1,10 +1,12 @@
-"""Dropout (p = 0.5, one flat float32 tensor): fastopt against torch's dropout paths.
+"""Dropout (p = 0.5, float32): fastopt against torch's dropout paths.
 
-Two cases, forward and forward + backward. Forward reads x and writes y;
+Two cases on one flat tensor, forward and forward + backward. Forward reads x and writes y;
 backward reads dy and writes dx (fastopt regenerates the mask from its seed;
 torch also reads its saved mask, which is not counted; so does fastopt's
 1-bit mask mode, an extra contender). A copy into a
 preallocated tensor runs alongside as the read-x, write-y floor of forward.
+Then channel-wise Dropout2d forward + backward, as after a ResNet's first
+stage, in both memory formats (CPU: fastopt takes channels-last natively).
 The notes give the bytes per element that autograd keeps for backward and,
 on CUDA, the peak memory of a 3-layer MLP's training step with each dropout.
 """
@@ -15,6 +17,7 @@ from typing import Callable
 
 import torch
 
+import fastopt.nn
 import fastopt.nn.functional as FF
 
 from ..harness import Call
@@ -84,6 +87,37 @@ def _backward(ctx: Context) -> dict[str, Call]:
     return {name: step(f) for name, f in {**DROPOUTS, **VARIANTS}.items()}
 
 
+def _channelwise(ctx: Context, shape: tuple[int, ...], fmt: torch.memory_format) -> dict[str, Call]:
+    gen = torch.Generator(device=ctx.device).manual_seed(0)
+    x = torch.randn(shape, generator=gen, device=ctx.device).contiguous(memory_format=fmt)
+    grad = torch.randn(shape, generator=gen, device=ctx.device).contiguous(memory_format=fmt)
+
+    def step(module: torch.nn.Module) -> Call:
+        leaf = x.clone().requires_grad_()  # a leaf per contender, as in _backward
+
+        def run() -> None:
+            leaf.grad = None
+            module(leaf).backward(grad)
+
+        return run
+
+    return {"fastopt": step(fastopt.nn.Dropout2d(P)), "torch": step(torch.nn.Dropout2d(P))}
+
+
+def channelwise_cases(ctx: Context) -> list[Case]:
+    shape = (2, 64, 8, 8) if ctx.smoke else (32 * ctx.batch_scale, 64, 56, 56)
+    n = shape[0] * shape[1] * shape[2] * shape[3]
+    result = []
+    for fmt, layout in ((torch.contiguous_format, "NCHW"), (torch.channels_last, "NHWC")):
+        result.append(Case(
+            f"Dropout2d forward+backward {shape} {layout}", 4 * n * 4,
+            lambda fmt=fmt: _channelwise(ctx, shape, fmt), roles={"fastopt": FASTOPT, "torch": TORCH},
+            params={"shape": list(shape), "memory_format": layout, "p": P, "dtype": "float32",
+                    "work": "forward + backward"},
+        ))  # fmt: skip
+    return result
+
+
 def cases(ctx: Context) -> list[Case]:
     n = numel(ctx)
     params = {"numel": n, "p": P, "dtype": "float32"}
@@ -93,6 +127,7 @@ def cases(ctx: Context) -> list[Case]:
              params={**params, "work": "forward"}),
         Case("dropout forward+backward", 4 * n * 4, lambda: _backward(ctx),
              roles={**ROLES, FASTOPT_BITS: EXTRA}, params={**params, "work": "forward + backward"}),
+        *channelwise_cases(ctx),
     ], ctx)  # fmt: skip
 
 
