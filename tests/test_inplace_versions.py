@@ -115,3 +115,32 @@ def test_every_mutating_op_counts_its_writes():
             ):
                 missing.append(full)
     assert not missing
+
+
+def test_batch_norm_without_history_counts_its_buffer_writes(device):
+    """Under no_grad the autograd kernel skips its Function (NOTE: [forward without
+    history] in csrc/autograd/common.h); the running estimates' writes still count."""
+    bn = fastopt.nn.BatchNorm2d(3).to(device)
+    before = (bn.running_mean._version, bn.running_var._version)
+    with torch.no_grad():
+        y = bn(torch.randn(4, 3, 5, 5, device=device))
+    assert y.grad_fn is None
+    assert bn.running_mean._version > before[0] and bn.running_var._version > before[1]
+
+
+def test_ops_without_history_still_refuse_forward_mode_ad(device):
+    """A dual tensor keeps the Function path and its refusal, under no_grad too
+    (no_grad does not turn forward-mode AD off)."""
+    import torch.autograd.forward_ad as fwAD
+
+    seed = torch.tensor([1, 2], device=device)
+    with fwAD.dual_level(), torch.no_grad():
+        x = fwAD.make_dual(torch.randn(4, 6, 3, device=device), torch.ones(4, 6, 3, device=device))
+        calls = [
+            lambda: torch.ops.fastopt.group_norm_fwd(x, None, None, 2, 1e-5, 0),
+            lambda: torch.ops.fastopt.dropout(x, seed, 0.5, 1),
+            lambda: torch.ops.fastopt.dropout_bits(x, seed, 0.5),
+        ]
+        for call in calls:
+            with pytest.raises(RuntimeError, match="jvp is not implemented"):
+                call()

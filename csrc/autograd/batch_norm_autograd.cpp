@@ -71,19 +71,26 @@ std::tuple<Tensor, Tensor> param_grads(bool want_weight, bool want_bias, const T
 struct BatchNormTrain : torch::autograd::Function<BatchNormTrain> {
   static constexpr size_t kArgs = 8;  // forward's arguments after ctx
 
-  static Tensor forward(AutogradContext* ctx, const Tensor& x, const OptTensor& weight, const OptTensor& bias,
-                        double eps, const OptTensor& running_mean, const OptTensor& running_var,
-                        double momentum, Stats* stats) {
-    Tensor y, mean, invstd, var;
+  // The op below the autograd key, with the running estimates' update
+  // counted: below ADInplaceOrView nothing counted it as a modification, and
+  // a graph that saved a buffer before it must see the change.
+  static Tensor4 run(const Tensor& x, const OptTensor& weight, const OptTensor& bias, double eps,
+                     const OptTensor& running_mean, const OptTensor& running_var, double momentum) {
+    Tensor4 out;
     {
       at::AutoDispatchBelowADInplaceOrView below;
-      std::tie(y, mean, invstd, var) = fwd_op().call(x, weight, bias, eps, running_mean, running_var, momentum);
+      out = fwd_op().call(x, weight, bias, eps, running_mean, running_var, momentum);
     }
-    // Below ADInplaceOrView nothing counted the update as a modification:
-    // count it, so that a graph that saved a buffer before it sees the change.
     for (const OptTensor& running : {running_mean, running_var}) {
       if (running.has_value() && running->defined()) torch::autograd::impl::bump_version(*running);
     }
+    return out;
+  }
+
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const OptTensor& weight, const OptTensor& bias,
+                        double eps, const OptTensor& running_mean, const OptTensor& running_var,
+                        double momentum, Stats* stats) {
+    auto [y, mean, invstd, var] = run(x, weight, bias, eps, running_mean, running_var, momentum);
     // Only x and the [C] statistics; weight and bias are the module's
     // parameters (bias only for the double backward's recomputation).
     ctx->save_for_backward({x, mean, invstd, weight.value_or(Tensor()), bias.value_or(Tensor())});
@@ -186,6 +193,9 @@ struct BatchNormEval : torch::autograd::Function<BatchNormEval> {
 
 Tensor4 batch_norm_fwd_autograd(const Tensor& x, const OptTensor& weight, const OptTensor& bias, double eps,
                                 const OptTensor& running_mean, const OptTensor& running_var, double momentum) {
+  if (!any_records_history(x, weight, bias, running_mean, running_var)) {  // NOTE: [forward without history] in autograd/common.h
+    return BatchNormTrain::run(x, weight, bias, eps, running_mean, running_var, momentum);
+  }
   Stats stats;
   Tensor y = BatchNormTrain::apply(x, weight, bias, eps, running_mean, running_var, momentum, &stats);
   return {std::move(y), std::move(stats[0]), std::move(stats[1]), std::move(stats[2])};
@@ -193,6 +203,9 @@ Tensor4 batch_norm_fwd_autograd(const Tensor& x, const OptTensor& weight, const 
 
 Tensor batch_norm_apply_autograd(const Tensor& x, const Tensor& mean, const Tensor& invstd,
                                  const OptTensor& weight, const OptTensor& bias) {
+  if (!any_records_history(x, mean, invstd, weight, bias)) {  // NOTE: [forward without history]
+    return below_autograd(apply_op(), x, mean, invstd, weight, bias);
+  }
   return BatchNormEval::apply(x, mean, invstd, weight, bias);
 }
 

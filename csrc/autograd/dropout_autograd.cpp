@@ -131,6 +131,8 @@ struct DropoutFromBits : torch::autograd::Function<DropoutFromBits> {
 // group is a SymInt: under torch.compile with dynamic shapes it is the
 // channel size of a symbolic shape, and an int64_t here would specialize it.
 Tensor dropout_autograd(const Tensor& x, const Tensor& seed, double p, c10::SymInt group) {
+  // Each kernel here: NOTE: [forward without history] in autograd/common.h.
+  if (!any_records_history(x, seed)) return below_autograd(dropout_op(), x, seed, p, group);
   return Dropout::apply(x, seed, p, group);
 }
 
@@ -151,16 +153,21 @@ void dropout_inplace_autograd(c10::DispatchKeySet keys, const Tensor& x, const T
 
 Tensor dropout_add_autograd(const Tensor& x, const Tensor& residual, const OptTensor& bias, const Tensor& seed,
                             double p) {
+  if (!any_records_history(x, residual, bias, seed)) {
+    return below_autograd(dropout_add_op(), x, residual, bias, seed, p);
+  }
   return DropoutAdd::apply(x, residual, bias, seed, p);
 }
 
 std::tuple<Tensor, Tensor> dropout_bits_autograd(const Tensor& x, const Tensor& seed, double p) {
+  if (!any_records_history(x, seed)) return below_autograd(dropout_bits_op(), x, seed, p);
   Stats bits;
   Tensor y = DropoutBits::apply(x, seed, p, &bits);
   return {std::move(y), std::move(bits[0])};
 }
 
 Tensor dropout_from_bits_autograd(const Tensor& grad, const Tensor& bits, double p) {
+  if (!any_records_history(grad, bits)) return below_autograd(from_bits_op(), grad, bits, p);
   return DropoutFromBits::apply(grad, bits, p);
 }
 

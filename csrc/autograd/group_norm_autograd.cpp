@@ -106,6 +106,9 @@ struct GroupNorm : torch::autograd::Function<GroupNorm> {
 
 Tensor3 group_norm_fwd_autograd(const Tensor& x, const OptTensor& weight, const OptTensor& bias,
                                 int64_t groups, double eps, int64_t activation, int64_t normalized_ndim) {
+  if (!any_records_history(x, weight, bias)) {  // NOTE: [forward without history] in autograd/common.h
+    return below_autograd(fwd_op(), x, weight, bias, groups, eps, activation, normalized_ndim);
+  }
   Stats stats;
   Tensor y = GroupNorm::apply(x, weight, bias, groups, eps, activation, normalized_ndim, &stats);
   return {std::move(y), std::move(stats[0]), std::move(stats[1])};
