@@ -193,7 +193,8 @@ struct BatchNormEval : torch::autograd::Function<BatchNormEval> {
 
 Tensor4 batch_norm_fwd_autograd(const Tensor& x, const OptTensor& weight, const OptTensor& bias, double eps,
                                 const OptTensor& running_mean, const OptTensor& running_var, double momentum) {
-  if (!any_records_history(x, weight, bias, running_mean, running_var)) {  // NOTE: [forward without history] in autograd/common.h
+  // NOTE: [forward without history] in autograd/common.h, here and in batch_norm_apply_autograd.
+  if (!any_records_history(x, weight, bias, running_mean, running_var)) {
     return BatchNormTrain::run(x, weight, bias, eps, running_mean, running_var, momentum);
   }
   Stats stats;
@@ -203,7 +204,7 @@ Tensor4 batch_norm_fwd_autograd(const Tensor& x, const OptTensor& weight, const 
 
 Tensor batch_norm_apply_autograd(const Tensor& x, const Tensor& mean, const Tensor& invstd,
                                  const OptTensor& weight, const OptTensor& bias) {
-  if (!any_records_history(x, mean, invstd, weight, bias)) {  // NOTE: [forward without history]
+  if (!any_records_history(x, mean, invstd, weight, bias)) {
     return below_autograd(apply_op(), x, mean, invstd, weight, bias);
   }
   return BatchNormEval::apply(x, mean, invstd, weight, bias);

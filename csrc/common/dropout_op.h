@@ -105,8 +105,8 @@ struct DropoutOps {
   // passes more than a contiguous input. The exception is channel-wise
   // dropout of a channels-last input on the CPU, whose kernel maps each
   // element's memory index to its channel's mask index (DropoutInputs::
-  // channels): there the copies took 7 times as long as the pass itself, a transposing
-  // copy being slow, and torch's own dropout2d takes such an input natively.
+  // channels): there the transposing copies took 7 times as long as the pass
+  // itself, and torch's own dropout2d takes such an input natively.
   // Inputs with gaps give a contiguous result, as torch's do.
   // fastopt/_ops/dropout.py's fake kernels mirror this.
   static at::Tensor in_format_of(const at::Tensor& x, const DropoutInputs& in, const at::Tensor& out) {

@@ -190,6 +190,15 @@ void fill_mask(const DropoutKernelConfig& cfg, uint64_t first_block, int64_t nbl
   }
 }
 
+// The keep bits of mask indices [begin, end) into `bits`, drawn from the
+// start of begin's block; returns that block's first index (the index of bit 0).
+int64_t fill_mask_range(const DropoutKernelConfig& cfg, int64_t begin, int64_t end, uint8_t* bits) {
+  const int64_t base = begin - begin % kCpuDropoutBlock;
+  const int64_t blocks = (end - base + kCpuDropoutBlock - 1) / kCpuDropoutBlock;
+  fill_mask(cfg, static_cast<uint64_t>(base / kCpuDropoutBlock), blocks, bits);
+  return base;
+}
+
 // The 0/1 multipliers of a run. BitMask reads the tile's keep bits, element
 // i of the run at bit `first + i`; BroadcastMask has one for the whole run
 // (channel-wise dropout).
@@ -357,13 +366,11 @@ void channels_last_chunk(const DropoutKernelConfig& cfg, const DropoutChunk& c, 
   for (int64_t i = c.begin; i < c.end;) {
     const int64_t n = i / sample;
     if (n != sample_drawn) {
-      const int64_t first = n * C, base = first - first % kCpuDropoutBlock;
-      fill_mask(cfg, static_cast<uint64_t>(base / kCpuDropoutBlock),
-                (first + C - base + kCpuDropoutBlock - 1) / kCpuDropoutBlock, drawn.data());
+      const int64_t first = n * C;
+      const BitMask sample_bits{drawn.data(), first - fill_mask_range(cfg, first, first + C, drawn.data())};
       std::fill(rows.begin(), rows.end(), uint8_t(0));
       for (int64_t j = 0, ch = 0; j < span; ++j, ch = ch + 1 == C ? 0 : ch + 1) {
-        const int64_t bit = first - base + ch;
-        rows[j / 8] |= static_cast<uint8_t>(((drawn[bit / 8] >> (bit % 8)) & 1u) << (j % 8));
+        rows[j / 8] |= static_cast<uint8_t>(sample_bits.at<uint8_t>(ch) << (j % 8));
       }
       sample_drawn = n;
     }
@@ -392,14 +399,11 @@ void dropout_chunk(const DropoutKernelConfig& cfg, const DropoutChunk& c) {
     for (int64_t i = c.begin; i < c.end;) {
       const int64_t channel = i / cfg.group;
       if (channel >= drawn_end) {
-        base = channel - channel % kCpuDropoutBlock;
         drawn_end = std::min(last_channel + 1, channel + kTile);
-        fill_mask(cfg, static_cast<uint64_t>(base / kCpuDropoutBlock),
-                  (drawn_end - base + kCpuDropoutBlock - 1) / kCpuDropoutBlock, bits);
+        base = fill_mask_range(cfg, channel, drawn_end, bits);
       }
       const int64_t stop = std::min(c.end, (channel + 1) * cfg.group);
-      const int64_t bit = channel - base;
-      const BroadcastMask<opmath_t> mask{static_cast<opmath_t>((bits[bit / 8] >> (bit % 8)) & 1u)};
+      const BroadcastMask<opmath_t> mask{BitMask{bits, 0}.at<opmath_t>(channel - base)};
       for_each_bias_run<scalar_t>(cfg, c, i, stop,
                                   [&](int64_t, const Run<scalar_t>& r) { apply_run(r, mask, q, cfg.stream); });
       i = stop;
@@ -416,8 +420,7 @@ void dropout_chunk(const DropoutKernelConfig& cfg, const DropoutChunk& c) {
     if (c.bits_in != nullptr) {
       std::memcpy(bits, c.bits_in + base / 8, bytes);
     } else {
-      fill_mask(cfg, static_cast<uint64_t>(base / kCpuDropoutBlock),
-                (stop - base + kCpuDropoutBlock - 1) / kCpuDropoutBlock, bits);
+      fill_mask_range(cfg, base, stop, bits);
       if (c.bits_out != nullptr) std::memcpy(c.bits_out + base / 8, bits, bytes);
     }
     for_each_bias_run<scalar_t>(cfg, c, tile, stop, [&](int64_t i, const Run<scalar_t>& r) {

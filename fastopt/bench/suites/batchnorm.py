@@ -12,7 +12,7 @@ import torch
 
 import fastopt.nn
 
-from ..harness import Call
+from ..harness import Call, forward_backward
 from ..suite import FASTOPT, TORCH, Case, Context, Suite, with_graph_replays
 
 # Tensors of x's size moved per call, by mode.
@@ -24,14 +24,7 @@ NATIVE = "torch native (cuDNN off)"
 
 
 def _train_step(module: torch.nn.Module, x: torch.Tensor, dy: torch.Tensor) -> Call:
-    x = x.clone().requires_grad_()
-    module.train()
-
-    def step() -> None:
-        x.grad = None
-        module(x).backward(dy)
-
-    return step
+    return forward_backward(module.train(), x, dy)
 
 
 def _eval_step(module: torch.nn.Module, x: torch.Tensor, dy: torch.Tensor) -> Call:

@@ -20,7 +20,7 @@ import torch
 import fastopt.nn
 import fastopt.nn.functional as FF
 
-from ..harness import Call
+from ..harness import Call, forward_backward
 from ..suite import EXTRA, FASTOPT, REFERENCE, TORCH, Case, Context, Reps, Suite, with_graph_replays
 
 P = 0.5
@@ -69,39 +69,17 @@ def _forward(ctx: Context) -> dict[str, Call]:
 
 def _backward(ctx: Context) -> dict[str, Call]:
     x, grad = _inputs(ctx)
-
-    def step(f: Dropout) -> Call:
-        # A leaf per contender, as in the norm suites: clearing the gradient
-        # frees the one this contender made last round. A shared leaf charged
-        # each contender for freeing its predecessor's: a 64 MB torch-allocated
-        # gradient is unmapped page by page, which doubled fastopt's time
-        # (7 ms alone, 12 ms after a torch contender).
-        leaf = x.clone().requires_grad_()
-
-        def run() -> None:
-            leaf.grad = None
-            f(leaf).backward(grad)
-
-        return run
-
-    return {name: step(f) for name, f in {**DROPOUTS, **VARIANTS}.items()}
+    return {name: forward_backward(f, x, grad) for name, f in {**DROPOUTS, **VARIANTS}.items()}
 
 
 def _channelwise(ctx: Context, shape: tuple[int, ...], fmt: torch.memory_format) -> dict[str, Call]:
     gen = torch.Generator(device=ctx.device).manual_seed(0)
     x = torch.randn(shape, generator=gen, device=ctx.device).contiguous(memory_format=fmt)
     grad = torch.randn(shape, generator=gen, device=ctx.device).contiguous(memory_format=fmt)
-
-    def step(module: torch.nn.Module) -> Call:
-        leaf = x.clone().requires_grad_()  # a leaf per contender, as in _backward
-
-        def run() -> None:
-            leaf.grad = None
-            module(leaf).backward(grad)
-
-        return run
-
-    return {"fastopt": step(fastopt.nn.Dropout2d(P)), "torch": step(torch.nn.Dropout2d(P))}
+    return {
+        "fastopt": forward_backward(fastopt.nn.Dropout2d(P), x, grad),
+        "torch": forward_backward(torch.nn.Dropout2d(P), x, grad),
+    }
 
 
 def channelwise_cases(ctx: Context) -> list[Case]:

@@ -14,22 +14,12 @@ import torch
 
 import fastopt.nn
 
-from ..harness import Call
+from ..harness import Call, forward_backward
 from ..suite import FASTOPT, TORCH, Case, Context, Suite, with_graph_replays
 
 TENSORS_MOVED = 5
 
 ModulePair = tuple[Callable[[], torch.nn.Module], Callable[[], torch.nn.Module]]
-
-
-def _step(module: torch.nn.Module, x: torch.Tensor, dy: torch.Tensor) -> Call:
-    x = x.clone().requires_grad_()
-
-    def step() -> None:
-        x.grad = None
-        module(x).backward(dy)
-
-    return step
 
 
 def _case(
@@ -45,7 +35,7 @@ def _case(
         x = torch.randn(shape, generator=gen, device=ctx.device).to(dtype=dtype, memory_format=fmt)
         dy = torch.randn(shape, generator=gen, device=ctx.device).to(dtype=dtype, memory_format=fmt)
         ours, ref = (make().to(ctx.device, dtype) for make in modules)
-        return {"fastopt": _step(ours, x, dy), "torch": _step(ref, x, dy)}
+        return {"fastopt": forward_backward(ours, x, dy), "torch": forward_backward(ref, x, dy)}
 
     numel = 1
     for n in shape:
